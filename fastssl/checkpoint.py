@@ -1,0 +1,134 @@
+"""Run-directory files: atomic checkpoints, and the exported torchvision-compatible backbone.
+
+A run directory holds:
+    config.json        the resolved config of the run
+    metrics.jsonl      one JSON object per log interval / epoch
+    last.pt, best.pt   full training state (model, optimiser, scheduler, RNG, epoch, config)
+    backbone.pt        plain `state_dict` of the backbone, torchvision `resnet18` key names
+                       (no `fc`: load into torchvision with strict=False or replace fc first)
+
+Models are always saved unwrapped: no `_orig_mod.` (torch.compile) or `module.` (DDP) prefixes.
+"""
+import json
+import os
+import random
+
+import numpy as np
+import torch
+
+from pipelines import DataError
+
+
+def atomic_save(obj, path: str) -> None:
+    """torch.save to a temporary name in the same directory, then rename: a crash never leaves a
+    half-written checkpoint where a good one was."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under torch.compile / DDP wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load(path: str, map_location="cpu") -> dict:
+    """Load a file written by this module (or any torch.save'd dict) with a one-line error on a
+    missing, truncated or foreign file."""
+    if not os.path.isfile(path):
+        raise DataError(f"checkpoint not found: {path}")
+    try:
+        # weights_only=False: our training checkpoints hold numpy/python RNG states.
+        obj = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # torch raises many types for truncated / non-torch files
+        raise DataError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path} does not hold a state dict or fastssl checkpoint")
+    return obj
+
+
+def backbone_state_dict(path: str) -> tuple[dict, dict]:
+    """Return (backbone state_dict, info) from any of: a run directory, a fastssl checkpoint
+    (last.pt / best.pt), an exported backbone.pt, or a torchvision-format ResNet-18 state_dict
+    (e.g. ImageNet-supervised weights). `info` says what was found (stem, source)."""
+    if os.path.isdir(path):
+        for name in ("backbone.pt", "last.pt"):
+            if os.path.isfile(os.path.join(path, name)):
+                return backbone_state_dict(os.path.join(path, name))
+        raise DataError(f"{path} holds neither backbone.pt nor last.pt")
+    obj = load(path)
+    if "model" in obj and "config" in obj:  # a training checkpoint
+        sd = {k[len("backbone."):]: v for k, v in obj["model"].items() if k.startswith("backbone.")}
+        info = {"source": path, "kind": "checkpoint", "stem": obj["config"].get("stem", "cifar"),
+                "epoch": obj.get("epoch")}
+    else:
+        sd = obj.get("state_dict", obj)
+        sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+        conv1 = sd.get("conv1.weight")
+        stem = "imagenet" if conv1 is not None and conv1.shape[-1] == 7 else "cifar"
+        info = {"source": path, "kind": "state_dict", "stem": stem}
+    if "conv1.weight" not in sd and not any(k.endswith("conv1.weight") for k in sd):
+        raise DataError(f"{path} does not contain a ResNet backbone (no conv1.weight)")
+    return sd, info
+
+
+def export_backbone(backbone: torch.nn.Module, path: str) -> None:
+    """Save the plain backbone state_dict (torchvision key names) plus a little metadata."""
+    # Pure tensors only, so torchvision's load_state_dict accepts the file as it is; the stem is
+    # recovered from conv1's kernel size (3x3 CIFAR, 7x7 ImageNet).
+    atomic_save({k: v.detach().cpu() for k, v in unwrap(backbone).state_dict().items()}, path)
+
+
+def read_jsonl(path: str) -> list[dict]:
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_backbone(path: str, stem: str | None = None):
+    """(ResNet-18 backbone with fc = Identity, info) from anything `backbone_state_dict` accepts,
+    or path == "random" for a randomly initialised control (seed it with torch.manual_seed)."""
+    from .models import load_torchvision_state_dict, resnet18
+
+    if path == "random":
+        return resnet18(stem=stem or "cifar"), {"source": "random", "kind": "random", "stem": stem or "cifar"}
+    sd, info = backbone_state_dict(path)
+    model = resnet18(stem=stem or info["stem"])
+    try:
+        load_torchvision_state_dict(model, sd)
+    except (ValueError, RuntimeError) as e:
+        raise DataError(f"{path}: incompatible backbone weights: {str(e).splitlines()[0][:200]}") from None
+    return model, info

@@ -1,0 +1,24 @@
+"""SimCLR (Chen et al. 2020): two augmented views -> backbone -> projection head -> NT-Xent."""
+import torch
+from torch import nn
+
+from ..losses import nt_xent
+from ..models import BACKBONES, ProjectionHead
+
+
+class SimCLR(nn.Module):
+    recipe = "simclr"
+
+    def __init__(self, cfg, num_classes: int = 0):
+        super().__init__()
+        self.backbone = BACKBONES[cfg.backbone](stem=cfg.stem)
+        self.head = ProjectionHead(self.backbone.feature_dim, cfg.proj_hidden_dim, cfg.proj_dim)
+        self.temperature = cfg.temperature
+
+    def forward(self, batch):
+        # Both views go through the network as one batch: one kernel launch per layer instead of
+        # two, and BatchNorm sees statistics of all 2B images, as in the paper's global BN.
+        z = self.head(self.backbone(torch.cat([batch.view1, batch.view2])))
+        z1, z2 = z.float().chunk(2)
+        loss = nt_xent(z1, z2, self.temperature)
+        return loss, {"loss": loss.detach()}

@@ -1,0 +1,24 @@
+"""Supervised training from scratch: the same backbone plus a linear classifier, cross-entropy on
+one crop+flip view. It is the from-scratch baseline for the evaluation protocol."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models import BACKBONES
+
+
+class Supervised(nn.Module):
+    recipe = "supervised"
+
+    def __init__(self, cfg, num_classes: int):
+        super().__init__()
+        if num_classes <= 0:
+            raise ValueError("supervised training needs a labelled dataset")
+        self.backbone = BACKBONES[cfg.backbone](stem=cfg.stem)
+        self.classifier = nn.Linear(self.backbone.feature_dim, num_classes)
+
+    def forward(self, batch):
+        logits = self.classifier(self.backbone(batch.view1)).float()
+        loss = F.cross_entropy(logits, batch.labels)
+        acc = (logits.argmax(1) == batch.labels).float().mean()
+        return loss, {"loss": loss.detach(), "acc": acc.detach()}

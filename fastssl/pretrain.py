@@ -1,0 +1,96 @@
+"""Self-supervised pretraining: `python -m fastssl.pretrain`.
+
+    # a short run on the small CIFAR-10 sample shipped inside the package (CPU is fine)
+    python -m fastssl.pretrain --dataset cifar10-sample --epochs 3 --batch-size 128 --out runs/sample
+    # SimCLR ResNet-18 on CIFAR-10 at GPU speed (bf16, compiled, data augmented on the GPU)
+    python -m fastssl.pretrain --dataset cifar10 --data-dir data --epochs 200 --out runs/simclr
+    # the same with DALI or FFCV feeding the GPU, or the plain torchvision DataLoader
+    python -m fastssl.pretrain --dataset cifar10 --data-dir data --pipeline dali --out runs/simclr_dali
+    # continue an interrupted run exactly where its last checkpoint left it
+    python -m fastssl.pretrain --out runs/simclr --resume
+    # several GPUs: torchrun, one process per GPU; --batch-size is the global batch
+    torchrun --nproc_per_node 4 -m fastssl.pretrain --dataset cifar10 --data-dir data --out runs/ddp
+    # settings from a file, flags override it
+    python -m fastssl.pretrain --config simclr.toml --temperature 0.5
+
+Every flag is listed by --help. The run directory gets config.json, metrics.jsonl, last.pt,
+best.pt and backbone.pt (see fastssl/checkpoint.py).
+"""
+import sys
+from dataclasses import dataclass, field
+
+import pipelines
+from pipelines import datasets
+
+from .config import cli, parse
+from .methods import METHODS
+from .models import BACKBONES
+
+
+@dataclass
+class PretrainConfig:
+    # data
+    dataset: str = field(default="cifar10", metadata={"help": "training data; cifar10-sample is a 2,000-image CIFAR-10 sample shipped with fastssl", "choices": list(datasets.DATASETS)})
+    data_dir: str | None = field(default=None, metadata={"help": "where the dataset lives (else $FASTSSL_DATA)"})
+    subset: int | None = field(default=None, metadata={"help": "use only the first N training images, class-balanced"})
+    pipeline: str = field(default="gpu", metadata={"help": "data pipeline", "choices": list(pipelines.PIPELINES)})
+    workers: int | None = field(default=None, metadata={"help": "loader worker processes/threads (torchvision, dali, ffcv)"})
+    # method and model
+    method: str = field(default="simclr", metadata={"help": "training method", "choices": list(METHODS)})
+    backbone: str = field(default="resnet18", metadata={"help": "backbone network", "choices": list(BACKBONES)})
+    stem: str = field(default="cifar", metadata={"help": "cifar: 3x3 conv, no max-pool; imagenet: 7x7/2 conv + max-pool", "choices": ["cifar", "imagenet"]})
+    proj_hidden_dim: int = field(default=2048, metadata={"help": "projection head hidden width"})
+    proj_dim: int = field(default=128, metadata={"help": "projection (embedding) dimension"})
+    temperature: float = field(default=0.2, metadata={"help": "NT-Xent temperature"})
+    # optimisation (defaults follow solo-learn's SimCLR CIFAR recipe)
+    epochs: int = field(default=200, metadata={"help": "training epochs"})
+    batch_size: int = field(default=512, metadata={"help": "global batch size (images; each gives two views)"})
+    optimizer: str = field(default="lars", metadata={"help": "optimiser", "choices": ["lars", "sgd", "adamw"]})
+    lr: float = field(default=0.4, metadata={"help": "base learning rate per 256 images: lr_used = lr * batch_size / 256"})
+    weight_decay: float = field(default=1e-5, metadata={"help": "weight decay (not applied to biases and BatchNorm)"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD/LARS momentum"})
+    warmup_epochs: float = field(default=10, metadata={"help": "linear warm-up length in epochs, then cosine decay"})
+    # execution
+    device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda or cuda:N"})
+    precision: str = field(default="auto", metadata={"help": "auto: bf16 autocast on CUDA, fp32 on CPU", "choices": ["auto", "bf16", "fp32"]})
+    compile: bool | None = field(default=None, metadata={"help": "torch.compile the training step (default: on for CUDA)"})
+    seed: int = field(default=0, metadata={"help": "seed of initialisation, data order and augmentation"})
+    # monitoring and outputs
+    out: str = field(default="runs/simclr", metadata={"help": "run directory"})
+    resume: bool = field(default=False, metadata={"help": "continue the run in --out from its last checkpoint"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing run directory"})
+    knn_every: int = field(default=10, metadata={"help": "kNN monitor every N epochs and at the end (0: never)"})
+    knn_k: int = field(default=200, metadata={"help": "kNN neighbours"})
+    knn_t: float = field(default=0.1, metadata={"help": "kNN temperature"})
+    log_interval: int = field(default=50, metadata={"help": "steps between metric records (each costs one host sync)"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self):
+        positive = ["epochs", "batch_size", "proj_hidden_dim", "proj_dim", "log_interval", "knn_k"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ["lr", "temperature", "knn_t"]:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.subset is not None and self.subset <= 0:
+            raise ValueError(f"--subset must be positive, got {self.subset}")
+        if self.weight_decay < 0 or self.warmup_epochs < 0 or self.knn_every < 0 or not 0 <= self.momentum < 1:
+            raise ValueError("--weight-decay, --warmup-epochs and --knn-every must be >= 0 and --momentum in [0, 1)")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError("--workers must be >= 0")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite contradict each other")
+
+
+@cli
+def main(argv=None):
+    from .train import train
+
+    cfg = parse(PretrainConfig, argv, description=__doc__)
+    train(cfg, argv if argv is not None else sys.argv[1:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""The one training loop, shared by every method.
+
+Per step: a `pipelines.Batch` already on the device -> `method(batch) -> (loss, logs)` under bf16
+autocast (CUDA) and torch.compile -> backward -> optimiser and schedule step. The only host/device
+synchronisations are at log intervals, at epoch ends and in the kNN monitor. Under `torchrun`
+(WORLD_SIZE > 1) the method is wrapped in DistributedDataParallel, each rank reads its shard of
+the epoch and only rank 0 writes the run directory.
+"""
+import json
+import os
+import platform
+import shutil
+import subprocess
+import time
+from dataclasses import asdict
+
+import torch
+import torch.distributed as dist
+
+import pipelines
+from pipelines import datasets
+
+from . import checkpoint as ckpt
+from .config import ConfigError, parse
+from .knn import knn_eval
+from .methods import METHODS
+from .optim import build_optimizer, warmup_cosine
+from .progress import Progress, summary_table
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda requested but no CUDA GPU is available")
+    return device
+
+
+def setup_distributed():
+    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def environment() -> dict:
+    """What produced a run: versions, hardware and code revision, stored beside its results."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(__file__), timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "torch": torch.__version__, "python": platform.python_version(), "commit": commit,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+    }
+
+
+# Settings that may differ when resuming (they change how, not what, is computed).
+RESUMABLE_CHANGES = {"resume", "overwrite", "device", "compile", "progress", "log_interval", "workers", "data_dir"}
+
+
+def prepare_run_dir(cfg, argv):
+    """Check --out / --resume / --overwrite before any work. Returns (cfg, checkpoint or None);
+    when resuming, the saved config is the base and only explicitly given flags may override it."""
+    out = cfg.out
+    exists = os.path.isdir(out) and any(os.scandir(out))
+    if cfg.resume:
+        last = os.path.join(out, "last.pt")
+        if not os.path.isfile(last):
+            raise ConfigError(f"--resume: no checkpoint at {last}")
+        state = ckpt.load(last)
+        saved = state["config"]
+        new = parse(type(cfg), argv, base={**saved, "resume": True, "overwrite": False})
+        changed = [k for k, v in asdict(new).items() if k not in RESUMABLE_CHANGES and saved.get(k) != v]
+        if changed:
+            raise ConfigError(f"--resume: {', '.join(changed)} differ(s) from the run being resumed; "
+                              "start a new --out instead")
+        return new, state
+    if exists and not cfg.overwrite:
+        raise ConfigError(f"--out {out} already exists; pass --resume to continue it or --overwrite to replace it")
+    return cfg, None
+
+
+def train(cfg, argv=(), command="fastssl.pretrain"):
+    """Run (or resume) training as `cfg` says; returns the summary dict also saved as summary.json.
+    `argv` is the command line, kept in config.json and used to re-read flags on --resume."""
+    rank, world, local_rank = setup_distributed()
+    main_rank = rank == 0
+    cfg, resume_state = prepare_run_dir(cfg, list(argv))
+    device = resolve_device(cfg.device, local_rank)
+    if cfg.batch_size % world:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is not divisible by the {world} processes")
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+    # Data first: a bad dataset must fail before anything in --out is touched.
+    method_cls = METHODS[cfg.method]
+    train_data = datasets.load(cfg.dataset, "train", cfg.data_dir, subset=cfg.subset, seed=cfg.seed)
+    test_data = None
+    if cfg.knn_every:
+        try:
+            test_data = datasets.load(cfg.dataset, "test", cfg.data_dir)
+        except pipelines.DataError:
+            test_data = None  # e.g. an image folder without a test split: the monitor is skipped
+    extra = {"workers": cfg.workers} if cfg.workers is not None and cfg.pipeline != "gpu" else {}
+    loader = pipelines.build(cfg.pipeline, train_data, batch_size=cfg.batch_size // world, device=device,
+                             seed=cfg.seed, recipe=method_cls.recipe, rank=rank, world_size=world, **extra)
+
+    torch.manual_seed(cfg.seed)
+    method = method_cls(cfg, len(train_data.classes)).to(device).to(memory_format=torch.channels_last)
+    steps_per_epoch = len(loader)
+    lr = cfg.lr * cfg.batch_size / 256
+    optimizer = build_optimizer(cfg.optimizer, method, lr, cfg.weight_decay, cfg.momentum)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)))
+    start_epoch, best = 0, None
+    if resume_state is not None:
+        method.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        schedule.load_state_dict(resume_state["schedule"])
+        ckpt.set_rng_state(resume_state["rng"])
+        start_epoch, best = resume_state["epoch"] + 1, resume_state.get("best")
+
+    model = method
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None)
+    step_fn = torch.compile(model) if use_compile else model
+
+    out = cfg.out
+    metrics_path = os.path.join(out, "metrics.jsonl")
+    if main_rank:
+        if cfg.overwrite and os.path.isdir(out):
+            shutil.rmtree(out)
+        os.makedirs(out, exist_ok=True)
+        info = {"config": asdict(cfg), "command": ["python", "-m", command, *argv],
+                "environment": environment(), "world_size": world, "steps_per_epoch": steps_per_epoch,
+                "lr_used": lr, "bf16": use_bf16, "compile": use_compile, "device": str(device),
+                "train_images": len(train_data.labels), "dataset_name": train_data.name}
+        ckpt.atomic_write_text(os.path.join(out, "config.json"), json.dumps(info, indent=2))
+        # A crash after the last checkpoint may have logged epochs that will now be redone.
+        kept = [r for r in ckpt.read_jsonl(metrics_path) if r.get("epoch", -1) < start_epoch]
+        ckpt.atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def log(record):
+        if main_rank:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    images_per_step = cfg.batch_size  # global, counted in source images (each gives its views)
+    progress = Progress(cfg.epochs, steps_per_epoch, start_epoch, enabled=cfg.progress and main_rank)
+    t_start, history = time.perf_counter(), []
+    knn = None
+    with progress:
+        for epoch in range(start_epoch, cfg.epochs):
+            method.train()
+            loader.set_epoch(epoch)
+            epoch_sum, window_sum, window_steps = None, None, 0
+            t_window = t_epoch = time.perf_counter()
+            for i, batch in enumerate(loader):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    loss, logs = step_fn(batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                # Running sums stay on the device: no host sync here.
+                vals = torch.stack([v.float() for v in logs.values()])
+                window_sum = vals if window_sum is None else window_sum + vals
+                epoch_sum = vals if epoch_sum is None else epoch_sum + vals
+                window_steps += 1
+                progress.advance()
+                if window_steps == cfg.log_interval or i == steps_per_epoch - 1:
+                    means = (window_sum / window_steps).tolist()  # host sync: once per log interval
+                    if not all(map(_finite, means)):
+                        raise FloatingPointError(f"non-finite loss at epoch {epoch} step {i}: {means}")
+                    now = time.perf_counter()
+                    rate = window_steps * images_per_step / (now - t_window)
+                    rec = {"epoch": epoch, "step": epoch * steps_per_epoch + i + 1,
+                           **dict(zip(logs.keys(), means)), "lr": schedule.get_last_lr()[0], "img_per_s": rate}
+                    log(rec)
+                    progress.update(epoch, rec["loss"], rate)
+                    window_sum, window_steps, t_window = None, 0, now
+            epoch_means = dict(zip(logs.keys(), (epoch_sum / steps_per_epoch).tolist()))
+            epoch_time = time.perf_counter() - t_epoch
+            summary = {"epoch": epoch, "summary": True, **{f"epoch_{k}": v for k, v in epoch_means.items()},
+                       "epoch_time_s": epoch_time, "epoch_img_per_s": steps_per_epoch * images_per_step / epoch_time}
+            last_epoch = epoch == cfg.epochs - 1
+            if test_data is not None and main_rank and (last_epoch or (epoch + 1) % cfg.knn_every == 0):
+                knn = knn_eval(method.backbone, train_data, test_data, device, cfg.knn_k, cfg.knn_t,
+                               precision="bf16" if use_bf16 else "fp32")
+                summary.update({"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
+                progress.note(f"epoch {epoch + 1}: kNN top-1 {knn['top1']:.2f}%")
+            log(summary)
+            history.append(summary)
+            if main_rank:
+                # "best" = highest kNN top-1 when the monitor ran, else lowest epoch loss.
+                score = summary.get("knn_top1", -summary["epoch_loss"])
+                improved = best is None or score > best
+                best = score if improved else best
+                state = {"model": method.state_dict(), "optimizer": optimizer.state_dict(),
+                         "schedule": schedule.state_dict(), "rng": ckpt.rng_state(), "epoch": epoch,
+                         "best": best, "config": asdict(cfg)}
+                ckpt.atomic_save(state, os.path.join(out, "last.pt"))
+                if improved:
+                    ckpt.atomic_save(state, os.path.join(out, "best.pt"))
+            if world > 1:
+                dist.barrier()
+    wall = time.perf_counter() - t_start
+    result = {"out": out, "epochs_run": len(history), "wall_time_s": wall,
+              "final_loss": history[-1]["epoch_loss"] if history else None,
+              "img_per_s": (sum(h["epoch_img_per_s"] for h in history) / len(history)) if history else None,
+              "knn_top1": knn["top1"] if knn else None, "knn_top5": knn["top5"] if knn else None}
+    if main_rank:
+        ckpt.export_backbone(method.backbone, os.path.join(out, "backbone.pt"))
+        ckpt.atomic_write_text(os.path.join(out, "summary.json"), json.dumps(result, indent=2))
+        summary_table(result, cfg)
+    if world > 1:
+        dist.destroy_process_group()
+    return result
+
+
+def _finite(x: float) -> bool:
+    return x == x and abs(x) != float("inf")

@@ -1,0 +1,120 @@
+"""The training loop: loss goes down, resume is bit-exact, the run directory is complete, and bad
+input ends in one line on stderr with exit code 2 without touching existing outputs."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import pipelines
+from fastssl import checkpoint as ckpt
+from fastssl.config import parse
+from fastssl.pretrain import PretrainConfig, main
+from fastssl.train import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = ["--dataset", "cifar10-sample", "--subset", "64", "--batch-size", "32", "--proj-hidden-dim", "64",
+        "--proj-dim", "32", "--no-progress", "--no-compile", "--device", "cpu", "--log-interval", "1"]
+
+
+def run(tmp_path, *extra, name="run"):
+    argv = TINY + ["--out", str(tmp_path / name), *extra]
+    return train(parse(PretrainConfig, argv), argv), tmp_path / name
+
+
+def losses(run_dir, epoch=None):
+    recs = ckpt.read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+    return [r["loss"] for r in recs if "loss" in r and (epoch is None or r["epoch"] == epoch)]
+
+
+def test_loss_goes_down_and_run_dir_complete(tmp_path):
+    result, out = run(tmp_path, "--epochs", "6", "--lr", "2.0", "--warmup-epochs", "1", "--knn-every", "3")
+    recs = ckpt.read_jsonl(out / "metrics.jsonl")
+    epochs = [r for r in recs if r.get("summary")]
+    assert len(epochs) == 6 and epochs[-1]["epoch_loss"] < epochs[0]["epoch_loss"]
+    assert "knn_top1" in epochs[2] and "knn_top1" in epochs[5] and "knn_top1" not in epochs[0]
+    for name in ["config.json", "metrics.jsonl", "last.pt", "best.pt", "backbone.pt", "summary.json"]:
+        assert (out / name).is_file(), name
+    info = json.loads((out / "config.json").read_text())
+    assert info["config"]["epochs"] == 6 and info["steps_per_epoch"] == 2
+    sd = torch.load(out / "backbone.pt")
+    assert "layer4.1.bn2.running_var" in sd and not any(k.startswith(("_orig_mod", "module", "fc")) for k in sd)
+    assert 0 <= result["knn_top1"] <= 100
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_is_bit_exact(tmp_path, monkeypatch):
+    common = ["--epochs", "3", "--knn-every", "0"]
+    run(tmp_path, *common, name="straight")
+
+    real_build = pipelines.build
+
+    def build_that_stops(*a, **kw):  # simulates a crash right after epoch 1's checkpoint
+        loader = real_build(*a, **kw)
+        set_epoch = loader.set_epoch
+
+        def stop_at_2(e):
+            if e == 2:
+                raise Interrupt
+            set_epoch(e)
+
+        loader.set_epoch = stop_at_2
+        return loader
+
+    monkeypatch.setattr(pipelines, "build", build_that_stops)
+    with pytest.raises(Interrupt):
+        run(tmp_path, *common, name="resumed")
+    monkeypatch.setattr(pipelines, "build", real_build)
+    assert len(losses(tmp_path / "resumed")) == 4
+    run(tmp_path, *common, "--resume", name="resumed")
+
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")  # bit-identical floats
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_changed_settings(tmp_path, capsys):
+    run(tmp_path, "--epochs", "1", "--knn-every", "0")
+    with pytest.raises(SystemExit) as e:
+        main(["--out", str(tmp_path / "run"), "--resume", "--temperature", "0.9"])
+    assert e.value.code == 2 and "temperature" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--batch-size", "4096"], "batch"),
+    (["--dataset", "cifar10", "--data-dir", "/nonexistent/dir"], "/nonexistent/dir"),
+    (["--epochs", "-1"], "epochs"),
+    (["--pipeline", "nope"], "gpu"),
+])
+def test_bad_input_exit_2(tmp_path, capsys, extra, words):
+    with pytest.raises(SystemExit) as e:
+        main(TINY + ["--out", str(tmp_path / "x"), "--epochs", "1", *extra])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.startswith("error:") and len(err.splitlines()) == 1 and words in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_existing_out_is_never_overwritten(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep")
+    with pytest.raises(SystemExit) as e:
+        main(TINY + ["--out", str(out), "--epochs", "1"])
+    assert e.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert (out / "precious.txt").read_text() == "keep"
+
+
+def test_cli_subprocess_no_traceback(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "fastssl.pretrain", "--epochs", "0", "--out", str(tmp_path / "y")],
+                       capture_output=True, text=True, cwd=REPO)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and p.stderr.startswith("error:")
+    h = subprocess.run([sys.executable, "-m", "fastssl.pretrain", "--help"], capture_output=True, text=True, cwd=REPO)
+    for flag in ["--dataset", "--data-dir", "--subset", "--epochs", "--batch-size", "--lr", "--temperature",
+                 "--pipeline", "--device", "--compile", "--no-compile", "--seed", "--out", "--resume"]:
+        assert flag in h.stdout

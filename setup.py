@@ -6,8 +6,7 @@ extras = {
     "torchvision": ["torchvision>=0.19"],
     "dali": ["nvidia-dali-cuda130>=2.0"],
     # ffcv builds from source: needs `apt-get install pkg-config libopencv-dev libturbojpeg0-dev`.
-    "ffcv": ["ffcv==1.0.2", "numba>=0.58", "opencv-python-headless", "terminaltables", "pytorch-pfn-extras",
-             "fastargs", "assertpy", "tqdm", "psutil"],
+    "ffcv": ["ffcv==1.0.2", "numba>=0.60"],
     "dev": ["pytest>=7", "pytest-timeout"],
 }
 extras["all"] = sorted({d for k in ("torchvision", "dali", "ffcv") for d in extras[k]})

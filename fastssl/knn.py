@@ -40,7 +40,7 @@ def knn_predict(train_f, train_y, test_f, num_classes, k=200, t=0.1, chunk=1024)
 
 def topk_accuracy(scores, labels, ks=(1, 5)):
     """Fraction (in %) of rows whose label is among the k highest scores, for each k."""
-    top = scores.topk(max(ks), dim=1).indices
+    top = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices  # fewer than 5 classes: top-5 = 100%
     hit = top == labels[:, None]
     return {f"top{k}": 100.0 * hit[:, :k].any(1).float().mean().item() for k in ks}  # host sync: once
 
@@ -48,6 +48,8 @@ def topk_accuracy(scores, labels, ks=(1, 5)):
 def knn_eval(backbone, train_data, test_data, device, k=200, t=0.1, batch_size=1024, precision="fp32"):
     """Top-1/top-5 (%) of the weighted kNN classifier on frozen `backbone` features."""
     train_f, train_y = extract(backbone, train_data, device, batch_size, precision=precision)
+    labelled = train_y >= 0  # cifar10+cifar100: only the labelled images vote
+    train_f, train_y = train_f[labelled], train_y[labelled]
     test_f, test_y = extract(backbone, test_data, device, batch_size, precision=precision)
     scores = knn_predict(train_f, train_y, test_f, len(train_data.classes), k, t)
     return topk_accuracy(scores, test_y)

@@ -19,6 +19,8 @@ class Supervised(nn.Module):
 
     def forward(self, batch):
         logits = self.classifier(self.backbone(batch.view1)).float()
-        loss = F.cross_entropy(logits, batch.labels)
-        acc = (logits.argmax(1) == batch.labels).float().mean()
+        # Unlabelled images (label -1, cifar10+cifar100) contribute nothing.
+        loss = F.cross_entropy(logits, batch.labels, ignore_index=-1)
+        labelled = batch.labels >= 0
+        acc = ((logits.argmax(1) == batch.labels) & labelled).float().sum() / labelled.sum().clamp(min=1)
         return loss, {"loss": loss.detach(), "acc": acc.detach()}

@@ -1,0 +1,338 @@
+"""Data-pipeline throughput: loader alone and feeding the real SimCLR training step.
+
+    python -m benchmarks.throughput --data-dir data                          # GPU: all four pipelines
+    python -m benchmarks.throughput --pipelines gpu,dali --batch-size 512 --workers 16
+    python -m benchmarks.throughput --device cpu --batch-size 32 --steps 3 --loader-steps 40 --workers 2
+    python -m benchmarks.throughput --quick --out /tmp/bench                 # CPU, seconds (CI)
+
+For each pipeline (`torchvision`, `gpu`, `dali`, `ffcv`) on CIFAR-10 (the shipped cifar10-sample
+with --quick or when CIFAR-10 is not found; the output says which) it measures, per repeat:
+- loader-only: source images/s delivered as two augmented views, normalised, on the device;
+- end-to-end: images/s of SimCLR training fed by that pipeline, using fastssl's own model,
+  optimiser and step (benchmarks.step.TrainStep: bf16 autocast and torch.compile on CUDA, as
+  fastssl.pretrain); a repeat times `steps` steps from the start of an epoch, the loader's
+  epoch start-up included, as training sees it;
+- compute-only: the same step on one pre-made batch (no loading), once per repeat.
+From these: data-wait fraction = (end-to-end step time - compute-only step time) / end-to-end
+step time (share of each step the device waits for data; 0 when loading is fully hidden),
+TFLOP/s = FLOPs per step (FlopCounterMode over one forward+backward of the real step) x steps/s,
+MFU = TFLOP/s / peak dense bf16 TFLOP/s (--peak-tflops or the GPU table; n/a on CPUs), and the
+ratio to the torchvision DataLoader. Pipelines that cannot run say why ("unavailable: ...").
+Pipelines (and the compute-only case) are interleaved in a rotating order across repeats.
+"""
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+import pipelines
+from fastssl.config import ConfigError, cli, parse
+from pipelines import Batch, DataError
+
+from . import common
+from .step import TrainStep, model_config, setup_device
+
+STEM = "throughput"
+ORDER = ("torchvision", "gpu", "dali", "ffcv")
+COMPUTE = "compute-only"
+
+
+@dataclass
+class ThroughputConfig:
+    pipelines: str = field(default="torchvision,gpu,dali,ffcv", metadata={"help": "comma-separated pipelines to compare"})
+    dataset: str = field(default="cifar10", metadata={"help": "dataset (falls back to cifar10-sample when absent)", "choices": ["cifar10", "cifar100", "cifar10-sample"]})
+    data_dir: str | None = field(default=None, metadata={"help": "where the dataset lives (else $FASTSSL_DATA)"})
+    batch_size: int | None = field(default=None, metadata={"help": "images per step, each giving two views (default 512; --quick 2)"})
+    workers: int | None = field(default=None, metadata={"help": "worker processes/threads of torchvision, dali, ffcv (default 16; --quick 1)"})
+    repeats: int | None = field(default=None, metadata={"help": "timed repeats, interleaved over pipelines (default 5; >= 5 unless --quick)"})
+    steps: int | None = field(default=None, metadata={"help": "timed training steps per repeat (default: one epoch; --quick 1)"})
+    loader_steps: int | None = field(default=None, metadata={"help": "timed loader-only batches per repeat (default: one epoch; --quick 2)"})
+    warmup: int | None = field(default=None, metadata={"help": "untimed training steps per pipeline first, compilation included (default 3; --quick 1)"})
+    device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda or cuda:N"})
+    precision: str = field(default="auto", metadata={"help": "auto: bf16 autocast on CUDA, fp32 on CPU (as fastssl.pretrain)", "choices": ["auto", "bf16", "fp32"]})
+    compile: bool | None = field(default=None, metadata={"help": "torch.compile the step (default: on for CUDA, as fastssl.pretrain)"})
+    compile_backend: str = field(default="inductor", metadata={"help": "torch.compile backend"})
+    peak_tflops: float | None = field(default=None, metadata={"help": "peak dense bf16 TFLOP/s of the device for MFU (default: table by GPU model)"})
+    cache_dir: str | None = field(default=None, metadata={"help": "where dali/ffcv keep their converted copy of the data (default: theirs)"})
+    seed: int = field(default=0, metadata={"help": "seed of model, data order and augmentation"})
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's own; --quick 1)"})
+    quick: bool = field(default=False, metadata={"help": "CPU smoke run in seconds on cifar10-sample"})
+    out: str | None = field(default=None, metadata={"help": "output directory (default benchmarks/results/<device>-<date>)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace throughput.* files already in --out"})
+
+    def __post_init__(self):
+        q = self.quick
+        if q and self.device == "auto":
+            self.device = "cpu"
+        if q and self.threads is None:
+            self.threads = 1
+        defaults = dict(batch_size=2 if q else 512, workers=1 if q else 16, repeats=2 if q else 5,
+                        steps=1 if q else None, loader_steps=2 if q else None, warmup=1 if q else 3)
+        for k, v in defaults.items():
+            if getattr(self, k) is None:
+                setattr(self, k, v)
+        self.pipeline_list = [p.strip() for p in self.pipelines.split(",") if p.strip()]
+        bad = [p for p in self.pipeline_list if p not in pipelines.PIPELINES]
+        if bad or not self.pipeline_list:
+            raise ValueError(f"--pipelines: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(pipelines.PIPELINES)}")
+        for k in ("batch_size", "repeats", "steps", "loader_steps"):
+            v = getattr(self, k)
+            if v is not None and v <= 0:
+                raise ValueError(f"--{k.replace('_', '-')} must be positive, got {v}")
+        if self.batch_size < 2:
+            raise ValueError("--batch-size must be >= 2 (BatchNorm and NT-Xent need several images)")
+        if self.workers < 0 or self.warmup < 1:
+            raise ValueError("--workers must be >= 0 and --warmup >= 1")
+        if self.repeats < 5 and not q:
+            raise ValueError(f"--repeats must be >= 5 for a reported benchmark (got {self.repeats}); --quick allows fewer")
+
+
+def load_data(cfg):
+    """(dataset, note): the requested dataset, or the shipped sample with the reason."""
+    from pipelines import datasets
+
+    if cfg.quick:
+        return datasets.load("cifar10-sample", "train"), "cifar10-sample (--quick)"
+    try:
+        return datasets.load(cfg.dataset, "train", cfg.data_dir, download=False), cfg.dataset
+    except DataError as e:
+        print(f"{cfg.dataset} not available ({e}); falling back to cifar10-sample", file=sys.stderr)
+        return datasets.load("cifar10-sample", "train"), f"cifar10-sample (fallback: {cfg.dataset} not found: {e})"
+
+
+def build_loader(name, data, cfg, device):
+    kwargs = dict(batch_size=cfg.batch_size, device=device, seed=cfg.seed, recipe="simclr")
+    if name != "gpu":
+        kwargs["workers"] = cfg.workers  # the gpu pipeline has no workers, as in fastssl.train
+    if name in ("dali", "ffcv") and cfg.cache_dir:
+        kwargs["cache_dir"] = cfg.cache_dir
+    return pipelines.build(name, data, **kwargs)
+
+
+def timed_pass(loader, epoch: int, steps: int, device, step=None) -> float:
+    """Images/s over the first `steps` batches of epoch `epoch`, its start-up (set_epoch, iter)
+    included, each batch fed to `step` when given. Syncs only at the window's ends."""
+    images = 0
+    with common.Stopwatch(device) as sw:
+        loader.set_epoch(epoch)
+        it = iter(loader)
+        for _ in range(steps):
+            batch = next(it)
+            if step is not None:
+                step(batch)
+            images += batch.view1.shape[0]
+    close = getattr(it, "close", None)  # stop a part-read epoch (generator/worker clean-up) untimed
+    if close is not None:
+        close()
+    del it
+    return images / sw.seconds
+
+
+def compute_pass(step, batch, steps: int, device) -> float:
+    with common.Stopwatch(device) as sw:
+        for _ in range(steps):
+            step(batch)
+    return batch.view1.shape[0] * steps / sw.seconds
+
+
+def _reason(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0]}" if msg else type(e).__name__
+
+
+@cli
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg = parse(ThroughputConfig, argv, description=__doc__)
+    device = common.resolve_device(cfg.device)
+    out = cfg.out or common.default_out(STEM, device, cfg.quick)
+    common.check_out(out, [f"{STEM}.{e}" for e in ("json", "csv", "md", "png")], cfg.overwrite)
+    common.set_threads(cfg.threads)
+    env = common.environment("benchmarks.throughput", argv)
+    setup_device(device)
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    compiled = cfg.compile if cfg.compile is not None else device.type == "cuda"
+    peak, peak_source = common.peak_tflops(device, cfg.peak_tflops)
+    if peak is not None and not bf16 and cfg.peak_tflops is None:
+        peak, peak_source = None, "the peak table is for bf16; run bf16 or pass --peak-tflops"
+    threads = torch.get_num_threads()
+
+    data, data_note = load_data(cfg)
+    if len(data.labels) < cfg.batch_size:
+        raise ConfigError(f"--batch-size {cfg.batch_size} exceeds the {len(data.labels)} images of {data.name}")
+
+    # Build every pipeline first (conversions to .beton / DALI shards happen here, untimed).
+    status, loaders = {}, {}
+    for name in cfg.pipeline_list:
+        t0 = time.perf_counter()
+        try:
+            loaders[name] = build_loader(name, data, cfg, device)
+            status[name] = "ok"
+        except (DataError, ImportError, RuntimeError, OSError) as e:
+            status[name] = f"unavailable: {_reason(e)}"
+        torch.set_num_threads(threads)
+        print(f"{name}: {status[name]} (built in {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+
+    step = TrainStep(model_config(cfg.batch_size, cfg.seed), device, bf16=bf16, compile=compiled,
+                     compile_backend=cfg.compile_backend, num_classes=len(data.classes))
+    steps_of, loader_steps_of = {}, {}
+    premade = None
+    for name, loader in list(loaders.items()):  # untimed warm-up: workers, autotuning, compilation
+        t0 = time.perf_counter()
+        try:
+            n = len(loader)
+            steps_of[name] = min(cfg.steps or n, n)
+            loader_steps_of[name] = min(cfg.loader_steps or n, n)
+            loader.set_epoch(0)
+            it = iter(loader)
+            for i in range(min(cfg.warmup, n)):
+                batch = next(it).check(device) if i == 0 else next(it)
+                if premade is None:  # the compute-only batch: a real one, cloned out of the loader's buffers
+                    premade = Batch(batch.view1.clone(memory_format=torch.channels_last),
+                                    batch.view2.clone(memory_format=torch.channels_last), batch.labels.clone())
+                step(batch)
+            getattr(it, "close", lambda: None)()
+            del it
+            print(f"{name}: warm-up {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        except Exception as e:  # noqa: BLE001 - one broken pipeline must not hide the others' numbers
+            status[name] = f"failed: {_reason(e)}"
+            del loaders[name]
+            print(f"{name}: {status[name]}", file=sys.stderr)
+        torch.set_num_threads(threads)
+    if premade is None:
+        g = torch.Generator().manual_seed(cfg.seed)
+        views = [torch.randn(cfg.batch_size, 3, 32, 32, generator=g).to(device, memory_format=torch.channels_last)
+                 for _ in range(2)]
+        premade = Batch(views[0], views[1], torch.zeros(cfg.batch_size, dtype=torch.int64, device=device))
+    compute_steps = cfg.steps or max(steps_of.values(), default=len(data.labels) // cfg.batch_size)
+    step(premade)  # the model is warm from the pipelines' warm-up; this covers a new batch layout
+    flops = step.flops(premade)
+    print(f"{flops / 1e9:.1f} GFLOP per step (batch {cfg.batch_size}); bf16={bf16} compile={compiled}; "
+          f"data: {data_note}", file=sys.stderr)
+
+    loader_rates = {name: [] for name in loaders}
+    e2e_rates = {name: [] for name in loaders}
+    compute_rates = []
+    for r in range(cfg.repeats):
+        cases = list(loaders) + [COMPUTE]
+        for j in range(len(cases)):  # rotated order: drift and position effects hit every pipeline alike
+            name = cases[(j + r) % len(cases)]
+            if name == COMPUTE:
+                compute_rates.append(compute_pass(step, premade, compute_steps, device))
+                continue
+            if status[name] != "ok":
+                continue
+            try:
+                # End-to-end first: a part-read epoch leaves work in flight (DataLoader workers), which
+                # the loader's next epoch start must drain. After a training pass that work is done
+                # (compute is the slower side), after a loader-only pass it is not; and the next
+                # training pass of this pipeline comes a whole round of other pipelines later.
+                e2e_rates[name].append(timed_pass(loaders[name], 1 + 2 * r, steps_of[name], device, step))
+                loader_rates[name].append(timed_pass(loaders[name], 2 + 2 * r, loader_steps_of[name], device))
+            except Exception as e:  # noqa: BLE001
+                status[name] = f"failed: {_reason(e)}"
+                print(f"{name}: {status[name]}", file=sys.stderr)
+            torch.set_num_threads(threads)  # FFCV sets torch's thread count at each epoch start
+        print(f"repeat {r + 1}/{cfg.repeats} done", file=sys.stderr)
+
+    compute = common.summarize(compute_rates)
+    records = []
+    for name in cfg.pipeline_list:
+        rec = {"pipeline": name, "status": status[name], "loader_img_per_s": None, "e2e_img_per_s": None,
+               "e2e_step_ms": None, "data_wait_fraction": None, "data_wait_fraction_raw": None, "tflops": None,
+               "mfu": None, "e2e_vs_torchvision": None, "loader_vs_torchvision": None,
+               "steps_per_repeat": steps_of.get(name), "loader_steps_per_repeat": loader_steps_of.get(name)}
+        if status[name] == "ok":
+            e2e = common.summarize(e2e_rates[name])
+            raw = 1 - e2e["median"] / compute["median"]
+            rec.update(loader_img_per_s=common.summarize(loader_rates[name]), e2e_img_per_s=e2e,
+                       e2e_step_ms=1000 * cfg.batch_size / e2e["median"],
+                       # Negative values are timing noise (end-to-end cannot beat compute-only).
+                       data_wait_fraction=max(0.0, raw), data_wait_fraction_raw=raw,
+                       tflops=flops * e2e["median"] / cfg.batch_size / 1e12)
+            rec["mfu"] = rec["tflops"] / peak if peak else None
+        records.append(rec)
+    comp_tflops = flops * compute["median"] / cfg.batch_size / 1e12
+    records.append({"pipeline": COMPUTE, "status": "ok", "loader_img_per_s": None, "e2e_img_per_s": compute,
+                    "e2e_step_ms": 1000 * cfg.batch_size / compute["median"], "data_wait_fraction": 0.0,
+                    "data_wait_fraction_raw": 0.0, "tflops": comp_tflops, "mfu": comp_tflops / peak if peak else None,
+                    "e2e_vs_torchvision": None, "loader_vs_torchvision": None, "steps_per_repeat": compute_steps,
+                    "loader_steps_per_repeat": None})
+    tv = next((r for r in records if r["pipeline"] == "torchvision" and r["status"] == "ok"), None)
+    for rec in records:
+        if tv and rec["status"] == "ok":
+            rec["e2e_vs_torchvision"] = rec["e2e_img_per_s"]["median"] / tv["e2e_img_per_s"]["median"]
+            if rec["loader_img_per_s"]:
+                rec["loader_vs_torchvision"] = rec["loader_img_per_s"]["median"] / tv["loader_img_per_s"]["median"]
+
+    targets = make_targets(cfg, env, data, records, tv)
+    result = {"benchmark": STEM, "environment": env, "device": str(device), "dataset": data_note,
+              "dataset_images": len(data.labels),
+              "settings": {k: v for k, v in vars(cfg).items() if k != "pipeline_list"} | {
+                  "out": out, "bf16": bf16, "compile": compiled, "flops_per_step": flops, "peak_tflops": peak,
+                  "peak_source": peak_source, "compute_steps_per_repeat": compute_steps,
+                  "model": "resnet18 (cifar stem) + 2048->128 head, LARS, fastssl.pretrain defaults"},
+              "records": records, "targets": targets}
+    table = render(records, targets, cfg, data_note, bf16, compiled)
+    ok = [r for r in records if r["status"] == "ok"]
+    common.write_all(out, STEM, result, records, table, lambda p: common.bar_chart(
+        p, [r["pipeline"] for r in ok],
+        {"loader-only": [r["loader_img_per_s"] for r in ok], "end-to-end": [r["e2e_img_per_s"] for r in ok]},
+        "images/s (median, min-max; log)", f"SimCLR data throughput, batch {cfg.batch_size}, "
+        f"{cfg.workers} workers, {env['gpu'] or env['cpu']}", log=True))
+    print(f"wrote {os.path.join(out, STEM)}.{{json,csv,md,png}}", file=sys.stderr)
+    common.print_table(table)
+    return result
+
+
+def make_targets(cfg, env, data, records, tv):
+    gpu = env["gpu"] or ""
+    full = "H100" in gpu and data.name == "cifar10" and not cfg.quick
+    why = "needs an H100 with full CIFAR-10" + ("" if "H100" in gpu else f" (this run: {gpu or 'CPU'})") + (
+        "" if data.name == "cifar10" else f" (data: {data.name})")
+    pipes = [r for r in records if r["status"] == "ok" and r["pipeline"] != COMPUTE]
+    best = max(pipes, key=lambda r: r["e2e_img_per_s"]["median"], default=None)
+    gpu_rec = next((r for r in pipes if r["pipeline"] == "gpu"), None)
+    return [
+        common.target("end-to-end >= 45,000 img/s with the best pipeline (H100)",
+                      best["e2e_img_per_s"]["median"] if best else None, 45000, True, full and best is not None,
+                      why if not full else "no pipeline ran", "img/s"),
+        common.target("best end-to-end >= 3x torchvision with 16 workers (H100)",
+                      best["e2e_vs_torchvision"] if best and tv else None, 3.0, True,
+                      full and cfg.workers == 16 and best is not None and tv is not None,
+                      why if not full else (f"--workers {cfg.workers}, not 16" if cfg.workers != 16
+                                            else "torchvision or every other pipeline unavailable"), "x"),
+        common.target("gpu loader-only >= 200,000 two-view img/s (H100)",
+                      gpu_rec["loader_img_per_s"]["median"] if gpu_rec else None, 200000, True,
+                      full and gpu_rec is not None, why if not full else "gpu pipeline not run", "img/s"),
+    ]
+
+
+def render(records, targets, cfg, data_note, bf16, compiled) -> str:
+    rows = []
+    for r in records:
+        if r["status"] != "ok":
+            rows.append([r["pipeline"], r["status"]] + [""] * 7)
+            continue
+        rows.append([r["pipeline"], "ok",
+                     common.fmt_range(r["loader_img_per_s"]) if r["loader_img_per_s"] else "-",
+                     common.fmt_range(r["e2e_img_per_s"]), f"{r['e2e_step_ms']:.1f}",
+                     common.fmt(r["e2e_vs_torchvision"], ".2f") + ("x" if r["e2e_vs_torchvision"] else ""),
+                     common.fmt(r["data_wait_fraction"], ".0%"), common.fmt(r["tflops"], ".3f"),
+                     common.fmt(r["mfu"], ".1%")])
+    head = (f"data: {data_note}; batch {cfg.batch_size}, {cfg.workers} workers, "
+            f"{'bf16' if bf16 else 'fp32'}, {'compiled' if compiled else 'eager'}, {cfg.repeats} repeats\n\n")
+    table = common.markdown_table(["pipeline", "status", "loader-only img/s median (min-max)",
+                                   "end-to-end img/s median (min-max)", "step ms", "e2e vs torchvision",
+                                   "data wait", "TFLOP/s", "MFU"], rows)
+    table += "\n" + common.markdown_table(
+        ["target", "value", "status"],
+        [[t["target"], common.fmt(t["value"], ",.2f" if t["unit"] == "x" else ",.0f"),
+          t["status"] + (f" ({t['reason']})" if t["reason"] else "")] for t in targets])
+    return head + table
+
+
+if __name__ == "__main__":
+    main()

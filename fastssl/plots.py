@@ -1,0 +1,50 @@
+"""PNG line plots for evaluation outputs (matplotlib, Agg canvas, no display needed).
+
+    from fastssl.plots import figure
+    figure("curves.png", [{"title": "linear classifier", "xlabel": "epoch", "ylabel": "top-1 (%)",
+                           "series": [{"label": "test", "x": [1, 2], "y": [40.0, 45.0]}]}])
+
+A figure is a row of panels; a panel is a list of series; a series is {"label", "x", "y"} plus
+optional "err" (error bars: mean ± std over seeds), "style" (matplotlib format string) and "alpha".
+Callers turn run files into these plain dicts, so this module knows nothing about runs.
+"""
+import os
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+MAX_LEGEND = 12  # more entries than this make a legend unreadable; the lines still show
+
+
+def figure(path: str, panels: list[dict], title: str | None = None, width: float = 5.5, height: float = 4.0):
+    """Draw `panels` side by side and write a PNG to `path` atomically. Returns `path`."""
+    # A Figure with its own Agg canvas, not pyplot: no global state, no GUI backend, thread-safe.
+    fig = Figure(figsize=(width * len(panels), height), layout="constrained")
+    FigureCanvasAgg(fig)
+    for i, panel in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        for s in panel["series"]:
+            kw = {"label": s.get("label"), "alpha": s.get("alpha", 1.0)}
+            if s.get("err") is not None:
+                ax.errorbar(s["x"], s["y"], yerr=s["err"], fmt=s.get("style", "o-"), capsize=3, **kw)
+            else:
+                ax.plot(s["x"], s["y"], s.get("style", "-"), **kw)
+        ax.set_title(panel.get("title", ""))
+        ax.set_xlabel(panel.get("xlabel", ""))
+        ax.set_ylabel(panel.get("ylabel", ""))
+        if panel.get("logx"):
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+        labelled = [s for s in panel["series"] if s.get("label")]
+        if 0 < len(labelled) <= MAX_LEGEND:
+            ax.legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        fig.savefig(tmp, format="png", dpi=110)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path

@@ -1,0 +1,170 @@
+"""Convert an ArrayDataset to a loader's native format: atomic, verified by reading back, with a manifest.
+
+    from pipelines import convert, datasets
+    data = datasets.load("cifar10", "train", data_dir="data")
+    convert.convert(data, "ffcv", "data/cifar10_train.beton")          # + data/cifar10_train.beton.manifest.json
+    convert.convert(data, "dali", "data/cifar10_dali", workers=8)       # directory, manifest.json inside
+
+Every writer module in WRITERS exposes `write(data, tmp_out, **opts)`, `verify(out, data, n_check)`
+(reads back with the library's own reader: count, labels and pixels of a sample, bit-exact for raw)
+and `VERSION()` (DataError naming the pip extra when the library is missing). The output appears
+only once it is complete and verified: it is written to `out + ".tmp-<pid>"` and moved into place
+with os.replace; an existing output is refused unless force=True, and on any failure the temporary
+output is removed and the existing one is left as it was.
+"""
+import datetime
+import hashlib
+import importlib
+import inspect
+import json
+import os
+import shutil
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from .errors import DataError
+
+WRITERS = {"ffcv": "pipelines.ffcv_format", "dali": "pipelines.dali_format"}
+LIBRARIES = {"ffcv": "ffcv", "dali": "nvidia-dali"}
+MANIFEST = "manifest.json"
+
+
+def manifest_path(to: str, out: str) -> str:
+    """Where the manifest of output `out` lives: beside a single-file output, inside a directory one."""
+    return os.path.join(out, MANIFEST) if to == "dali" else out + ".manifest.json"
+
+
+def _files(path):
+    """Relative paths of the files making up an output (one file, or a directory's files), sorted."""
+    if os.path.isdir(path):
+        return sorted(os.path.relpath(os.path.join(d, f), path) for d, _, fs in os.walk(path) for f in fs)
+    return [""]
+
+
+def sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def _publish(tmp, out):
+    """Move the finished `tmp` to `out`. A file replaces atomically; a directory cannot be replaced in one
+    step, so an old `out` is first renamed aside and restored if the second rename fails."""
+    if not os.path.isdir(tmp) or not os.path.exists(out):
+        os.replace(tmp, out)
+        return
+    aside = f"{out}.old-{os.getpid()}"
+    os.replace(out, aside)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(aside, out)
+        raise
+    _remove(aside)
+
+
+def convert(data, to: str, out, *, force=False, workers=None, n_check=1000, source=None, progress=True,
+            **opts) -> dict:
+    """Write `data` (datasets.ArrayDataset) as `to` ("ffcv" | "dali") at `out`; return the manifest dict.
+
+    opts go to the writer (encoding="raw"|"jpg", quality, max_resolution; dali: shard_size).
+    source: where the data came from, recorded in the manifest (e.g. {"dataset", "split", "data_dir"}).
+    n_check: samples compared pixel by pixel after writing. progress: rich bar on stderr.
+    """
+    if to not in WRITERS:
+        raise DataError(f"unknown output format {to!r}; choose from {', '.join(WRITERS)}")
+    writer = importlib.import_module(WRITERS[to])
+    version = writer.VERSION()  # DataError with the install hint when the library is missing
+    out = os.fspath(out).rstrip(os.sep) or os.fspath(out)
+    meta = manifest_path(to, out)
+    if os.path.lexists(out) and not force:
+        raise DataError(f"{out} already exists (use --force / force=True to replace it)")
+    if os.path.isdir(out) and to == "ffcv":
+        raise DataError(f"{out} is a directory; a .beton output is a single file")
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    workers = int(workers or len(os.sched_getaffinity(0)))
+    accepted = inspect.signature(writer.write).parameters
+    unknown = sorted(set(opts) - set(accepted))
+    if unknown:
+        raise DataError(f"the {to} writer has no option(s) {', '.join(unknown)}")
+    n = len(data.labels)
+    tmp, tmp_meta = f"{out}.tmp-{os.getpid()}", f"{meta}.tmp-{os.getpid()}"
+    started = time.time()
+    bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), console=Console(stderr=True), transient=True, disable=not progress)
+    try:
+        _remove(tmp), _remove(tmp_meta)  # leftovers of a killed run with a recycled pid
+        with bar:
+            task = bar.add_task(f"writing {to}", total=n)
+            kwargs = dict(opts, workers=workers)
+            if "on_progress" in accepted:
+                kwargs["on_progress"] = lambda k: bar.advance(task, k)
+            writer.write(data, tmp, **kwargs)
+            bar.update(task, completed=n, description="verifying (reading back)")
+            report = writer.verify(tmp, data, n_check)
+            files = _files(tmp)
+            bar.update(task, description="checksums", completed=0, total=len(files))
+            checksums = {}
+            for rel in files:
+                checksums[rel or os.path.basename(out)] = sha256(os.path.join(tmp, rel) if rel else tmp)
+                bar.advance(task)
+        height, width = data.images.shape[1:3]
+        manifest = {
+            "format": to, "library": LIBRARIES[to], "library_version": version,
+            "count": n, "classes": [str(c) for c in getattr(data, "classes", [])],
+            "name": str(getattr(data, "name", "")), "source": source or {},
+            "image_shape": [int(height), int(width), 3],  # of the source; max_resolution may shrink it
+            "encoding": opts.get("encoding", "raw"),
+            "options": {k: v for k, v in opts.items() if isinstance(v, (int, float, str, type(None)))},
+            "verified": {k: (None if v == float("inf") else v) for k, v in report.items() if k != "path"},
+            "sha256": checksums, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(time.time() - started, 2),
+        }
+        if to == "dali":  # the manifest travels inside the directory, so one rename publishes both
+            with open(os.path.join(tmp, MANIFEST), "w") as f:
+                json.dump(manifest, f, indent=1)
+            _publish(tmp, out)
+        else:
+            with open(tmp_meta, "w") as f:
+                json.dump(manifest, f, indent=1)
+            _publish(tmp, out)
+            os.replace(tmp_meta, meta)
+    finally:
+        _remove(tmp), _remove(tmp_meta)
+    manifest["path"], manifest["manifest"] = out, meta
+    return manifest
+
+
+def load_manifest(to: str, out) -> dict:
+    """The manifest written by convert for output `out` (DataError if missing or unreadable)."""
+    path = manifest_path(to, os.fspath(out))
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no manifest (was {out} written by pipelines.convert?)") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: corrupt manifest ({e})") from None
+
+
+def check_checksums(to: str, out) -> None:
+    """Recompute the sha256 of every file listed in the manifest; DataError naming the first that differs."""
+    out = os.fspath(out)
+    for rel, want in load_manifest(to, out)["sha256"].items():
+        path = os.path.join(out, rel) if os.path.isdir(out) else out
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: missing (listed in the manifest)")
+        if sha256(path) != want:
+            raise DataError(f"{path}: checksum differs from the manifest (corrupt or modified)")

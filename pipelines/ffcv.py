@@ -1,0 +1,257 @@
+"""FFCV pipeline: FFCV reads the .beton and, for SimCLR, decodes, crops and flips both views on the
+CPU (numba, `workers` threads); the colour part FFCV lacks (jitter incl. hue, grayscale) and the
+normalisation run on the device with the same pure-torch op as the gpu pipeline,
+`augment.color_and_normalize`.
+
+    loader = pipelines.build("ffcv", data, batch_size=512, device="cuda", workers=8)
+    loader = pipelines.build("ffcv", data, batch_size=512, source="cifar10_train.beton")
+    python -m pipelines.ffcv --data-dir data --workers 8 --device cuda    # loader-only images/s
+
+Without `source`, `data` is written once to `~/.cache/fastssl/ffcv/<fingerprint>.beton` (raw uint8,
+atomic) and reused by later runs. The first batch of a process is slow: numba compiles FFCV's
+pipeline (~10-20 s on a small CPU). Two views = two FFCV pipelines ("image", "image2") reading the
+one "image" field. supervised / eval: FFCV only decodes; the supervised reflect-pad crop + flip
+runs on the device (`augment.crop_flip_view`), because FFCV's RandomTranslate pads with a constant.
+
+Reproducibility (FFCV 1.0.2, checked against its source):
+- order: a pure function of (seed, epoch, rank). FFCV draws epoch e's permutation from
+  `np.random.default_rng(ffcv_seed + e)` (quasi_random: `ffcv_seed * 912300 + e`; distributed:
+  torch's `DistributedSampler(seed=ffcv_seed).set_epoch(e)`), ffcv_seed = derive_seed(seed).
+- colour jitter / grayscale and the supervised crop + flip: a pure function of (seed, epoch, rank),
+  drawn from one torch generator per epoch on the device. supervised and eval are fully reproducible.
+- SimCLR crop boxes and flips are NOT reproducible: FFCV's numba kernels call `np.random` inside
+  njit code, i.e. numba's per-thread generator, which FFCV never seeds (its `seed` only orders the
+  samples) and whose threads share out the samples nondeterministically. A resumed SimCLR run replays
+  the order and the colour draws exactly, the crops only in distribution; use the gpu pipeline when
+  crops must replay bit for bit.
+Multi-GPU: with world_size > 1 FFCV's `distributed=True` builds torch's DistributedSampler without an
+explicit rank, so it reads rank and world size from the initialised torch.distributed process group
+(torchrun); build checks they match `rank`/`world_size`. The sampler pads the epoch order by
+repetition to a multiple of world_size, so every rank runs ceil(N / world_size) // batch_size steps.
+FFCV sets torch's global thread count (to 1 on import, to `workers` per loader and epoch); this
+module puts it back each time, so the training process keeps its own setting.
+"""
+import hashlib
+import os
+
+import numpy as np
+import torch
+
+from . import augment, ffcv_format
+from .batch import Batch
+from .errors import DataError
+
+EXTRA = "ffcv"
+ORDERS = ("random", "quasi_random")
+CACHE_DIR = os.path.join("~", ".cache", "fastssl", "ffcv")
+_COMPILED = []  # see the end of build()
+
+try:
+    with ffcv_format.torch_threads_kept():
+        from ffcv.fields.decoders import IntDecoder, RandomResizedCropRGBImageDecoder, SimpleRGBImageDecoder
+        from ffcv.loader import Loader as FFCVLoader
+        from ffcv.loader import OrderOption
+        from ffcv.pipeline import PipelineSpec
+        from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
+except (ImportError, RuntimeError, OSError):  # reported by ffcv_format.require() with the install hint
+    pass
+
+
+def fingerprint(data) -> str:
+    """Cache key of a dataset: name, count, shape and a hash of every pixel and label."""
+    h = hashlib.blake2b(digest_size=10)
+    h.update(np.ascontiguousarray(data.images).data)
+    h.update(np.ascontiguousarray(data.labels, dtype=np.int64).data)
+    n, height, width = data.images.shape[:3]
+    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(getattr(data, "name", "data")))
+    return f"{name}-{n}-{height}x{width}-{h.hexdigest()}"
+
+
+def cached_beton(data, cache_dir=None, workers=None) -> str:
+    """Path of `data` as a raw .beton in the cache, written (atomically) on first use."""
+    cache_dir = os.path.expanduser(cache_dir or CACHE_DIR)
+    path = os.path.join(cache_dir, fingerprint(data) + ".beton")
+    if os.path.exists(path):
+        try:
+            if ffcv_format.check_file(path)["count"] == len(data.labels):
+                return path
+        except DataError:
+            pass  # a damaged cache entry is rewritten below
+    # Concurrent writers (one per rank) each os.replace an identical file: last one wins, all valid.
+    return ffcv_format.write(data, path, encoding="raw", workers=workers, overwrite=True)
+
+
+def derive_seed(*parts) -> int:
+    """A well-mixed 31-bit seed from integers, so (seed, epoch) pairs never alias as seed+epoch would."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] >> 1)
+
+
+def _image_ops(recipe, spec, size, device):
+    """FFCV ops for one view: decode (+ crop + flip for simclr) -> uint8 NCHW channels_last on `device`."""
+    tail = [ToTensor(), ToDevice(device, non_blocking=True), ToTorchImage()]
+    if recipe == "simclr":
+        return [RandomResizedCropRGBImageDecoder(size, scale=tuple(spec.scale), ratio=tuple(spec.ratio)),
+                RandomHorizontalFlip(spec.flip_p), *tail]
+    # supervised / eval: decode only. FFCV's RandomTranslate pads with a constant colour, not the
+    # reflection the recipe specifies, so the supervised crop+flip runs on the device (augment).
+    return [SimpleRGBImageDecoder(), *tail]
+
+
+class FFCVPipeline:
+    """Loader protocol (see batch.py) over an FFCV Loader. `.ffcv` is that loader and `raw()` its
+    batches before the device-side ops (uint8 views), to benchmark or inspect FFCV on its own."""
+
+    def __init__(self, ffcv_loader, names, recipe, spec, device, seed, rank, mean, std):
+        self.ffcv, self.names, self.recipe, self.spec = ffcv_loader, names, recipe, spec
+        self.device, self.seed, self.rank = device, seed, rank
+        self.mean, self.std = mean, std
+        self.epoch = 0
+
+    def __len__(self):
+        return len(self.ffcv)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def raw(self):
+        """FFCV's own batches for the current epoch, as dicts name -> tensor ("image", "image2":
+        uint8 (B, 3, H, W) channels_last; "label": int64 (B,)), all on the device.
+        FFCV reuses these buffers: consume or copy each batch before asking for the next."""
+        self.ffcv.next_epoch = self.epoch  # FFCV's epoch counter: __iter__ draws epoch e's order from it
+        with ffcv_format.torch_threads_kept():
+            batches = iter(self.ffcv)
+        for out in batches:
+            yield dict(zip(self.names, out))
+
+    def __iter__(self):
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(derive_seed(self.seed, self.epoch, 1, self.rank))
+        for out in self.raw():
+            # Everything below makes fresh tensors (cat / clone), so nothing keeps pointing into
+            # FFCV's buffers once the next batch is requested. No host sync: all queued on the device.
+            labels, n = out["label"].clone(), out["label"].shape[0]
+            if self.recipe == "simclr":  # both views in one call: half the kernel launches
+                both = augment.to_unit(torch.cat([out["image"], out["image2"]]))
+                views = augment.color_and_normalize(both, self.spec, gen, self.mean, self.std)
+                yield Batch(views[:n], views[n:], labels)  # batch slices stay channels_last
+            elif self.recipe == "supervised":
+                view = augment.crop_flip_view(out["image"], gen, self.mean, self.std, flip_p=self.spec.flip_p)
+                yield Batch(view, None, labels)
+            else:
+                yield Batch(augment.eval_view(out["image"], self.mean, self.std), None, labels)
+
+
+def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=True, shuffle=True,
+          rank=0, world_size=1, source=None, cache_dir=None, workers=None, order="random",
+          spec=None) -> FFCVPipeline:
+    """FFCV loader over `data` (ArrayDataset; its mean/std normalise). Backend keywords:
+    source: an existing .beton of `data` (else the cached copy); cache_dir: where that copy lives;
+    workers: FFCV's numba threads (default: all cores); order: "random" | "quasi_random"
+    (the latter only helps when the file is larger than RAM; not with world_size > 1);
+    spec: SimCLR augmentation parameters (augment.SimCLRRecipe, default its defaults; simclr crops
+    come out spec.size x spec.size, the other recipes keep the images' own size)."""
+    ffcv_format.require()
+    if recipe not in ("simclr", "supervised", "eval"):
+        raise DataError(f"unknown recipe {recipe!r}; choose from simclr, supervised, eval")
+    if order not in ORDERS:
+        raise DataError(f"unknown FFCV order {order!r}; choose from {', '.join(ORDERS)}")
+    if batch_size < 1 or not 0 <= rank < world_size:
+        raise DataError(f"need batch_size >= 1 and 0 <= rank < world_size (got {batch_size}, {rank}, {world_size})")
+    workers = int(workers) if workers else len(os.sched_getaffinity(0))
+    distributed = world_size > 1
+    if distributed:
+        import torch.distributed as dist
+
+        ok = dist.is_available() and dist.is_initialized()
+        if not ok or (dist.get_rank(), dist.get_world_size()) != (rank, world_size):
+            raise DataError("FFCV shards by torch.distributed's rank and world size: initialise the process "
+                            f"group (torchrun) before building, with rank {rank} of {world_size}")
+        if order == "quasi_random":
+            raise DataError("FFCV 1.0.2 has no quasi_random order in distributed mode; use order='random'")
+
+    if recipe == "supervised" and min(data.images.shape[1:3]) <= augment.PAD:
+        raise DataError(f"the supervised recipe pads by {augment.PAD}: images of "
+                        f"{data.images.shape[1]}x{data.images.shape[2]} are too small")
+
+    path = os.fspath(source) if source is not None else cached_beton(data, cache_dir, workers)
+    info = ffcv_format.check_file(path)
+    if info["count"] != len(data.labels):
+        raise DataError(f"{path}: holds {info['count']} samples, the dataset has {len(data.labels)}")
+    spec = spec or augment.SimCLRRecipe()
+    size = (spec.size, spec.size) if recipe == "simclr" else tuple(data.images.shape[1:3])
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+
+    pipes = {"image": _image_ops(recipe, spec, size, device),
+             "label": [IntDecoder(), ToTensor(), Squeeze(1), ToDevice(device, non_blocking=True)]}
+    if recipe == "simclr":  # the second view: a second pipeline reading the same field
+        pipes["image2"] = PipelineSpec("image", transforms=_image_ops(recipe, spec, size, device))
+    if recipe == "eval" or not shuffle:
+        ffcv_order = OrderOption.SEQUENTIAL
+    else:
+        ffcv_order = OrderOption.QUASI_RANDOM if order == "quasi_random" else OrderOption.RANDOM
+    try:
+        with ffcv_format.torch_threads_kept():
+            loader = FFCVLoader(path, batch_size=batch_size, num_workers=workers, order=ffcv_order,
+                                distributed=distributed, seed=derive_seed(seed), drop_last=drop_last,
+                                pipelines=pipes)
+    except (ValueError, TypeError, AssertionError, NotImplementedError, MemoryError) as e:
+        raise DataError(f"{path}: FFCV cannot load it ({type(e).__name__}: {e})") from None
+    if len(loader) == 0:
+        raise DataError(f"{len(data.labels)} images give no full batch of {batch_size} (drop_last={drop_last})")
+    names = list(loader.pipeline_specs)  # FFCV yields one output per pipeline, in this order
+    # numba 0.68 raises (and prints) a harmless KeyError when it garbage-collects the crop decoder's
+    # compiled code (imdecode specialised on literal arguments); keeping that code (kilobytes) until
+    # interpreter exit, where numba skips the cleanup, keeps stderr clean.
+    _COMPILED.append(loader.code)
+    return FFCVPipeline(loader, names, recipe, spec, device, seed, rank, tuple(data.mean), tuple(data.std))
+
+
+def _measure(argv=None):
+    """Loader-only throughput of the FFCV pipeline: two-view images per second (CIFAR-10 train when
+    --data-dir is given, else random 32x32 data; raw .beton, so decoding cost is the same)."""
+    import argparse
+    import time
+    from types import SimpleNamespace
+
+    parser = argparse.ArgumentParser(description=_measure.__doc__)
+    parser.add_argument("--data-dir", default=None, help="CIFAR-10 root for datasets.load('cifar10', 'train')")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--n", type=int, default=50000, help="images in the random dataset")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--workers", type=int, default=None, help="FFCV threads (default: all cores)")
+    parser.add_argument("--stage", default="full", choices=("full", "ffcv"),
+                        help="full: Batch out (device colour ops included); ffcv: FFCV's raw crops only")
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs (after one untimed warm-up)")
+    args = parser.parse_args(argv)
+    if args.data_dir:
+        from .datasets import load
+
+        data = load("cifar10", "train", data_dir=args.data_dir)
+    else:
+        rng = np.random.default_rng(0)
+        data = SimpleNamespace(images=rng.integers(0, 256, (args.n, 32, 32, 3), dtype=np.uint8), name="random",
+                               labels=rng.integers(0, 10, args.n), mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26))
+    loader = build(data, batch_size=args.batch_size, device=args.device, workers=args.workers)
+    sync = torch.cuda.synchronize if loader.device.type == "cuda" else (lambda: None)
+    times = []
+    for epoch in range(args.epochs + 1):  # epoch 0 compiles FFCV's numba code: untimed
+        loader.set_epoch(epoch)
+        sync()
+        start = time.perf_counter()
+        for _ in loader.raw() if args.stage == "ffcv" else loader:
+            pass
+        sync()  # once per epoch, for the clock
+        times.append(time.perf_counter() - start)
+    per_epoch = float(np.median(times[1:]))
+    images = len(loader) * args.batch_size
+    print(f"ffcv pipeline ({args.stage}), ffcv {ffcv_format.VERSION()}, {args.device}, "
+          f"{loader.ffcv.num_workers} workers, torch {torch.__version__}: {len(data.labels)} images of "
+          f"{getattr(data, 'name', '')}, batch {args.batch_size}, "
+          f"median of {args.epochs} epochs {per_epoch:.3f} s -> {images / per_epoch:,.0f} images/s "
+          f"({2 * images / per_epoch:,.0f} views/s)")
+
+
+if __name__ == "__main__":
+    _measure()

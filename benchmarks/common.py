@@ -23,6 +23,7 @@ import time
 import torch
 
 from fastssl.config import ConfigError
+from fastssl.train import resolve_device  # noqa: F401  (one rule for --device everywhere)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -99,18 +100,15 @@ def environment(module: str, argv) -> dict:
     }
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda requested but no CUDA GPU is available")
-    if device.type == "cuda" and device.index is None:  # torch.cuda.set_device needs an index
-        device = torch.device("cuda", torch.cuda.current_device())
-    return device
+
+
+def apply_quick(cfg) -> bool:
+    """--quick means the CPU with one thread unless the flags say otherwise; returns cfg.quick."""
+    if cfg.quick and cfg.device == "auto":
+        cfg.device = "cpu"
+    if cfg.quick and cfg.threads is None:
+        cfg.threads = 1
+    return cfg.quick
 
 
 def set_threads(n) -> None:

@@ -45,11 +45,7 @@ class NTXentConfig:
     overwrite: bool = field(default=False, metadata={"help": "replace nt_xent.* files already in --out"})
 
     def __post_init__(self):
-        q = self.quick
-        if q and self.device == "auto":
-            self.device = "cpu"
-        if q and self.threads is None:
-            self.threads = 1
+        q = common.apply_quick(self)
         cuda = self.device != "cpu" and (self.device.startswith("cuda") or torch.cuda.is_available())
         if self.sizes is None:
             self.sizes = "64,128" if q else "256,512,1024,4096"

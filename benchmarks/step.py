@@ -118,17 +118,14 @@ class StepConfig:
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda or cuda:N"})
     peak_tflops: float | None = field(default=None, metadata={"help": "peak dense bf16 TFLOP/s of the device for MFU (default: table by GPU model)"})
     seed: int = field(default=0, metadata={"help": "seed of the model and the synthetic batch"})
+    precisions: str = field(default="fp32,bf16", metadata={"help": "comma-separated precisions to compare (fp32, bf16); CPUs without native bf16 run bf16 steps very slowly"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's own; --quick 1)"})
     quick: bool = field(default=False, metadata={"help": "CPU smoke run in seconds: tiny batch and image, 1 repeat"})
     out: str | None = field(default=None, metadata={"help": "output directory (default benchmarks/results/<device>-<date>)"})
     overwrite: bool = field(default=False, metadata={"help": "replace step.* files already in --out"})
 
     def __post_init__(self):
-        q = self.quick
-        if q and self.device == "auto":
-            self.device = "cpu"
-        if q and self.threads is None:
-            self.threads = 1
+        q = common.apply_quick(self)
         cuda = self.device != "cpu" and (self.device.startswith("cuda") or torch.cuda.is_available())
         # --quick: a tiny batch of 8x8 views, one repeat, dynamo without code generation. On CPUs
         # without native bf16, bf16 convolutions on contiguous tensors take a slow path costing ~2 s
@@ -148,6 +145,9 @@ class StepConfig:
             raise ValueError(f"--repeats must be >= 5 for a reported benchmark (got {self.repeats}); --quick allows fewer")
         if self.batch_size < 2:
             raise ValueError("--batch-size must be >= 2 (BatchNorm and NT-Xent need several images)")
+        wanted = [p.strip() for p in self.precisions.split(",") if p.strip()]
+        if not wanted or set(wanted) - {"fp32", "bf16"}:
+            raise ValueError(f"--precisions takes fp32 and/or bf16, got {self.precisions!r}")
 
 
 def setting_name(s: dict) -> str:
@@ -168,7 +168,8 @@ def main(argv=None):
     peak, peak_source = common.peak_tflops(device, cfg.peak_tflops)
     mcfg = model_config(cfg.batch_size, cfg.seed)
 
-    settings = [dict(zip(FACTORS, bits)) for bits in itertools.product((False, True), repeat=3)]
+    bf16_options = [p == "bf16" for p in ("fp32", "bf16") if p in cfg.precisions.split(",")]
+    settings = [dict(zip(FACTORS, (c, cl, b))) for c, cl, b in itertools.product((False, True), (False, True), bf16_options)]
     steps, batches = [], {}
     for s in settings:
         steps.append(TrainStep(mcfg, device, bf16=s["bf16"], compile=s["compile"], channels_last=s["channels_last"],
@@ -217,8 +218,12 @@ def main(argv=None):
         ratios = []
         for rec_on in records:
             if rec_on[f]:
-                off = next(r for r in records if not r[f] and all(r[g] == rec_on[g] for g in FACTORS if g != f))
+                off = next((r for r in records if not r[f] and all(r[g] == rec_on[g] for g in FACTORS if g != f)), None)
+                if off is None:
+                    continue
                 ratios.append(rec_on["img_per_s"]["median"] / off["img_per_s"]["median"])
+        if not ratios:  # a factor held fixed (e.g. --precisions fp32) has no effect to report
+            continue
         effects.append({"choice": f, "geomean_speedup": math.exp(sum(map(math.log, ratios)) / len(ratios)),
                         "min_speedup": min(ratios), "max_speedup": max(ratios)})
 

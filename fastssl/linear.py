@@ -17,7 +17,7 @@ mode, no augmentation); learning rate x weight decay chosen on a stratified vali
 the training set; retrained on the full training set; test top-1/top-5 measured once. A weighted
 kNN classifier (k=200, t=0.1) is scored on the same features. --out gets config.json, metrics.jsonl (one record per classifier epoch), classifier.pt,
 curves.png and, last, summary.json. CIFAR-100 files that are not the official ones (md5) are
-labelled "CIFAR-100 (JPEG-recompressed copy)", the copy fastssl bundles; --data-note overrides.
+labelled "CIFAR-100 (JPEG-recompressed copy)", as fastssl's measured copy is; --data-note overrides.
 """
 import hashlib
 import json
@@ -127,9 +127,9 @@ def dataset_label(name: str, data_dir: str | None = None, note: str | None = Non
     """{"label": human-readable dataset name for results, "official_files": True/False/None}.
 
     CIFAR-100 files whose md5 differs from the official archive are labelled as the
-    JPEG-recompressed copy fastssl bundles (same images, labels and order; pixels differ by JPEG
-    error), so no number measured on them can pass for an official CIFAR-100 result. CIFAR-10's
-    bundled copy is pixel-exact (only the unused `filenames` key is missing), so it needs no label.
+    JPEG-recompressed copy fastssl is measured on (same images, labels and order; pixels differ by
+    JPEG error), so no number measured on them can pass for an official CIFAR-100 result. CIFAR-10
+    is judged by its pixels elsewhere (the measured copy is pixel-exact), so it needs no label.
     """
     official = None
     if name == "cifar100" and note is None:

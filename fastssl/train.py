@@ -37,6 +37,8 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         raise ConfigError(f"--device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda requested but no CUDA GPU is available")
+    if device.type == "cuda" and device.index is None:  # torch.cuda.set_device and events want an index
+        device = torch.device("cuda", local_rank)
     return device
 
 

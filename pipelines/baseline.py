@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from .augment import SimCLRRecipe
-from .batch import Batch
+from .batch import Batch, check_per_process
 from .errors import DataError
 
 _IMPORT_ERROR = None
@@ -158,12 +158,7 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
     workers = default_workers() if workers is None else int(workers)
     if workers < 0:
         raise DataError(f"workers must be >= 0, got {workers}")
-    shard = len(labels) // world_size
-    if shard == 0:
-        raise DataError(f"{len(labels)} images cannot be shared among {world_size} processes")
-    if drop_last and batch_size > shard:
-        raise DataError(f"batch size {batch_size} exceeds the {shard} images of this process's shard "
-                        f"(drop_last would leave no batch); lower the batch size or use drop_last=False")
+    check_per_process(len(labels), batch_size, world_size, drop_last)
     if recipe == "supervised" and min(images.shape[1:3]) <= PAD:
         raise DataError(f"the supervised recipe pads by {PAD}: images of {images.shape[1]}x{images.shape[2]} "
                         "are too small")

@@ -13,6 +13,8 @@ from typing import Iterator, Optional, Protocol
 
 import torch
 
+from .errors import DataError
+
 
 @dataclass
 class Batch:
@@ -56,3 +58,14 @@ class Loader(Protocol):
     def __len__(self) -> int: ...
 
     def set_epoch(self, epoch: int) -> None: ...
+
+
+def check_per_process(n_images: int, batch_size: int, world_size: int, drop_last: bool) -> int:
+    """Images per process; DataError unless every process gets at least one batch."""
+    shard = n_images // world_size
+    if shard == 0:
+        raise DataError(f"{n_images} images cannot be shared among {world_size} processes")
+    if drop_last and batch_size > shard:
+        raise DataError(f"batch size {batch_size} exceeds the {shard} images of this process's shard "
+                        f"(drop_last would leave no batch); lower the batch size or use drop_last=False")
+    return shard

@@ -39,7 +39,6 @@ Multi-GPU: rank r reads DALI shard r of world_size (a contiguous slice of the pe
 so ranks are disjoint and together cover the epoch). len() = (N // world_size) // batch_size with
 drop_last, so every rank takes the same number of steps.
 """
-import hashlib
 import math
 import os
 import threading
@@ -49,6 +48,7 @@ import torch
 
 from . import dali_format
 from .batch import Batch
+from .datasets import fingerprint
 from .errors import DataError
 
 EXTRA = "dali"
@@ -61,16 +61,6 @@ try:
     from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 except (ImportError, RuntimeError, OSError):  # reported by dali_format.require() with the install hint
     pass
-
-
-def fingerprint(data) -> str:
-    """Cache key of a dataset: name, count, shape and a hash of every pixel and label."""
-    h = hashlib.blake2b(digest_size=10)
-    h.update(np.ascontiguousarray(data.images).data)
-    h.update(np.ascontiguousarray(data.labels, dtype=np.int64).data)
-    n, height, width = data.images.shape[:3]
-    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(getattr(data, "name", "data")))
-    return f"{name}-{n}-{height}x{width}-{h.hexdigest()}"
 
 
 def cached_source(data, cache_dir=None, workers=None) -> str:

@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .datasets import psnr
 from .errors import DataError
 
 EXTRA = "dali"
@@ -398,12 +399,6 @@ def _run_reader(out_dir, tars, idxs, indices, info, batch_size, workers):
 def read_all(out_dir, workers=1):
     """Every sample, in written order: (images (N,H,W,3) uint8, labels (N,) int64)."""
     return read(out_dir, None, workers=workers)
-
-
-def psnr(a, b) -> float:
-    """Peak signal-to-noise ratio (dB) between two uint8 arrays; inf when identical."""
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
 def verify(out_dir, data, n_check=1000, seed=0) -> dict:

@@ -507,3 +507,22 @@ def read_imagefolder(split, data_dir=None, image_size=None) -> ArrayDataset:
         train_images = images
     mean, std = channel_stats(train_images)
     return ArrayDataset(images, labels, classes, "imagefolder", mean, std)
+
+
+# ------------------------------------------------------------------------ shared by the converters and caches
+
+
+def fingerprint(data) -> str:
+    """Cache key of a dataset: name, count, shape and a hash of every pixel and label."""
+    h = hashlib.blake2b(digest_size=10)
+    h.update(np.ascontiguousarray(data.images).data)
+    h.update(np.ascontiguousarray(data.labels, dtype=np.int64).data)
+    n, height, width = data.images.shape[:3]
+    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(getattr(data, "name", "data")))
+    return f"{name}-{n}-{height}x{width}-{h.hexdigest()}"
+
+
+def psnr(a, b) -> float:
+    """Peak signal-to-noise ratio (dB) between two uint8 arrays; inf when identical."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))

@@ -31,7 +31,6 @@ repetition to a multiple of world_size, so every rank runs ceil(N / world_size) 
 FFCV sets torch's global thread count (to 1 on import, to `workers` per loader and epoch); this
 module puts it back each time, so the training process keeps its own setting.
 """
-import hashlib
 import os
 
 import numpy as np
@@ -39,6 +38,7 @@ import torch
 
 from . import augment, ffcv_format
 from .batch import Batch
+from .datasets import fingerprint
 from .errors import DataError
 
 EXTRA = "ffcv"
@@ -55,16 +55,6 @@ try:
         from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
 except (ImportError, RuntimeError, OSError):  # reported by ffcv_format.require() with the install hint
     pass
-
-
-def fingerprint(data) -> str:
-    """Cache key of a dataset: name, count, shape and a hash of every pixel and label."""
-    h = hashlib.blake2b(digest_size=10)
-    h.update(np.ascontiguousarray(data.images).data)
-    h.update(np.ascontiguousarray(data.labels, dtype=np.int64).data)
-    n, height, width = data.images.shape[:3]
-    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(getattr(data, "name", "data")))
-    return f"{name}-{n}-{height}x{width}-{h.hexdigest()}"
 
 
 def cached_beton(data, cache_dir=None, workers=None) -> str:

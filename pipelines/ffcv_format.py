@@ -18,6 +18,7 @@ import os
 
 import numpy as np
 
+from .datasets import psnr
 from .errors import DataError
 
 EXTRA = "ffcv"
@@ -212,12 +213,6 @@ def read(path, indices=None, *, batch_size=1000, workers=1):
 def read_all(path, workers=1):
     """Every sample of a .beton, in file order: (images (N,H,W,3) uint8, labels (N,) int64)."""
     return read(path, None, workers=workers)
-
-
-def psnr(a, b) -> float:
-    """Peak signal-to-noise ratio (dB) between two uint8 arrays; inf when identical."""
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
 def verify(path, data, n_check=1000, seed=0) -> dict:

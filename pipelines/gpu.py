@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import RECIPES, augment
-from .batch import Batch
+from .batch import Batch, check_per_process
 from .errors import DataError
 
 EXTRA = None  # pure torch
@@ -113,12 +113,7 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
         raise DataError(f"need batch_size >= 1 and 0 <= rank < world_size (got {batch_size}, {rank}, {world_size})")
     images, labels = _check(data)
     batch_size, rank, world_size = int(batch_size), int(rank), int(world_size)
-    shard = len(labels) // world_size
-    if shard == 0:
-        raise DataError(f"{len(labels)} images cannot be shared among {world_size} processes")
-    if drop_last and batch_size > shard:
-        raise DataError(f"batch size {batch_size} exceeds the {shard} images of this process's shard "
-                        f"(drop_last would leave no batch); lower the batch size or use drop_last=False")
+    check_per_process(len(labels), batch_size, world_size, drop_last)
     if recipe == "supervised" and min(images.shape[1:3]) <= augment.PAD:
         raise DataError(f"the supervised recipe pads by {augment.PAD}: images of {images.shape[1]}x{images.shape[2]} "
                         "are too small")

@@ -138,3 +138,6 @@ def test_refuses_to_overwrite_and_bad_flags(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         step.main(["--repeats", "2", "--out", str(tmp_path)])
     assert e.value.code == 2 and ">= 5" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        step.main(["--quick", "--precisions", "fp16", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "--precisions" in capsys.readouterr().err

@@ -65,6 +65,7 @@ class KNNConfig:
     batch_size: int = field(default=1024, metadata={"help": "feature-extraction batch size"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     seed: int = field(default=0, metadata={"help": "seed for the 'random' backbone"})
+    stem: str = field(default="cifar", metadata={"help": "stem of the 'random' backbone (others: read from the weights)", "choices": ["cifar", "imagenet"]})
 
     def __post_init__(self):
         if not self.backbone:
@@ -83,7 +84,7 @@ def main(argv=None):
     train = datasets.load(cfg.dataset, "train", cfg.data_dir)
     test = datasets.load(cfg.dataset, "test", cfg.data_dir)
     torch.manual_seed(cfg.seed)
-    backbone, info = load_backbone(cfg.backbone)
+    backbone, info = load_backbone(cfg.backbone, cfg.stem if cfg.backbone == "random" else None)
     backbone = backbone.to(device).to(memory_format=torch.channels_last)
     acc = knn_eval(backbone, train, test, device, cfg.k, cfg.t, cfg.batch_size)
     print(json.dumps({"backbone": info["source"], "dataset": cfg.dataset, "k": cfg.k, "t": cfg.t, **acc}))

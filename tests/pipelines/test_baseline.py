@@ -7,6 +7,7 @@ import torch
 
 pytest.importorskip("torchvision")
 from pipelines import DataError, augment, baseline, build, datasets  # noqa: E402
+from view_stats import assert_same_channel_moments  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +153,16 @@ def test_bad_arguments(sample, monkeypatch):
 def test_cuda_batches(sample):
     b = epoch(baseline.build(sample, batch_size=16, device="cuda", workers=2), 0)[0]
     b.check("cuda")
+
+
+def test_output_statistics_match_gpu_pipeline():
+    """Same recipe, same real images: per-channel mean and spread of the augmented views agree."""
+    from pipelines import gpu
+
+    d = datasets.load("cifar10-sample", "train")
+    real = datasets.ArrayDataset(d.images[:1000], d.labels[:1000], d.classes, d.name, d.mean, d.std)
+    views = []
+    for loader in (baseline.build(real, batch_size=100, device="cpu", seed=3, workers=0),
+                   gpu.build(real, batch_size=100, device="cpu", seed=3)):
+        views.append(torch.cat([torch.cat([b.view1, b.view2]) for b in epoch(loader, 0)]))
+    assert_same_channel_moments(*views)

@@ -14,12 +14,16 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 MAX_LEGEND = 12  # more entries than this make a legend unreadable; the lines still show
+INSIDE_LEGEND = 4  # up to this many entries the legend fits inside the axes
 
 
 def figure(path: str, panels: list[dict], title: str | None = None, width: float = 5.5, height: float = 4.0):
     """Draw `panels` side by side and write a PNG to `path` atomically. Returns `path`."""
     # A Figure with its own Agg canvas, not pyplot: no global state, no GUI backend, thread-safe.
-    fig = Figure(figsize=(width * len(panels), height), layout="constrained")
+    # Beyond a few entries the legend goes below the axes (it would hide the lines): taller figure.
+    entries = max(len([s for s in p["series"] if s.get("label")]) for p in panels)
+    below = INSIDE_LEGEND < entries <= MAX_LEGEND
+    fig = Figure(figsize=(width * len(panels), height + (0.2 * entries if below else 0)), layout="constrained")
     FigureCanvasAgg(fig)
     for i, panel in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
@@ -36,8 +40,10 @@ def figure(path: str, panels: list[dict], title: str | None = None, width: float
             ax.set_xscale("log")
         ax.grid(alpha=0.3)
         labelled = [s for s in panel["series"] if s.get("label")]
-        if 0 < len(labelled) <= MAX_LEGEND:
+        if 0 < len(labelled) <= INSIDE_LEGEND:
             ax.legend(fontsize="small")
+        elif len(labelled) <= MAX_LEGEND:
+            ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False)
     if title:
         fig.suptitle(title)
     tmp = f"{path}.tmp-{os.getpid()}"

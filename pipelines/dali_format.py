@@ -127,7 +127,7 @@ def _encode(image, encoding, quality):
 
 
 def _write_shard(out_dir, shard, images, labels, first, key_width, encoding, quality, shape):
-    """Write shard-XXXXX.tar + .idx for samples first..first+len-1; returns its format.json entry."""
+    """Write shard-NNNNN.tar + .idx for samples first..first+len-1; returns its format.json entry."""
     ext = IMAGE_EXT[encoding]
     images = resize(images, shape)
     chunks, lines, pos = [], [], 0

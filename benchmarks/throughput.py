@@ -283,7 +283,11 @@ def main(argv=None):
 def make_targets(cfg, env, data, records, tv):
     gpu = env["gpu"] or ""
     full = "H100" in gpu and data.name == "cifar10" and not cfg.quick
-    this_run = [f"this run: {gpu or 'CPU'}"] * ("H100" not in gpu) + [f"data: {data.name}"] * (data.name != "cifar10")
+    this_run = []
+    if "H100" not in gpu:
+        this_run.append(f"this run: {gpu or 'CPU'}")
+    if data.name != "cifar10":
+        this_run.append(f"data: {data.name}")
     why = "needs an H100 with full CIFAR-10" + (f" ({', '.join(this_run)})" if this_run else "")
     pipes = [r for r in records if r["status"] == "ok" and r["pipeline"] != COMPUTE]
     best = max(pipes, key=lambda r: r["e2e_img_per_s"]["median"], default=None)

@@ -336,8 +336,9 @@ def test_imagefolder_resize_matches_torchvision(tmp_path):
     assert np.array_equal(data.images, np.stack([np.asarray(ref(im)) for im in sources]))
 
 
-def test_imagefolder_errors(folder, tmp_path):
+def test_imagefolder_errors(folder, tmp_path, monkeypatch):
     root, _ = folder
+    monkeypatch.delenv("FASTSSL_DATA", raising=False)  # the "needs a folder" case must not find a user's data
     with pytest.raises(DataError, match="needs a folder"):
         datasets.load("imagefolder")
     with pytest.raises(DataError, match="does not exist"):

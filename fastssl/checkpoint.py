@@ -9,9 +9,12 @@ A run directory holds:
 
 Models are always saved unwrapped: no `_orig_mod.` (torch.compile) or `module.` (DDP) prefixes.
 """
+import io
 import json
 import os
 import random
+import re
+import shutil
 
 import numpy as np
 import torch
@@ -19,23 +22,70 @@ import torch
 from pipelines import DataError
 
 
-def atomic_save(obj, path: str) -> None:
-    """torch.save to a temporary name in the same directory, then rename: a crash never leaves a
-    half-written checkpoint where a good one was."""
-    tmp = f"{path}.tmp-{os.getpid()}"
+def _tmp_name(path: str) -> str:
+    # The pid in the name lets a later run tell a dead writer's leftover from a live one's file.
+    return f"{path}.tmp-{os.getpid()}"
+
+
+def atomic_write_bytes(path: str, data) -> None:
+    """Write to a temporary name in the same directory, fsync, then rename: a crash never leaves a
+    half-written file where a good one was. Disk full and other I/O errors become one DataError
+    naming the file, with the temporary removed."""
+    tmp = _tmp_name(path)
     try:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        raise DataError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.remove(tmp)
 
 
+def atomic_save(obj, path: str) -> None:
+    """torch.save, atomically (see atomic_write_bytes)."""
+    # Serialised in memory first: torch.save into a file hides the OSError of a full disk behind a
+    # RuntimeError from its zip writer.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getbuffer())
+
+
 def atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, text.encode())
+
+
+_TMP = re.compile(r"\.tmp-(\d+)$")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_dead_temporaries(directory: str) -> list[str]:
+    """Delete `*.tmp-<pid>` files in `directory` whose writer is no longer alive; returns their paths.
+    Files of live processes (a concurrent converter, say) are left alone."""
+    removed = []
+    if not os.path.isdir(directory):
+        return removed
+    for entry in os.scandir(directory):
+        m = _TMP.search(entry.name)
+        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.remove(entry.path)
+            removed.append(entry.path)
+    return removed
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -112,10 +162,50 @@ def export_backbone(backbone: torch.nn.Module, path: str) -> None:
 
 
 def read_jsonl(path: str) -> list[dict]:
-    if not os.path.isfile(path):
+    """The records of a metrics file. A last line cut off by a kill mid-append is dropped (it never
+    finished); any other line that is not a JSON object means a damaged file: DataError."""
+    if not os.path.lexists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    if not os.path.isfile(path):
+        raise DataError(f"{path} is not a regular file; move it away or start a new --out")
+    with open(path, "rb") as f:
+        data = f.read()
+    lines = data.split(b"\n")
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line.decode())
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError
+            rec = None
+        if not isinstance(rec, dict):
+            if n == len(lines):  # no newline after it: an append that a kill interrupted
+                break
+            raise DataError(f"{path} line {n} is not a JSON record (damaged file); "
+                            "move it away or start a new --out")
+        records.append(rec)
+    return records
+
+
+TRAINING_KEYS = ("model", "optimizer", "schedule", "config", "epoch")
+
+
+def load_training_state(path: str) -> dict:
+    """A training checkpoint (last.pt), checked to hold what --resume needs; DataError otherwise."""
+    state = load(path)
+    missing = [k for k in TRAINING_KEYS if k not in state]
+    if missing:
+        raise DataError(f"{path} is not a fastssl training checkpoint (no {', '.join(missing)})")
+    if not all(isinstance(state[k], dict) for k in ("model", "optimizer", "schedule", "config")) \
+            or not isinstance(state["epoch"], int):
+        raise DataError(f"{path} is a damaged training checkpoint (model/optimizer/schedule/config of the wrong type)")
+    if not state["optimizer"].get("param_groups") or not state["model"]:
+        raise DataError(f"{path} holds no optimizer state or no weights; it cannot be resumed exactly")
+    pos = state.get("position")
+    if pos is not None and not (isinstance(pos, dict) and isinstance(pos.get("epoch"), int) and isinstance(pos.get("step"), int)):
+        raise DataError(f"{path} is a damaged training checkpoint (bad mid-epoch position)")
+    return state
 
 
 def load_backbone(path: str, stem: str | None = None):

@@ -11,6 +11,8 @@ line on stderr and exit code 2 (no traceback), as users expect from a command-li
 import argparse
 import dataclasses
 import functools
+import math
+import os
 import sys
 import tomllib
 import types
@@ -61,6 +63,8 @@ def _coerce(name, value, tp, choices):
             out = float(value)
         except ValueError:
             raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+        if not math.isfinite(out):  # nan slips past every `x <= 0` check; inf is never a setting
+            raise ConfigError(f"{name}: expected a finite number, got {value!r}")
     elif base is str:
         if not isinstance(value, str):
             raise ConfigError(f"{name}: expected a string, got {value!r}")
@@ -77,13 +81,19 @@ def _flag(name):
 
 
 def load_toml(path):
+    if os.path.isdir(path):
+        raise ConfigError(f"config file {path} is a directory, not a TOML file")
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not valid TOML: it is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        raise ConfigError(f"config file {path} is not valid TOML: {str(e).splitlines()[0]}") from None
 
 
 def from_dict(cls, values: dict, source="config"):

@@ -8,6 +8,9 @@
     python -m fastssl.pretrain --dataset cifar10 --data-dir data --pipeline dali --out runs/simclr_dali
     # continue an interrupted run exactly where its last checkpoint left it
     python -m fastssl.pretrain --out runs/simclr --resume
+    # on preemptible machines: SIGTERM/SIGINT/SIGUSR1 save the position and exit 128 + signal;
+    # a checkpoint every 500 steps bounds what a kill -9 loses
+    python -m fastssl.pretrain --dataset cifar10 --data-dir data --save-every-steps 500 --out runs/simclr
     # several GPUs: torchrun, one process per GPU; --batch-size is the global batch
     torchrun --nproc_per_node 4 -m fastssl.pretrain --dataset cifar10 --data-dir data --out runs/ddp
     # settings from a file, flags override it
@@ -64,6 +67,7 @@ class PretrainConfig:
     knn_t: float = field(default=0.1, metadata={"help": "kNN temperature"})
     log_interval: int = field(default=50, metadata={"help": "steps between metric records (each costs one host sync)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    save_every_steps: int = field(default=0, metadata={"help": "also checkpoint the exact position every N steps inside an epoch (0: only at epoch ends); bounds what a kill -9 loses"})
 
     def __post_init__(self):
         positive = ["epochs", "batch_size", "proj_hidden_dim", "proj_dim", "log_interval", "knn_k"]
@@ -77,6 +81,8 @@ class PretrainConfig:
             raise ValueError(f"--subset must be positive, got {self.subset}")
         if self.weight_decay < 0 or self.warmup_epochs < 0 or self.knn_every < 0 or not 0 <= self.momentum < 1:
             raise ValueError("--weight-decay, --warmup-epochs and --knn-every must be >= 0 and --momentum in [0, 1)")
+        if self.save_every_steps < 0:
+            raise ValueError(f"--save-every-steps must be >= 0, got {self.save_every_steps}")
         if self.workers is not None and self.workers < 0:
             raise ValueError("--workers must be >= 0")
         if self.resume and self.overwrite:

@@ -9,8 +9,8 @@ the epoch and only rank 0 writes the run directory.
 import json
 import os
 import platform
-import shutil
 import subprocess
+import sys
 import time
 from dataclasses import asdict
 
@@ -21,11 +21,14 @@ import pipelines
 from pipelines import datasets
 
 from . import checkpoint as ckpt
-from .config import ConfigError, parse
+from .config import ConfigError, from_dict, parse
 from .knn import knn_eval
+from .lock import RunLock, clear_run_dir, has_content
 from .methods import METHODS
 from .optim import build_optimizer, warmup_cosine
 from .progress import Progress, summary_table
+from .signals import StopFlag
+from .signals import name as signal_name
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -67,21 +70,34 @@ def environment() -> dict:
 
 
 # Settings that may differ when resuming (they change how, not what, is computed).
-RESUMABLE_CHANGES = {"resume", "overwrite", "device", "compile", "progress", "log_interval", "workers", "data_dir"}
+# `out` too: a moved or copied run directory resumes where it is now.
+RESUMABLE_CHANGES = {"resume", "overwrite", "device", "compile", "progress", "log_interval", "workers", "data_dir",
+                     "out", "save_every_steps"}
+# Under torchrun the ranks agree on a stop request every this many steps (an all_reduce + host sync).
+STOP_SYNC_EVERY = 16
+# Exit code of a run stopped by a non-finite loss (signals exit with 128 + signal number).
+DIVERGED_EXIT = 3
 
 
 def prepare_run_dir(cfg, argv):
-    """Check --out / --resume / --overwrite before any work. Returns (cfg, checkpoint or None);
-    when resuming, the saved config is the base and only explicitly given flags may override it."""
+    """Check --out / --resume / --overwrite before any work (the caller holds the run lock). Returns
+    (cfg, checkpoint or None); when resuming, the saved config is the base and only explicitly given
+    flags may override it. Damaged or foreign run files are refused here, before anything is written."""
     out = cfg.out
-    exists = os.path.isdir(out) and any(os.scandir(out))
+    exists = has_content(out)
     if cfg.resume:
         last = os.path.join(out, "last.pt")
         if not os.path.isfile(last):
             raise ConfigError(f"--resume: no checkpoint at {last}")
-        state = ckpt.load(last)
+        state = ckpt.load_training_state(last)
         saved = state["config"]
-        new = parse(type(cfg), argv, base={**saved, "resume": True, "overwrite": False})
+        from_dict(type(cfg), saved, source=f"{last}: saved config")
+        for name in ("config.json", "summary.json"):
+            path = os.path.join(out, name)
+            if os.path.lexists(path) and not os.path.isfile(path):
+                raise ConfigError(f"{path} is not a regular file; move it away to resume")
+        ckpt.read_jsonl(os.path.join(out, "metrics.jsonl"))  # refuses a damaged file now, not mid-run
+        new = parse(type(cfg), argv, base={**saved, "resume": True, "overwrite": False, "out": out})
         changed = [k for k, v in asdict(new).items() if k not in RESUMABLE_CHANGES and saved.get(k) != v]
         if changed:
             raise ConfigError(f"--resume: {', '.join(changed)} differ(s) from the run being resumed; "
@@ -94,10 +110,42 @@ def prepare_run_dir(cfg, argv):
 
 def train(cfg, argv=(), command="fastssl.pretrain"):
     """Run (or resume) training as `cfg` says; returns the summary dict also saved as summary.json.
-    `argv` is the command line, kept in config.json and used to re-read flags on --resume."""
+    `argv` is the command line, kept in config.json and used to re-read flags on --resume.
+    A signal (SIGTERM, SIGINT, SIGUSR1) saves the position and exits with 128 + its number; a
+    non-finite loss exits with DIVERGED_EXIT, the last good checkpoint kept."""
     rank, world, local_rank = setup_distributed()
+    # One writer per run directory, taken before anything in --out is read or written.
+    lock = RunLock(cfg.out).acquire() if rank == 0 else None
+    try:
+        return _train(cfg, argv, command, rank, world, local_rank)
+    except BaseException:
+        if lock is not None:
+            lock.release(remove_if_unused=True)
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _finished_summary(out: str, epochs: int) -> dict | None:
+    """summary.json of a run that completed all `epochs`, or None (missing, damaged, or cut short)."""
+    try:
+        with open(os.path.join(out, "summary.json")) as f:
+            done = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return done if isinstance(done, dict) and done.get("epochs_run") == epochs else None
+
+
+def _train(cfg, argv, command, rank, world, local_rank):
     main_rank = rank == 0
     cfg, resume_state = prepare_run_dir(cfg, list(argv))
+    if resume_state is not None and "position" not in resume_state and resume_state["epoch"] >= cfg.epochs - 1:
+        done = _finished_summary(cfg.out, cfg.epochs)
+        if done is not None:  # resuming a finished run changes nothing
+            if main_rank:
+                print(f"{cfg.out} already finished all {cfg.epochs} epochs; nothing to do")
+            return done
     device = resolve_device(cfg.device, local_rank)
     if cfg.batch_size % world:
         raise ConfigError(f"--batch-size {cfg.batch_size} is not divisible by the {world} processes")
@@ -128,13 +176,23 @@ def train(cfg, argv=(), command="fastssl.pretrain"):
     optimizer = build_optimizer(cfg.optimizer, method, lr, cfg.weight_decay, cfg.momentum)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)))
-    start_epoch, best = 0, None
+    start_epoch, best, position = 0, None, None
     if resume_state is not None:
-        method.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        schedule.load_state_dict(resume_state["schedule"])
-        ckpt.set_rng_state(resume_state["rng"])
+        last = os.path.join(cfg.out, "last.pt")
+        try:  # a checkpoint whose weights do not fit its config is refused before anything is written
+            method.load_state_dict(resume_state["model"])
+            optimizer.load_state_dict(resume_state["optimizer"])
+            schedule.load_state_dict(resume_state["schedule"])
+            ckpt.set_rng_state(resume_state["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+            raise ConfigError(f"{last} does not match its saved config: {str(e).strip().splitlines()[0][:200]}") from None
         start_epoch, best = resume_state["epoch"] + 1, resume_state.get("best")
+        position = resume_state.get("position")  # saved inside an epoch (signal or --save-every-steps)
+        if position is not None:
+            if not 0 < position["step"] < steps_per_epoch:
+                raise ConfigError(f"{last}: saved at step {position['step']} of an epoch of {steps_per_epoch} steps")
+            start_epoch = position["epoch"]
+    resume_step = start_epoch * steps_per_epoch + (position["step"] if position else 0)
 
     model = method
     if world > 1:
@@ -143,18 +201,22 @@ def train(cfg, argv=(), command="fastssl.pretrain"):
 
     out = cfg.out
     metrics_path = os.path.join(out, "metrics.jsonl")
+    prior = []  # epoch summaries of the run so far, for a complete summary.json after a resume
     if main_rank:
-        if cfg.overwrite and os.path.isdir(out):
-            shutil.rmtree(out)
+        ckpt.remove_dead_temporaries(out)  # left by a writer that was killed
+        if cfg.overwrite:
+            clear_run_dir(out)  # keeps the held lock file
         os.makedirs(out, exist_ok=True)
         info = {"config": asdict(cfg), "command": ["python", "-m", command, *argv],
                 "environment": environment(), "world_size": world, "steps_per_epoch": steps_per_epoch,
                 "lr_used": lr, "bf16": use_bf16, "compile": use_compile, "device": str(device),
                 "train_images": len(train_data.labels), "dataset_name": train_data.name}
         ckpt.atomic_write_text(os.path.join(out, "config.json"), json.dumps(info, indent=2))
-        # A crash after the last checkpoint may have logged epochs that will now be redone.
-        kept = [r for r in ckpt.read_jsonl(metrics_path) if r.get("epoch", -1) < start_epoch]
+        # A crash after the last checkpoint may have logged steps that will now be redone.
+        kept = [r for r in ckpt.read_jsonl(metrics_path)
+                if r.get("epoch", -1) < start_epoch or ("step" in r and r["step"] <= resume_step)]
         ckpt.atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        prior = [r for r in kept if r.get("summary")]
 
     def log(record):
         if main_rank:
@@ -163,15 +225,45 @@ def train(cfg, argv=(), command="fastssl.pretrain"):
 
     images_per_step = cfg.batch_size  # global, counted in source images (each gives its views)
     progress = Progress(cfg.epochs, steps_per_epoch, start_epoch, enabled=cfg.progress and main_rank)
-    t_start, history = time.perf_counter(), []
-    knn = None
-    with progress:
+    t_start, history = time.perf_counter(), prior
+    save_every = getattr(cfg, "save_every_steps", 0)
+
+    def training_state(epoch_done, pos=None):
+        state = {"model": method.state_dict(), "optimizer": optimizer.state_dict(),
+                 "schedule": schedule.state_dict(), "rng": ckpt.rng_state(), "epoch": epoch_done,
+                 "best": best, "config": asdict(cfg)}
+        return {**state, "position": pos} if pos is not None else state
+
+    def stop_requested(step_in_epoch):
+        if world == 1:
+            return stop.signum
+        if step_in_epoch % STOP_SYNC_EVERY and step_in_epoch != steps_per_epoch:
+            return None
+        flag = torch.tensor([stop.signum or 0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank stops at the same step
+        return int(flag.item()) or None  # host sync: every STOP_SYNC_EVERY steps under torchrun
+
+    def stop_now(signum, where):
+        if main_rank:
+            print(f"stopped by {signal_name(signum)} {where}; saved {os.path.join(out, 'last.pt')}; "
+                  f"resume with: python -m {command} --out {out} --resume", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+    stop = StopFlag()
+    with progress, stop:
         for epoch in range(start_epoch, cfg.epochs):
             method.train()
             loader.set_epoch(epoch)
-            epoch_sum, window_sum, window_steps = None, None, 0
+            epoch_sum, window_sum, window_steps, skip = None, None, 0, 0
+            if position is not None and epoch == position["epoch"]:
+                skip, window_steps = position["step"], position["window_steps"]
+                epoch_sum = position["epoch_sum"].to(device)
+                window_sum = None if position["window_sum"] is None else position["window_sum"].to(device)
             t_window = t_epoch = time.perf_counter()
             for i, batch in enumerate(loader):
+                if i < skip:  # the epoch's batches are a pure function of (seed, epoch): drop those done
+                    progress.advance()
+                    continue
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                     loss, logs = step_fn(batch)
                 optimizer.zero_grad(set_to_none=True)
@@ -187,7 +279,7 @@ def train(cfg, argv=(), command="fastssl.pretrain"):
                 if window_steps == cfg.log_interval or i == steps_per_epoch - 1:
                     means = (window_sum / window_steps).tolist()  # host sync: once per log interval
                     if not all(map(_finite, means)):
-                        raise FloatingPointError(f"non-finite loss at epoch {epoch} step {i}: {means}")
+                        _diverged(epoch, i, steps_per_epoch, cfg, out)
                     now = time.perf_counter()
                     rate = window_steps * images_per_step / (now - t_window)
                     rec = {"epoch": epoch, "step": epoch * steps_per_epoch + i + 1,
@@ -195,6 +287,19 @@ def train(cfg, argv=(), command="fastssl.pretrain"):
                     log(rec)
                     progress.update(epoch, rec["loss"], rate)
                     window_sum, window_steps, t_window = None, 0, now
+                signum = stop_requested(i + 1)
+                due = save_every and (epoch * steps_per_epoch + i + 1) % save_every == 0
+                if i < steps_per_epoch - 1 and (signum or due):  # at the epoch's end the epoch checkpoint follows
+                    if not torch.isfinite(epoch_sum).all():  # host sync: never save a diverged model
+                        _diverged(epoch, i, steps_per_epoch, cfg, out)
+                    if main_rank:
+                        pos = {"epoch": epoch, "step": i + 1, "epoch_sum": epoch_sum.cpu(), "window_steps": window_steps,
+                               "window_sum": None if window_sum is None else window_sum.cpu()}
+                        ckpt.atomic_save(training_state(epoch - 1, pos), os.path.join(out, "last.pt"))
+                    if world > 1:
+                        dist.barrier()
+                    if signum:
+                        stop_now(signum, f"at epoch {epoch + 1}/{cfg.epochs}, step {i + 1}/{steps_per_epoch}")
             epoch_means = dict(zip(logs.keys(), (epoch_sum / steps_per_epoch).tolist()))
             epoch_time = time.perf_counter() - t_epoch
             summary = {"epoch": epoch, "summary": True, **{f"epoch_{k}": v for k, v in epoch_means.items()},
@@ -212,19 +317,21 @@ def train(cfg, argv=(), command="fastssl.pretrain"):
                 score = summary.get("knn_top1", -summary["epoch_loss"])
                 improved = best is None or score > best
                 best = score if improved else best
-                state = {"model": method.state_dict(), "optimizer": optimizer.state_dict(),
-                         "schedule": schedule.state_dict(), "rng": ckpt.rng_state(), "epoch": epoch,
-                         "best": best, "config": asdict(cfg)}
+                state = training_state(epoch)
                 ckpt.atomic_save(state, os.path.join(out, "last.pt"))
                 if improved:
                     ckpt.atomic_save(state, os.path.join(out, "best.pt"))
             if world > 1:
                 dist.barrier()
+            signum = stop_requested(steps_per_epoch)
+            if signum and not last_epoch:
+                stop_now(signum, f"at the end of epoch {epoch + 1}/{cfg.epochs}")
     wall = time.perf_counter() - t_start
+    knn = next((h for h in reversed(history) if "knn_top1" in h), None)
     result = {"out": out, "epochs_run": len(history), "wall_time_s": wall,
               "final_loss": history[-1]["epoch_loss"] if history else None,
               "img_per_s": (sum(h["epoch_img_per_s"] for h in history) / len(history)) if history else None,
-              "knn_top1": knn["top1"] if knn else None, "knn_top5": knn["top5"] if knn else None}
+              "knn_top1": knn["knn_top1"] if knn else None, "knn_top5": knn["knn_top5"] if knn else None}
     if main_rank:
         ckpt.export_backbone(method.backbone, os.path.join(out, "backbone.pt"))
         ckpt.atomic_write_text(os.path.join(out, "summary.json"), json.dumps(result, indent=2))
@@ -232,6 +339,13 @@ def train(cfg, argv=(), command="fastssl.pretrain"):
     if world > 1:
         dist.destroy_process_group()
     return result
+
+
+def _diverged(epoch, i, steps_per_epoch, cfg, out):
+    print(f"error: non-finite loss at epoch {epoch + 1}/{cfg.epochs}, step {i + 1}/{steps_per_epoch}; "
+          f"the last good checkpoint {os.path.join(out, 'last.pt')} is kept (try a lower --lr)",
+          file=sys.stderr, flush=True)
+    raise SystemExit(DIVERGED_EXIT)
 
 
 def _finite(x: float) -> bool:

@@ -21,6 +21,7 @@ labelled "CIFAR-100 (JPEG-recompressed copy)", as fastssl's measured copy is; --
 """
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -102,6 +103,8 @@ def parse_grid(text: str, name: str) -> list[float]:
         raise ValueError(f"--{name}: expected comma-separated numbers, got {text!r}") from None
     if not values:
         raise ValueError(f"--{name} is empty")
+    if not all(math.isfinite(v) for v in values):  # nan would slip past the range checks
+        raise ValueError(f"--{name}: expected finite numbers, got {text!r}")
     return values
 
 

@@ -1,4 +1,5 @@
-"""ResNet-18 with torchvision's parameter names, two stems, and the SimCLR projection head.
+"""ResNet-18 with torchvision's parameter names, two stems, the SimCLR projection head and the
+autoencoder's decoder.
 
 The backbone is torchvision's `resnet18` rewritten in one screen: the same modules created in the
 same order with the same initialisation, so every parameter and buffer name (conv1, bn1,
@@ -91,10 +92,15 @@ class ResNet(nn.Module):
                 if isinstance(m, BasicBlock):
                     nn.init.zeros_(m.bn2.weight)
 
-    def forward(self, x):
+    def forward_layer3(self, x):
+        """(B,3,H,W) -> (layer3 map (B,256,H/4,W/4) for the CIFAR stem, H/16 for the ImageNet stem;
+        pooled features (B,512) before fc). Deep InfoMax scores the map against the vector."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+        c3 = self.layer3(self.layer2(self.layer1(x)))
+        return c3, torch.flatten(self.avgpool(self.layer4(c3)), 1)
+
+    def forward(self, x):
+        return self.fc(self.forward_layer3(x)[1])
 
 
 def resnet18(stem: str = "cifar", num_classes: int = 0, zero_init_residual: bool = False) -> ResNet:
@@ -120,6 +126,46 @@ class ProjectionHead(nn.Module):
 
     def forward(self, h):
         return self.net(h)
+
+
+class UpBlock(nn.Module):
+    """Residual upsampling block: nearest interpolation to `size`, then conv-BN-ReLU-conv-BN plus a
+    1x1-conv shortcut. Interpolate + conv instead of a transposed conv avoids checkerboard artefacts
+    (Odena et al. 2016). (B,Cin,h,w) -> (B,C,*size)."""
+
+    def __init__(self, in_channels: int, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.shortcut = nn.Conv2d(in_channels, channels, 1, bias=False)
+
+    def forward(self, x, size):
+        x = nn.functional.interpolate(x, size=size, mode="nearest")
+        out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return torch.relu(out + self.shortcut(x))
+
+
+class Decoder(nn.Module):
+    """The autoencoder's decoder, mirroring the encoder: pooled features (B,in_dim) -> Linear -> a
+    (B,256,4,4) map -> three UpBlocks to H/4, H/2, H (8, 16, 32 for CIFAR) with 128, 64, 64 channels
+    -> 3x3 conv to (B,3,H,W). It starts from the pooled vector, so one decoder serves both stems,
+    and the output size is taken from the input at call time (any H, W >= 4)."""
+
+    def __init__(self, in_dim: int = 512, base: int = 4):
+        super().__init__()
+        self.base = base
+        self.fc = nn.Linear(in_dim, 256 * base * base)
+        self.blocks = nn.ModuleList([UpBlock(256, 128), UpBlock(128, 64), UpBlock(64, 64)])
+        self.out = nn.Conv2d(64, 3, 3, 1, 1)
+
+    def forward(self, h, size):
+        height, width = size
+        x = self.fc(h).view(h.shape[0], 256, self.base, self.base)
+        for block, f in zip(self.blocks, (4, 2, 1)):
+            x = block(x, (max(height // f, 1), max(width // f, 1)))
+        return self.out(x)
 
 
 # Prefixes seen in saved state_dicts: DDP (`module.`), torch.compile (`_orig_mod.`), and methods

@@ -13,6 +13,9 @@
     python -m fastssl.pretrain --dataset cifar10 --data-dir data --save-every-steps 500 --out runs/simclr
     # several GPUs: torchrun, one process per GPU; --batch-size is the global batch
     torchrun --nproc_per_node 4 -m fastssl.pretrain --dataset cifar10 --data-dir data --out runs/ddp
+    # the other families on the same backbone: a (denoising) autoencoder and Deep InfoMax
+    python -m fastssl.pretrain --dataset cifar10 --data-dir data --method autoencoder --ae-noise 0.5 --out runs/ae
+    python -m fastssl.pretrain --dataset cifar10 --data-dir data --method dim --dim-estimator infonce --out runs/dim
     # settings from a file, flags override it
     python -m fastssl.pretrain --config simclr.toml --temperature 0.5
 
@@ -45,6 +48,11 @@ class PretrainConfig:
     proj_hidden_dim: int = field(default=2048, metadata={"help": "projection head hidden width"})
     proj_dim: int = field(default=128, metadata={"help": "projection (embedding) dimension"})
     temperature: float = field(default=0.2, metadata={"help": "NT-Xent temperature"})
+    ae_noise: float = field(default=0.0, metadata={"help": "autoencoder: std of the Gaussian noise added to the input view (normalised units; 0: plain, > 0: denoising)"})
+    dim_estimator: str = field(default="jsd", metadata={"help": "Deep InfoMax MI estimator", "choices": ["jsd", "infonce"]})
+    dim_alpha: float = field(default=0.0, metadata={"help": "Deep InfoMax weight of the global MI term"})
+    dim_beta: float = field(default=1.0, metadata={"help": "Deep InfoMax weight of the local MI term"})
+    dim_gamma: float = field(default=0.1, metadata={"help": "Deep InfoMax weight of the adversarial uniform-prior matching"})
     # optimisation (defaults follow solo-learn's SimCLR CIFAR recipe)
     epochs: int = field(default=200, metadata={"help": "training epochs"})
     batch_size: int = field(default=512, metadata={"help": "global batch size (images; each gives two views)"})
@@ -83,6 +91,10 @@ class PretrainConfig:
             raise ValueError("--weight-decay, --warmup-epochs and --knn-every must be >= 0 and --momentum in [0, 1)")
         if self.save_every_steps < 0:
             raise ValueError(f"--save-every-steps must be >= 0, got {self.save_every_steps}")
+        if min(self.ae_noise, self.dim_alpha, self.dim_beta, self.dim_gamma) < 0:
+            raise ValueError("--ae-noise, --dim-alpha, --dim-beta and --dim-gamma must be >= 0")
+        if self.method == "dim" and self.dim_alpha == self.dim_beta == 0:
+            raise ValueError("--method dim needs --dim-alpha or --dim-beta > 0: there is no MI term to maximise")
         if self.workers is not None and self.workers < 0:
             raise ValueError("--workers must be >= 0")
         if self.resume and self.overwrite:

@@ -1,0 +1,30 @@
+"""Autoencoder: one crop+flip view -> backbone -> pooled 512-d features -> Decoder -> the view again.
+
+Loss: mean squared error between the reconstruction and the normalised input view. With
+`--ae-noise S` > 0 it is a denoising autoencoder (Vincent et al. 2008): the encoder sees the view
+plus Gaussian noise of standard deviation S (in normalised units, i.e. per-channel std of the
+data), the target stays the clean view, so the features must capture image structure rather than
+copy pixels. The evaluated feature is the same pooled vector as for SimCLR.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models import BACKBONES, Decoder
+
+
+class Autoencoder(nn.Module):
+    recipe = "supervised"  # crop + flip: the reconstruction target is the view, so no colour jitter
+
+    def __init__(self, cfg, num_classes: int = 0):
+        super().__init__()
+        self.backbone = BACKBONES[cfg.backbone](stem=cfg.stem)
+        self.decoder = Decoder(self.backbone.feature_dim)
+        self.noise = cfg.ae_noise
+
+    def forward(self, batch):
+        x = batch.view1
+        noisy = x + self.noise * torch.randn_like(x) if self.noise > 0 and self.training else x
+        recon = self.decoder(self.backbone(noisy), x.shape[-2:])
+        loss = F.mse_loss(recon.float(), x.float())
+        return loss, {"loss": loss.detach()}

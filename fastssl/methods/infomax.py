@@ -2,7 +2,7 @@
 global feature vector and every position of an intermediate feature map of the same image.
 
     view (crop+flip) -> backbone: layer3 map c (B,256,h,w) and pooled features y (B,512)
-    local MI   (beta)   T(y_i, c_{j,p}) = phi_g(y_i) . phi_l(c_{j,p}) for every position p of layer3
+    local MI   (beta)   T(y_i, c_{j,p}) = phi_g(y_i) . phi_l(c_{j,p}) / sqrt(512) at every position p of layer3
                         (8x8 for the CIFAR stem, 2x2 for the ImageNet stem on 32px); other images of
                         the batch are the negatives; estimator --dim-estimator jsd | infonce
     global MI  (alpha)  the same with the whole layer3 map embedded into one vector (P = 1)
@@ -18,6 +18,8 @@ DIM(L): alpha = 0, beta = 1, gamma = 0.1. Sub-networks whose weight is 0 are not
 parameter gets a gradient (DistributedDataParallel requires it). Under torchrun the negatives are
 the images of the local batch.
 """
+import math
+
 import torch
 from torch import nn
 
@@ -25,6 +27,10 @@ from ..dim_losses import DIM_ESTIMATORS, local_scores, prior_matching_loss, reve
 from ..models import BACKBONES
 
 EMBED = 512      # width of the critic's embeddings (the paper's CIFAR local critic: 512 units)
+# Scores are dot products / sqrt(EMBED), as in scaled dot-product attention: at initialisation the
+# raw dot products of ResNet features have a std of 9-14, which saturates infoNCE's softmax from the
+# first step; scaled they start near 0.5. The critic can learn any scale back.
+SCORE_SCALE = 1 / math.sqrt(EMBED)
 PRIOR_DIM = 64   # size of the prior-matched code (the paper's Y)
 LAYER3 = 256     # ResNet-18 layer3 channels
 
@@ -90,11 +96,11 @@ class DeepInfoMax(nn.Module):
         loss = torch.zeros((), device=y.device)
         logs = {}
         if self.beta > 0:
-            mi = self.estimator(local_scores(self.local_y(y), self.local_c(c)))
+            mi = self.estimator(SCORE_SCALE * local_scores(self.local_y(y), self.local_c(c)))
             loss = loss - self.beta * mi
             logs["mi_local"] = mi.detach()
         if self.alpha > 0:
-            mi = self.estimator(local_scores(self.global_y(y), self.global_c(c)))
+            mi = self.estimator(SCORE_SCALE * local_scores(self.global_y(y), self.global_c(c)))
             loss = loss - self.alpha * mi
             logs["mi_global"] = mi.detach()
         if self.gamma > 0:

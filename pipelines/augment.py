@@ -30,49 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from .errors import DataError
+from .recipes import CROP_TRIES, LUMA, PAD, SimCLRRecipe  # noqa: F401 (SimCLRRecipe: re-exported)
 
-LUMA = (0.2989, 0.587, 0.114)
 JITTER_OPS = ("brightness", "contrast", "saturation", "hue")  # the op indices used by AugParams.order
-CROP_TRIES = 10  # torchvision's RandomResizedCrop tries 10 boxes before its central fallback
-PAD = 4  # the supervised recipe's reflect padding
-
-
-@dataclass
-class SimCLRRecipe:
-    size: int = 32  # output side, pixels
-    scale: tuple = (0.08, 1.0)  # crop area as a fraction of the image area
-    ratio: tuple = (3 / 4, 4 / 3)  # crop aspect ratio (width / height), sampled log-uniformly
-    flip_p: float = 0.5
-    jitter: tuple = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue strengths
-    jitter_p: float = 0.8  # probability that colour jitter is applied at all
-    gray_p: float = 0.2
-
-    def __post_init__(self):
-        def floats(name, k):
-            value = getattr(self, name)
-            try:
-                value = tuple(float(v) for v in value)
-            except (TypeError, ValueError):
-                raise DataError(f"SimCLRRecipe.{name} must be {k} numbers, got {value!r}") from None
-            if len(value) != k or not all(math.isfinite(v) for v in value):
-                raise DataError(f"SimCLRRecipe.{name} must be {k} finite numbers, got {value!r}")
-            setattr(self, name, value)
-            return value
-
-        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
-            raise DataError(f"SimCLRRecipe.size must be a positive integer, got {self.size!r}")
-        for name in ("scale", "ratio"):
-            lo, hi = floats(name, 2)
-            if not 0 < lo <= hi:
-                raise DataError(f"SimCLRRecipe.{name} must satisfy 0 < low <= high, got {(lo, hi)}")
-        jitter = floats("jitter", 4)
-        if min(jitter) < 0 or jitter[3] > 0.5:
-            raise DataError(f"SimCLRRecipe.jitter must be >= 0 with hue <= 0.5, got {jitter}")
-        for name in ("flip_p", "jitter_p", "gray_p"):
-            p = getattr(self, name)
-            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
-                raise DataError(f"SimCLRRecipe.{name} must be a probability in [0, 1], got {p!r}")
-            setattr(self, name, float(p))
 
 
 @dataclass

@@ -7,10 +7,11 @@
 Per image, in `workers` processes: uint8 array -> PIL image -> torchvision transforms -> normalised
 float tensor, twice for SimCLR; the default collate stacks a batch, pinned memory and a non-blocking
 copy move it to the device, where it is made channels_last. The transforms are the SimCLR CIFAR recipe
-(Chen et al. 2020, appendix B.9) with the parameters of `augment.SimCLRRecipe`:
+(Chen et al. 2020, appendix B.9) with the parameters of `recipes.SimCLRRecipe`:
 RandomResizedCrop(size, scale, ratio, bilinear) -> RandomHorizontalFlip -> RandomApply(ColorJitter,
 0.8) -> RandomGrayscale(0.2) -> ToTensor -> Normalize. "supervised": RandomCrop(pad 4, reflect) +
-flip; "eval": ToTensor + Normalize only, dataset order.
+flip; "eval": ToTensor + Normalize only, dataset order. This is the reference the other pipelines
+are checked against (recipe "simclr/pil": PIL rounds to 8 bits after the crop and each colour op).
 
 Randomness. Epoch e's order is a permutation seeded from (seed, e), the same on every rank; each
 rank takes its own contiguous N // world_size slice of it (DistributedSampler's role; the remainder
@@ -21,13 +22,14 @@ only once, when they start) and after a resume; the caller's global RNG is left 
 """
 import os
 
-import numpy as np
 import torch
 from PIL import Image
 
-from .augment import SimCLRRecipe
+from . import recipes
 from .batch import Batch, check_per_process
+from .datasets import as_dataset
 from .errors import DataError
+from .recipes import PAD, RECIPES, SimCLRRecipe, derive_seed
 
 _IMPORT_ERROR = None
 try:
@@ -37,13 +39,6 @@ except (ImportError, RuntimeError) as e:  # absent, or built for another torch
     T, _IMPORT_ERROR = None, e
 
 EXTRA = "torchvision"
-RECIPES = ("simclr", "supervised", "eval")
-PAD = 4  # the supervised recipe's reflect padding
-
-
-def derive_seed(*parts) -> int:
-    """A well-mixed 63-bit seed from integers, so (seed, epoch, rank) tuples never alias."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def transform(recipe, spec, mean, std, size):
@@ -108,9 +103,10 @@ class EpochSampler(torch.utils.data.Sampler):
 class TorchvisionLoader:
     """Loader protocol (see batch.py) around a torch DataLoader."""
 
-    def __init__(self, loader, sampler, device, mean, std):
+    def __init__(self, loader, sampler, device, mean, std, recipe):
         self.loader, self.sampler, self.device = loader, sampler, device
         self.mean, self.std = mean, std
+        self.recipe_name = recipes.name("torchvision", recipe)  # what the trainer records in config.json
         self.rank = sampler.rank
 
     def __len__(self):
@@ -150,10 +146,8 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
         raise DataError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
     if int(batch_size) < 1 or int(world_size) < 1 or not 0 <= int(rank) < int(world_size):
         raise DataError(f"need batch_size >= 1 and 0 <= rank < world_size (got {batch_size}, {rank}, {world_size})")
-    images, labels = data.images, np.asarray(data.labels)
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
-        raise DataError(f"images must be a uint8 array of shape (N, H, W, 3), got "
-                        f"{getattr(images, 'dtype', type(images).__name__)} {getattr(images, 'shape', '')}")
+    data = as_dataset(data)
+    images, labels = data.images, data.labels
     batch_size, rank, world_size = int(batch_size), int(rank), int(world_size)
     workers = default_workers() if workers is None else int(workers)
     if workers < 0:
@@ -163,7 +157,7 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
         raise DataError(f"the supervised recipe pads by {PAD}: images of {images.shape[1]}x{images.shape[2]} "
                         "are too small")
     device = torch.device(device)
-    mean, std = tuple(float(m) for m in data.mean), tuple(float(s) for s in data.std)
+    mean, std = data.mean, data.std
     spec = spec or SimCLRRecipe()
     views = 2 if recipe == "simclr" else 1
     dataset = ViewDataset(images, labels, transform(recipe, spec, mean, std, tuple(images.shape[1:3])), views)
@@ -172,4 +166,4 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=bool(drop_last),
                                          num_workers=workers, pin_memory=device.type == "cuda",
                                          persistent_workers=workers > 0, generator=torch.Generator())
-    return TorchvisionLoader(loader, sampler, device, mean, std)
+    return TorchvisionLoader(loader, sampler, device, mean, std, recipe)

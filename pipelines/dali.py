@@ -8,25 +8,22 @@ Without `source`, `data` is converted once (raw uint8, verified) into
 `~/.cache/fastssl/dali/<fingerprint>` and reused by later runs.
 
 The graph: reader (host; this rank's part of the epoch, buffer-shuffled) -> decode (raw: reshape,
-copied to the GPU; JPEG: nvJPEG, device "mixed") -> per view, on the GPU: random resized crop (bilinear),
-colour jitter + grayscale (one `color_twist`), flip + normalise + cast (`crop_mirror_normalize`).
-The per-sample random parameters are drawn by DALI's host-side random ops, as DALI requires for
-argument inputs. With device="cpu" the very same graph is built with CPU operators (tests, no GPU).
-
-SimCLR colour jitter in DALI terms, and where it differs from torchvision's ColorJitter:
-- factors are drawn as torchvision draws them: brightness, contrast, saturation ~ U[1-j, 1+j], hue
-  ~ U[-h, h] of the circle (x360 degrees); applied with probability jitter_p, else all neutral.
-- grayscale (probability gray_p) is folded into the same op as saturation 0. DALI's colour matrix
-  rounds each row separately, so gray outputs have R, G, B equal to within one 8-bit level.
-- DALI applies one fused linear map in a fixed order (saturation, hue as a rotation in YIQ space,
-  contrast about mid-grey 128, brightness) and clamps once at the end; torchvision applies the four
-  ops in a random order, rotates hue in HSV, contrasts about the image's mean grey and clamps after
-  each op. The factor distributions match; the pixel values of a jittered view do not exactly.
-Outputs: `crop_mirror_normalize` writes HWC float32, so `permute(0, 3, 1, 2)` is already a
-(B, 3, H, W) channels_last tensor without a copy.
+copied to the GPU; JPEG: nvJPEG, device "mixed"). For SimCLR, DALI's work ends there: both views are
+cropped, flipped and coloured on the device by the same torch ops as the gpu and ffcv pipelines
+(`augment.simclr_view`, recipe "simclr/torch"), because DALI's ops do not compute torchvision's:
+`color_twist` applies one fused map in a fixed order, contrasts about mid-grey 128 instead of the
+image's mean grey, rotates hue in YIQ instead of HSV, and its grayscale is grey only to within one
+8-bit level; and `random_resized_crop`'s resampling differs measurably from torchvision's bilinear
+crop on the resampling statistic of tests/pipelines/test_recipe_parity.py. supervised / eval run
+whole in DALI (`crop_mirror_normalize`: reflect-pad crop, flip with spec.flip_p, normalise), exactly
+as torchvision. The per-sample random parameters of the graph are drawn by DALI's host-side random
+ops, as DALI requires for argument inputs. With device="cpu" the very same graph is built with CPU operators
+(tests, no GPU). Outputs are HWC, so `permute(0, 3, 1, 2)` is already a (B, 3, H, W)
+channels_last tensor without a copy.
 
 Reproducibility: every epoch gets a new DALI pipeline with seed = f(seed, e, rank), reading the shards
-in an order permuted with f(seed, e) (same on every rank). Order and augmentation of epoch e are
+in an order permuted with f(seed, e) (same on every rank); the SimCLR ops draw from a torch generator
+seeded with f(seed, e, 1, rank). Order and augmentation of epoch e are
 therefore a pure function of (seed, e, rank) for a given device type and DALI version (CPU and GPU
 resizers round differently); they do not depend on `workers`, and replaying an epoch replays it.
 Starting a pipeline costs ~0.1 s plus filling the shuffle buffer (~1.5 s for CIFAR-10's 50k images
@@ -46,10 +43,11 @@ import threading
 import numpy as np
 import torch
 
-from . import dali_format
+from . import augment, dali_format, recipes
 from .batch import Batch
-from .datasets import fingerprint
+from .datasets import as_dataset, fingerprint
 from .errors import DataError
+from .recipes import PAD, RECIPES, SimCLRRecipe, derive_seed
 
 EXTRA = "dali"
 CACHE_DIR = os.path.join("~", ".cache", "fastssl", "dali")
@@ -84,11 +82,6 @@ def cached_source(data, cache_dir=None, workers=None) -> str:
     return path
 
 
-def derive_seed(*parts) -> int:
-    """A well-mixed 31-bit seed from integers, so (seed, epoch) pairs never alias as seed+epoch would."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] >> 1)
-
-
 # ------------------------------------------------------------------------------------- graph pieces
 
 def _normalize(images, dev, mean, std, mirror=0, crop=None, pos=None):
@@ -98,27 +91,8 @@ def _normalize(images, dev, mean, std, mirror=0, crop=None, pos=None):
                                     mean=[255 * m for m in mean], std=[255 * s for s in std], **kw)
 
 
-def _simclr_view(images, spec, dev, mean, std):
-    """One SimCLR view of HWC uint8 images: crop -> colour jitter / grayscale -> flip + normalise."""
-    size = [spec.size, spec.size]
-    images = fn.random_resized_crop(images, device=dev, size=size, random_area=list(spec.scale),
-                                    random_aspect_ratio=list(spec.ratio), interp_type=types.INTERP_LINEAR)
-    on = fn.random.coin_flip(probability=spec.jitter_p, dtype=types.UINT8)  # 0 -> all factors neutral
-
-    def jitter(lo, hi, neutral):  # U[lo, hi] with probability jitter_p, else `neutral`
-        return neutral + on * (fn.random.uniform(range=[lo, hi]) - neutral) if hi > lo else neutral
-
-    b, c, s, h = spec.jitter
-    colour = fn.random.coin_flip(probability=1.0 - spec.gray_p, dtype=types.UINT8)  # 0 -> grayscale
-    images = fn.color_twist(images, device=dev, brightness=jitter(max(0.0, 1 - b), 1 + b, 1.0),
-                            contrast=jitter(max(0.0, 1 - c), 1 + c, 1.0),
-                            saturation=jitter(max(0.0, 1 - s), 1 + s, 1.0) * colour,
-                            hue=jitter(-360.0 * h, 360.0 * h, 0.0))  # degrees
-    return _normalize(images, dev, mean, std, mirror=fn.random.coin_flip(probability=spec.flip_p))
-
-
-def _supervised_view(images, dev, mean, std, height, width, pad=4):
-    """Reflect-pad by `pad`, take a random HxW crop (each of the 2*pad+1 offsets equally likely), flip p=0.5."""
+def _supervised_view(images, dev, mean, std, height, width, pad=PAD, flip_p=0.5):
+    """Reflect-pad by `pad`, take a random HxW crop (each of the 2*pad+1 offsets equally likely), flip with flip_p."""
     def mirror_strip(x, start, axis):
         flip = dict(horizontal=1) if axis == "W" else dict(vertical=1, horizontal=0)
         return fn.flip(fn.slice(x, start=[start], shape=[pad], axis_names=axis, device=dev), device=dev, **flip)
@@ -128,7 +102,7 @@ def _supervised_view(images, dev, mean, std, height, width, pad=4):
     x = fn.cat(mirror_strip(x, 1, "H"), x, mirror_strip(x, height - 1 - pad, "H"), axis_name="H", device=dev)
     offsets = [k / (2 * pad) for k in range(2 * pad + 1)]  # position k/(2 pad) -> offset exactly k pixels
     pos = (fn.random.uniform(values=offsets), fn.random.uniform(values=offsets))
-    return _normalize(x, dev, mean, std, mirror=fn.random.coin_flip(probability=0.5), crop=[height, width], pos=pos)
+    return _normalize(x, dev, mean, std, mirror=fn.random.coin_flip(probability=flip_p), crop=[height, width], pos=pos)
 
 
 class DALILoader:
@@ -141,6 +115,7 @@ class DALILoader:
         self.drop_last, self.shuffle, self.rank, self.world_size = drop_last, shuffle, rank, world_size
         self.workers, self.prefetch, self.mean, self.std = workers, prefetch, mean, std
         self.ahead, self._ahead = ahead, None  # (epoch, thread, result box) of a pipeline started early
+        self.recipe_name = recipes.name("dali", recipe)  # what the trainer records in config.json
         self.epoch = 0
         n = info["count"]
         self.shard_count = (rank + 1) * n // world_size - rank * n // world_size  # DALI's shard split
@@ -165,7 +140,8 @@ class DALILoader:
             order = np.random.default_rng(derive_seed(self.seed, epoch)).permutation(order)
         tars, idxs = dali_format.reader_files(self.source, info, order)
         pipe = Pipeline(batch_size=self.batch_size, num_threads=self.workers,
-                        device_id=self.device.index if gpu else None, seed=derive_seed(self.seed, epoch, self.rank), prefetch_queue_depth=self.prefetch)
+                        device_id=self.device.index if gpu else None, seed=derive_seed(self.seed, epoch, self.rank, bits=31),
+                        prefetch_queue_depth=self.prefetch)
         with pipe:
             encoded, labels = fn.readers.webdataset(
                 paths=tars, index_paths=idxs, ext=[dali_format.IMAGE_EXT[info["encoding"]], "cls"],
@@ -174,9 +150,10 @@ class DALILoader:
                 initial_fill=self.initial_fill, pad_last_batch=not self.drop_last)
             images = dali_format.decode(encoded, info["encoding"], info["height"], info["width"], dev)
             if self.recipe == "simclr":
-                views = [_simclr_view(images, self.spec, dev, self.mean, self.std) for _ in range(2)]
+                views = [images]  # decoded HWC uint8: the views are made in torch (__iter__)
             elif self.recipe == "supervised":
-                views = [_supervised_view(images, dev, self.mean, self.std, info["height"], info["width"])]
+                views = [_supervised_view(images, dev, self.mean, self.std, info["height"], info["width"],
+                                          flip_p=self.spec.flip_p)]
             else:
                 views = [_normalize(images, dev, self.mean, self.std)]
             pipe.set_outputs(*views, labels.gpu() if gpu else labels)
@@ -185,7 +162,7 @@ class DALILoader:
     def _start(self, epoch):
         """Build epoch `epoch`'s pipeline and its iterator, which runs the first batches (and, when
         shuffling, fills the reader's shuffle buffer: ~1 s for CIFAR-10 on a small CPU)."""
-        names = ["view1", "view2", "labels"] if self.recipe == "simclr" else ["view1", "labels"]
+        names = ["view1", "labels"]
         policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
         try:
             return DALIGenericIterator(self.pipeline(epoch), names, reader_name="reader", last_batch_policy=policy)
@@ -224,15 +201,22 @@ class DALILoader:
         it = self._take(epoch)
         if self.ahead:
             self._prepare(epoch if self.recipe == "eval" else epoch + 1)  # the usual next call: set_epoch(e + 1)
-        names = ["view1", "view2"] if self.recipe == "simclr" else ["view1"]
         steps = len(self)
+        gen = None
+        if self.recipe == "simclr":
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(derive_seed(self.seed, epoch, 1, self.rank))
         for step, out in enumerate(it):
             if step == steps:  # a larger shard of an uneven split has extra batches: all ranks stop together
                 break
             d = out[0]
             # HWC -> (B, 3, H, W) channels_last as a view; DALI filled these tensors on the device.
-            views = [d[k].permute(0, 3, 1, 2) for k in names]
-            yield Batch(views[0], views[1] if len(views) > 1 else None, d["labels"].view(-1))
+            view, labels = d["view1"].permute(0, 3, 1, 2), d["labels"].view(-1)
+            if gen is None:
+                yield Batch(view, None, labels)
+            else:  # both views in one call: 2n independent draws, fresh tensors (none points into DALI's)
+                both = augment.simclr_view(torch.cat([view, view]), self.spec, gen, self.mean, self.std)
+                yield Batch(both[:len(labels)], both[len(labels):], labels)  # batch slices stay channels_last
 
 
 def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=True, shuffle=True, rank=0,
@@ -243,14 +227,12 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
     spec: SimCLR augmentation parameters (augment.SimCLRRecipe, default its defaults); ahead: start
     epoch e+1's pipeline in a background thread as soon as epoch e starts (hides the start-up)."""
     dali_format.require()
-    if recipe not in ("simclr", "supervised", "eval"):
-        raise DataError(f"unknown recipe {recipe!r}; choose from simclr, supervised, eval")
+    data = as_dataset(data)
+    if recipe not in RECIPES:
+        raise DataError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
     if batch_size < 1 or not 0 <= rank < world_size:
         raise DataError(f"need batch_size >= 1 and 0 <= rank < world_size (got {batch_size}, {rank}, {world_size})")
-    if spec is None:
-        from .augment import SimCLRRecipe
-
-        spec = SimCLRRecipe()
+    spec = spec or SimCLRRecipe()
     device = torch.device(device)
     if device.type not in ("cpu", "cuda"):
         raise DataError(f"DALI runs on cpu or cuda devices, not {device}")

@@ -113,6 +113,10 @@ class ArrayDataset:
         self.mean, self.std = tuple(float(v) for v in self.mean), tuple(float(v) for v in self.std)
         if len(self.mean) != 3 or len(self.std) != 3:
             raise DataError(f"{self.name}: mean and std need 3 values each, got {self.mean}, {self.std}")
+        if not all(np.isfinite(self.mean)) or not all(np.isfinite(s) and s > 0 for s in self.std):
+            raise DataError(f"{self.name}: mean must be finite and std positive, got {self.mean}, {self.std}")
+        if len(self.images) == 0:
+            raise DataError(f"{self.name}: the dataset is empty")
 
     def __len__(self):
         return len(self.labels)
@@ -120,6 +124,19 @@ class ArrayDataset:
     def __repr__(self):
         n, h, w = self.images.shape[:3]
         return f"ArrayDataset({self.name!r}, {n} images {h}x{w}, {len(self.classes)} classes)"
+
+
+def as_dataset(data) -> ArrayDataset:
+    """`data` as a validated ArrayDataset: the one check every pipeline's build runs on its input.
+    An ArrayDataset validated itself when it was made; anything else with the same attributes
+    (images, labels, mean, std; optional classes, name) is checked by making one (no pixel copy)."""
+    if isinstance(data, ArrayDataset):
+        return data
+    missing = [k for k in ("images", "labels", "mean", "std") if not hasattr(data, k)]
+    if missing:
+        raise DataError(f"a dataset needs images, labels, mean and std; {type(data).__name__} lacks {', '.join(missing)}")
+    return ArrayDataset(data.images, data.labels, getattr(data, "classes", []), getattr(data, "name", "data"),
+                        data.mean, data.std)
 
 
 def load(name, split="train", data_dir=None, subset=None, seed=0, download=True, image_size=None) -> ArrayDataset:

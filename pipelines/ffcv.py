@@ -1,7 +1,9 @@
-"""FFCV pipeline: FFCV reads the .beton and, for SimCLR, decodes, crops and flips both views on the
-CPU (numba, `workers` threads); the colour part FFCV lacks (jitter incl. hue, grayscale) and the
-normalisation run on the device with the same pure-torch op as the gpu pipeline,
-`augment.color_and_normalize`.
+"""FFCV pipeline: FFCV reads and decodes the .beton on the CPU (numba, `workers` threads) and moves
+the uint8 images to the device, where the augmentation runs with the same pure-torch ops as the gpu
+pipeline (`augment`). FFCV's own SimCLR crop decoder is not used: it resizes with OpenCV's INTER_AREA,
+which upscales a CIFAR crop almost as nearest-neighbour does, not bilinearly as torchvision; FFCV
+lacks colour jitter with hue and grayscale altogether. So both SimCLR views are cropped, flipped and
+coloured by `augment.simclr_view` (recipe "simclr/torch", as the gpu pipeline).
 
     loader = pipelines.build("ffcv", data, batch_size=512, device="cuda", workers=8)
     loader = pipelines.build("ffcv", data, batch_size=512, source="cifar10_train.beton")
@@ -9,21 +11,16 @@ normalisation run on the device with the same pure-torch op as the gpu pipeline,
 
 Without `source`, `data` is written once to `~/.cache/fastssl/ffcv/<fingerprint>.beton` (raw uint8,
 atomic) and reused by later runs. The first batch of a process is slow: numba compiles FFCV's
-pipeline (~10-20 s on a small CPU). Two views = two FFCV pipelines ("image", "image2") reading the
-one "image" field. supervised / eval: FFCV only decodes; the supervised reflect-pad crop + flip
-runs on the device (`augment.crop_flip_view`), because FFCV's RandomTranslate pads with a constant.
+pipeline (~10-20 s on a small CPU). supervised: the reflect-pad crop + flip runs on the device too
+(`augment.crop_flip_view`), because FFCV's RandomTranslate pads with a constant.
 
 Reproducibility (FFCV 1.0.2, checked against its source):
 - order: a pure function of (seed, epoch, rank). FFCV draws epoch e's permutation from
   `np.random.default_rng(ffcv_seed + e)` (quasi_random: `ffcv_seed * 912300 + e`; distributed:
   torch's `DistributedSampler(seed=ffcv_seed).set_epoch(e)`), ffcv_seed = derive_seed(seed).
-- colour jitter / grayscale and the supervised crop + flip: a pure function of (seed, epoch, rank),
-  drawn from one torch generator per epoch on the device. supervised and eval are fully reproducible.
-- SimCLR crop boxes and flips are NOT reproducible: FFCV's numba kernels call `np.random` inside
-  njit code, i.e. numba's per-thread generator, which FFCV never seeds (its `seed` only orders the
-  samples) and whose threads share out the samples nondeterministically. A resumed SimCLR run replays
-  the order and the colour draws exactly, the crops only in distribution; use the gpu pipeline when
-  crops must replay bit for bit.
+- augmentation: a pure function of (seed, epoch, rank), drawn from one torch generator per epoch on
+  the device, so every recipe replays bit for bit on resume. (FFCV's own random decoders could not:
+  they draw from numba's per-thread generator, which FFCV never seeds.)
 Multi-GPU: with world_size > 1 FFCV's `distributed=True` builds torch's DistributedSampler without an
 explicit rank, so it reads rank and world size from the initialised torch.distributed process group
 (torchrun); build checks they match `rank`/`world_size`. The sampler pads the epoch order by
@@ -36,10 +33,11 @@ import os
 import numpy as np
 import torch
 
-from . import augment, ffcv_format
+from . import augment, ffcv_format, recipes
 from .batch import Batch
-from .datasets import fingerprint
+from .datasets import as_dataset, fingerprint
 from .errors import DataError
+from .recipes import PAD, RECIPES, SimCLRRecipe, derive_seed
 
 EXTRA = "ffcv"
 ORDERS = ("random", "quasi_random")
@@ -48,11 +46,10 @@ _COMPILED = []  # see the end of build()
 
 try:
     with ffcv_format.torch_threads_kept():
-        from ffcv.fields.decoders import IntDecoder, RandomResizedCropRGBImageDecoder, SimpleRGBImageDecoder
+        from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
         from ffcv.loader import Loader as FFCVLoader
         from ffcv.loader import OrderOption
-        from ffcv.pipeline import PipelineSpec
-        from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
+        from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 except (ImportError, RuntimeError, OSError):  # reported by ffcv_format.require() with the install hint
     pass
 
@@ -71,20 +68,9 @@ def cached_beton(data, cache_dir=None, workers=None) -> str:
     return ffcv_format.write(data, path, encoding="raw", workers=workers, overwrite=True)
 
 
-def derive_seed(*parts) -> int:
-    """A well-mixed 31-bit seed from integers, so (seed, epoch) pairs never alias as seed+epoch would."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] >> 1)
-
-
-def _image_ops(recipe, spec, size, device):
-    """FFCV ops for one view: decode (+ crop + flip for simclr) -> uint8 NCHW channels_last on `device`."""
-    tail = [ToTensor(), ToDevice(device, non_blocking=True), ToTorchImage()]
-    if recipe == "simclr":
-        return [RandomResizedCropRGBImageDecoder(size, scale=tuple(spec.scale), ratio=tuple(spec.ratio)),
-                RandomHorizontalFlip(spec.flip_p), *tail]
-    # supervised / eval: decode only. FFCV's RandomTranslate pads with a constant colour, not the
-    # reflection the recipe specifies, so the supervised crop+flip runs on the device (augment).
-    return [SimpleRGBImageDecoder(), *tail]
+def _image_ops(device):
+    """FFCV ops for the images: decode -> uint8 NCHW channels_last on `device` (augmented there)."""
+    return [SimpleRGBImageDecoder(), ToTensor(), ToDevice(device, non_blocking=True), ToTorchImage()]
 
 
 class FFCVPipeline:
@@ -95,6 +81,7 @@ class FFCVPipeline:
         self.ffcv, self.names, self.recipe, self.spec = ffcv_loader, names, recipe, spec
         self.device, self.seed, self.rank = device, seed, rank
         self.mean, self.std = mean, std
+        self.recipe_name = recipes.name("ffcv", recipe)  # what the trainer records in config.json
         self.epoch = 0
 
     def __len__(self):
@@ -104,7 +91,7 @@ class FFCVPipeline:
         self.epoch = int(epoch)
 
     def raw(self):
-        """FFCV's own batches for the current epoch, as dicts name -> tensor ("image", "image2":
+        """FFCV's own batches for the current epoch, as dicts name -> tensor ("image": decoded
         uint8 (B, 3, H, W) channels_last; "label": int64 (B,)), all on the device.
         FFCV reuses these buffers: consume or copy each batch before asking for the next."""
         self.ffcv.next_epoch = self.epoch  # FFCV's epoch counter: __iter__ draws epoch e's order from it
@@ -120,9 +107,9 @@ class FFCVPipeline:
             # Everything below makes fresh tensors (cat / clone), so nothing keeps pointing into
             # FFCV's buffers once the next batch is requested. No host sync: all queued on the device.
             labels, n = out["label"].clone(), out["label"].shape[0]
-            if self.recipe == "simclr":  # both views in one call: half the kernel launches
-                both = augment.to_unit(torch.cat([out["image"], out["image2"]]))
-                views = augment.color_and_normalize(both, self.spec, gen, self.mean, self.std)
+            if self.recipe == "simclr":  # both views in one call: 2n independent draws, half the launches
+                views = augment.simclr_view(torch.cat([out["image"], out["image"]]), self.spec, gen,
+                                            self.mean, self.std)
                 yield Batch(views[:n], views[n:], labels)  # batch slices stay channels_last
             elif self.recipe == "supervised":
                 view = augment.crop_flip_view(out["image"], gen, self.mean, self.std, flip_p=self.spec.flip_p)
@@ -138,11 +125,13 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
     source: an existing .beton of `data` (else the cached copy); cache_dir: where that copy lives;
     workers: FFCV's numba threads (default: all cores); order: "random" | "quasi_random"
     (the latter only helps when the file is larger than RAM; not with world_size > 1);
-    spec: SimCLR augmentation parameters (augment.SimCLRRecipe, default its defaults; simclr crops
-    come out spec.size x spec.size, the other recipes keep the images' own size)."""
+    spec: SimCLR augmentation parameters (recipes.SimCLRRecipe, default its defaults; simclr views
+    come out spec.size x spec.size, the other recipes keep the images' own size; the supervised
+    recipe flips with spec.flip_p)."""
     ffcv_format.require()
-    if recipe not in ("simclr", "supervised", "eval"):
-        raise DataError(f"unknown recipe {recipe!r}; choose from simclr, supervised, eval")
+    data = as_dataset(data)
+    if recipe not in RECIPES:
+        raise DataError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
     if order not in ORDERS:
         raise DataError(f"unknown FFCV order {order!r}; choose from {', '.join(ORDERS)}")
     if batch_size < 1 or not 0 <= rank < world_size:
@@ -159,24 +148,21 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
         if order == "quasi_random":
             raise DataError("FFCV 1.0.2 has no quasi_random order in distributed mode; use order='random'")
 
-    if recipe == "supervised" and min(data.images.shape[1:3]) <= augment.PAD:
-        raise DataError(f"the supervised recipe pads by {augment.PAD}: images of "
+    if recipe == "supervised" and min(data.images.shape[1:3]) <= PAD:
+        raise DataError(f"the supervised recipe pads by {PAD}: images of "
                         f"{data.images.shape[1]}x{data.images.shape[2]} are too small")
 
     path = os.fspath(source) if source is not None else cached_beton(data, cache_dir, workers)
     info = ffcv_format.check_file(path)
     if info["count"] != len(data.labels):
         raise DataError(f"{path}: holds {info['count']} samples, the dataset has {len(data.labels)}")
-    spec = spec or augment.SimCLRRecipe()
-    size = (spec.size, spec.size) if recipe == "simclr" else tuple(data.images.shape[1:3])
+    spec = spec or SimCLRRecipe()
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
 
-    pipes = {"image": _image_ops(recipe, spec, size, device),
+    pipes = {"image": _image_ops(device),
              "label": [IntDecoder(), ToTensor(), Squeeze(1), ToDevice(device, non_blocking=True)]}
-    if recipe == "simclr":  # the second view: a second pipeline reading the same field
-        pipes["image2"] = PipelineSpec("image", transforms=_image_ops(recipe, spec, size, device))
     if recipe == "eval" or not shuffle:
         ffcv_order = OrderOption.SEQUENTIAL
     else:
@@ -191,7 +177,7 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
     if len(loader) == 0:
         raise DataError(f"{len(data.labels)} images give no full batch of {batch_size} (drop_last={drop_last})")
     names = list(loader.pipeline_specs)  # FFCV yields one output per pipeline, in this order
-    # numba 0.68 raises (and prints) a harmless KeyError when it garbage-collects the crop decoder's
+    # numba 0.68 raises (and prints) a harmless KeyError when it garbage-collects a decoder's
     # compiled code (imdecode specialised on literal arguments); keeping that code (kilobytes) until
     # interpreter exit, where numba skips the cleanup, keeps stderr clean.
     _COMPILED.append(loader.code)
@@ -212,7 +198,7 @@ def _measure(argv=None):
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--workers", type=int, default=None, help="FFCV threads (default: all cores)")
     parser.add_argument("--stage", default="full", choices=("full", "ffcv"),
-                        help="full: Batch out (device colour ops included); ffcv: FFCV's raw crops only")
+                        help="full: Batch out (device augmentation included); ffcv: FFCV's decoded batches only")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs (after one untimed warm-up)")
     args = parser.parse_args(argv)
     if args.data_dir:

@@ -389,6 +389,30 @@ def test_array_dataset_checks_and_replace():
         datasets.ArrayDataset(images.astype(np.float32), [0] * 4, ["a"], "bad", (0.5,) * 3, (0.25,) * 3)
     with pytest.raises(DataError, match="4 integers"):
         datasets.ArrayDataset(images, [0] * 3, ["a"], "bad", (0.5,) * 3, (0.25,) * 3)
+    with pytest.raises(DataError, match="empty"):
+        datasets.ArrayDataset(images[:0], np.zeros(0, np.int64), ["a"], "bad", (0.5,) * 3, (0.25,) * 3)
+    for mean, std in [((0.5,) * 3, (0.25, 0.0, 0.25)), ((0.5, float("nan"), 0.5), (0.25,) * 3)]:
+        with pytest.raises(DataError, match="std positive"):
+            datasets.ArrayDataset(images, [0] * 4, ["a"], "bad", mean, std)
+
+
+def test_as_dataset_is_the_one_check_every_pipeline_runs():
+    from types import SimpleNamespace
+
+    images = np.arange(4 * 2 * 2 * 3, dtype=np.uint8).reshape(4, 2, 2, 3)
+    duck = SimpleNamespace(images=images, labels=[0, 1, 0, 1], mean=(0.5,) * 3, std=(0.25,) * 3)
+    data = datasets.as_dataset(duck)
+    assert isinstance(data, datasets.ArrayDataset) and data.images is images  # validated, not copied
+    assert datasets.as_dataset(data) is data
+    with pytest.raises(DataError, match="lacks mean, std"):
+        datasets.as_dataset(SimpleNamespace(images=images, labels=[0] * 4))
+    bad = SimpleNamespace(images=images.astype(np.float32), labels=[0] * 4, mean=(0.5,) * 3, std=(0.25,) * 3)
+    for name in ("torchvision", "dali", "ffcv", "gpu"):
+        module = pytest.importorskip(f"pipelines.{'baseline' if name == 'torchvision' else name}")
+        if name in ("dali", "ffcv"):
+            pytest.importorskip({"dali": "nvidia.dali", "ffcv": "ffcv"}[name])
+        with pytest.raises(DataError, match="uint8"):
+            module.build(bad, batch_size=2)
 
 
 def test_unknown_names():

@@ -13,13 +13,13 @@ import io
 import json
 import os
 import random
-import re
 import shutil
 
 import numpy as np
 import torch
 
 from pipelines import DataError
+from pipelines.convert import pid_alive, remove_dead_temporaries  # noqa: F401  (one implementation, shared)
 
 
 def _tmp_name(path: str) -> str:
@@ -56,36 +56,6 @@ def atomic_save(obj, path: str) -> None:
 
 def atomic_write_text(path: str, text: str) -> None:
     atomic_write_bytes(path, text.encode())
-
-
-_TMP = re.compile(r"\.tmp-(\d+)$")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
-
-
-def remove_dead_temporaries(directory: str) -> list[str]:
-    """Delete `*.tmp-<pid>` files in `directory` whose writer is no longer alive; returns their paths.
-    Files of live processes (a concurrent converter, say) are left alone."""
-    removed = []
-    if not os.path.isdir(directory):
-        return removed
-    for entry in os.scandir(directory):
-        m = _TMP.search(entry.name)
-        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
-            else:
-                os.remove(entry.path)
-            removed.append(entry.path)
-    return removed
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -18,6 +18,7 @@ import importlib
 import inspect
 import json
 import os
+import re
 import shutil
 import time
 
@@ -58,6 +59,36 @@ def _remove(path):
         os.remove(path)
 
 
+_TMP = re.compile(r"\.tmp-(\d+)$")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_dead_temporaries(directory: str) -> list[str]:
+    """Delete `*.tmp-<pid>` files in `directory` whose writer is no longer alive; returns their paths.
+    Files of live processes (a concurrent converter, say) are left alone; used by the trainer too."""
+    removed = []
+    if not os.path.isdir(directory):
+        return removed
+    for entry in os.scandir(directory):
+        m = _TMP.search(entry.name)
+        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.remove(entry.path)
+            removed.append(entry.path)
+    return removed
+
+
 def _publish(tmp, out):
     """Move the finished `tmp` to `out`. A file replaces atomically; a directory cannot be replaced in one
     step, so an old `out` is first renamed aside and restored if the second rename fails."""
@@ -93,7 +124,13 @@ def convert(data, to: str, out, *, force=False, workers=None, n_check=1000, sour
     if os.path.isdir(out) and to == "ffcv":
         raise DataError(f"{out} is a directory; a .beton output is a single file")
     parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create {parent} for {out}: {e.strerror or e}") from None
+    if not os.access(parent, os.W_OK):
+        raise DataError(f"cannot write {out}: {parent} is not writable")
+    remove_dead_temporaries(parent)  # left by a converter that was killed
     workers = int(workers or len(os.sched_getaffinity(0)))
     accepted = inspect.signature(writer.write).parameters
     unknown = sorted(set(opts) - set(accepted))
@@ -141,6 +178,8 @@ def convert(data, to: str, out, *, force=False, workers=None, n_check=1000, sour
                 json.dump(manifest, f, indent=1)
             _publish(tmp, out)
             os.replace(tmp_meta, meta)
+    except OSError as e:  # disk full and other I/O errors: one line, the temporary removed below
+        raise DataError(f"cannot write {out}: {e.strerror or e}") from None
     finally:
         _remove(tmp), _remove(tmp_meta)
     manifest["path"], manifest["manifest"] = out, meta

@@ -14,7 +14,13 @@ exactness for size (only worth it for images much larger than CIFAR's 32x32). Ne
 import contextlib
 import importlib.metadata
 import io
+import multiprocessing
 import os
+import re
+import signal
+import sys
+import tempfile
+import time
 
 import numpy as np
 
@@ -100,7 +106,9 @@ def write(data, out_path, *, encoding="raw", quality=90, max_resolution=None, wo
     encoding: "raw" (exact pixels) or "jpg" (JPEG at `quality`, 1-100). max_resolution: shrink images
     whose longer side exceeds it (OpenCV INTER_AREA, FFCV's own resizer) before encoding.
     workers: writer processes (default: all cores). The file appears atomically (tmp + os.replace);
-    an existing `out_path` is refused unless overwrite=True. Returns out_path.
+    an existing `out_path` is refused unless overwrite=True. Returns out_path. A failing writer
+    process (disk full, ...) is a DataError, never a hang (see _write_bounded); `progress` is
+    accepted but FFCV's own bar is not shown, as its stderr is captured for that purpose.
     """
     require()
     images, labels = _check_data(data)
@@ -117,19 +125,99 @@ def write(data, out_path, *, encoding="raw", quality=90, max_resolution=None, wo
 
     fields = {"image": RGBImageField(write_mode=encoding, max_resolution=max_resolution, jpeg_quality=int(quality)),
               "label": IntField()}
-    tmp = f"{out_path}.tmp{os.getpid()}"
-    # A writer process that raises leaves FFCV's parent waiting forever, hence _check_data first.
-    writer = DatasetWriter(tmp, fields, num_workers=workers or os.cpu_count())
-    quiet = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())  # tqdm bar
+    tmp = f"{out_path}.tmp-{os.getpid()}"
     try:
-        with quiet:
-            writer.from_indexed_dataset(_Samples(images, labels), chunksize=max(1, min(1000, len(labels) // 16)))
+        _write_bounded(tmp, fields, _Samples(images, labels), workers or os.cpu_count(), out_path)
         check_file(tmp)  # never publish a file that FFCV itself cannot open
         os.replace(tmp, out_path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return out_path
+
+
+# How long the writer may go on with some of its worker processes gone and others still running
+# before it counts as hung (a worker killed by a signal leaves the others waiting forever).
+STALL_S = 120.0
+
+
+def _write_bounded(path, fields, samples, workers, name):
+    """Run FFCV's DatasetWriter in a child process (its own process group, stderr to a file) and
+    wait for it with bounds: a worker that raises (disk full, say) leaves FFCV's parent spinning
+    forever, so a traceback in that file, or some workers gone while others run for STALL_S,
+    ends the whole group and becomes one DataError naming the file and the error."""
+    err = tempfile.NamedTemporaryFile("w+", prefix="ffcv-writer-", suffix=".log", delete=False)
+    err.close()
+
+    def child():
+        os.setpgid(0, 0)
+        # Workers inherit this stderr: their tracebacks land in the file (FFCV's tqdm bar too).
+        sys.stderr = open(err.name, "w", buffering=1)
+        os.dup2(sys.stderr.fileno(), 2)
+        writer = DatasetWriter(path, fields, num_workers=workers)
+        writer.from_indexed_dataset(samples, chunksize=max(1, min(1000, len(samples) // 16)))
+
+    proc = multiprocessing.get_context("fork").Process(target=child, daemon=False)
+    try:
+        proc.start()
+        partial_since, most = None, 0
+        while True:
+            proc.join(0.2)
+            if proc.exitcode is not None:
+                break
+            if "Traceback" in _read(err.name):
+                break
+            live = len(_children(proc.pid))
+            most = max(most, live)
+            if 0 < live < most:
+                partial_since = partial_since or time.monotonic()
+                if time.monotonic() - partial_since > STALL_S:
+                    break
+            else:
+                partial_since = None
+        if proc.exitcode != 0:
+            raise DataError(f"cannot write {name}: {_last_error(_read(err.name)) or 'an FFCV writer process died'}")
+    finally:
+        if proc.exitcode is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            proc.join(10)
+        os.remove(err.name)
+
+
+def _read(path):
+    with open(path, errors="replace") as f:
+        return f.read()
+
+
+def _children(pid):
+    """Pids of `pid`'s running child processes (Linux /proc; dead, unreaped ones left out)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            pids = f.read().split()
+    except OSError:
+        return []
+    alive = []
+    for child in pids:
+        try:
+            with open(f"/proc/{child}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X"):
+            alive.append(child)
+    return alive
+
+
+_ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt): .*$", re.M)
+
+
+def _last_error(log):
+    """The `SomeError: message` line that ends the first traceback in `log`."""
+    m = _ERROR_LINE.search(log.split("Traceback", 1)[-1].replace("\r", "\n"))
+    return m.group(0)[:200] if m else None
 
 
 def check_file(path) -> dict:

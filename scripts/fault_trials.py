@@ -32,7 +32,7 @@ def pretrain(*args, wait=True):
     p = subprocess.Popen([sys.executable, "-m", "fastssl.pretrain", *TINY, *args], cwd=REPO, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if wait:
-        p.communicate(timeout=300)
+        p.out, p.err = p.communicate(timeout=300)
     return p
 
 
@@ -80,7 +80,7 @@ def second_writer(reference, out, rng):
         time.sleep(0.05)
     second = pretrain("--out", out, "--overwrite")
     first.communicate(timeout=300)
-    err = second.stderr.strip().splitlines()
+    err = second.err.strip().splitlines()
     return (second.returncode == 2 and len(err) == 1 and f"pid {first.pid}" in err[0]
             and first.returncode == 0 and same_as(reference, out))
 
@@ -118,7 +118,7 @@ def damaged(half, out, kind):
     damage(os.path.join(out, name))
     before = _snapshot(out)
     p = pretrain("--out", out, "--resume")
-    err = p.stderr.strip().splitlines()
+    err = p.err.strip().splitlines()
     return p.returncode == 2 and len(err) == 1 and name in err[0] and _snapshot(out) == before
 
 
@@ -130,7 +130,7 @@ def disk_full(work):
     try:
         out = os.path.join(mnt, "run")
         p = pretrain("--out", out)
-        err = p.stderr.strip().splitlines()
+        err = p.err.strip().splitlines()
         return (p.returncode == 2 and len(err) == 1 and "No space left" in err[0]
                 and not [n for n in os.listdir(out) if ".tmp-" in n])
     finally:

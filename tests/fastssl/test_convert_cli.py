@@ -78,3 +78,76 @@ def test_existing_output_needs_force(cifar_root, tmp_path, capsys):
     summary = capsys.readouterr().out.strip().splitlines()
     assert len(summary) == 1 and "jpg" in summary[0] and "dB PSNR" in summary[0]
     assert dali_format.check(out)["count"] == 10000 and dali_format.check(out)["encoding"] == "jpg"
+
+
+def small_disk(tmp_path, size="1m"):
+    """A tmpfs of `size` (root in a container may mount one); skips with the reason otherwise."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'mount failed'}); "
+                    "the injected-ENOSPC tests cover the same path")
+    return mnt
+
+
+@pytest.mark.parametrize("to, name", [("dali", "shards"), ("ffcv", "c10.beton")])
+def test_disk_full_is_one_line_and_leaves_no_temporary(tmp_path, capsys, monkeypatch, to, name):
+    if to == "ffcv":
+        pytest.importorskip("ffcv")
+    monkeypatch.delenv("FASTSSL_DATA", raising=False)
+    mnt = small_disk(tmp_path)
+    try:
+        err = fails(["--dataset", "cifar10-sample", "--to", to, "--out", str(mnt / name), "--workers", "2"], capsys)
+        assert "No space left on device" in err and name in err
+        assert os.listdir(mnt) == []
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_injected_enospc_in_dali_shards(tmp_path, capsys, monkeypatch):
+    """The same path without a small filesystem: the shard writer's open() fails with ENOSPC."""
+    import builtins
+    import errno
+
+    real_open = builtins.open
+
+    def full_open(path, mode="r", *a, **kw):
+        if "w" in mode and ".tar" in os.fspath(path):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(path))
+        return real_open(path, mode, *a, **kw)
+
+    monkeypatch.setattr(builtins, "open", full_open)
+    err = fails(["--dataset", "cifar10-sample", "--to", "dali", "--out", str(tmp_path / "shards")], capsys)
+    assert "No space left on device" in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_writer_worker_killed_by_a_signal_does_not_hang(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("ffcv")
+    from pipelines import ffcv_format
+
+    monkeypatch.setattr(ffcv_format, "STALL_S", 1.0)
+    real_getitem, parent = ffcv_format._Samples.__getitem__, os.getpid()
+
+    def getitem(self, i):
+        if i == 1500 and os.getppid() != parent:  # in a writer worker, not the writer's host
+            os.kill(os.getpid(), 9)
+        return real_getitem(self, i)
+
+    monkeypatch.setattr(ffcv_format._Samples, "__getitem__", getitem)
+    err = fails(["--dataset", "cifar10-sample", "--to", "ffcv", "--out", str(tmp_path / "c.beton"), "--workers", "2"], capsys)
+    assert "c.beton" in err and "died" in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_unwritable_out_and_dead_temporaries(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    err = fails(["--dataset", "cifar10-sample", "--to", "dali", "--out", str(tmp_path / "file" / "sub" / "shards")], capsys)
+    assert "cannot create" in err
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / f"old.beton.tmp-{dead.pid}").write_bytes(b"partial")
+    (tmp_path / f"keep.tmp-{os.getpid()}").write_bytes(b"ours")
+    cli.main(["--dataset", "cifar10-sample", "--to", "dali", "--out", str(tmp_path / "shards")])
+    assert sorted(os.listdir(tmp_path)) == ["file", f"keep.tmp-{os.getpid()}", "shards"]

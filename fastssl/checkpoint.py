@@ -3,11 +3,15 @@
 A run directory holds:
     config.json        the resolved config of the run
     metrics.jsonl      one JSON object per log interval / epoch
-    last.pt, best.pt   full training state (model, optimiser, scheduler, RNG, epoch, config)
+    last.pt, best.pt   full training state (model, optimiser, scheduler, RNG, epoch, config; after a
+                       signal or --save-every-steps also `position`: epoch, step and running sums
+                       inside the epoch being trained)
+    .lock              held by the one process writing the directory (fastssl/lock.py)
     backbone.pt        plain `state_dict` of the backbone, torchvision `resnet18` key names
                        (no `fc`: load into torchvision with strict=False or replace fc first)
 
-Models are always saved unwrapped: no `_orig_mod.` (torch.compile) or `module.` (DDP) prefixes.
+Every write goes to `<name>.tmp-<pid>` and is renamed into place; a dead writer's temporaries are
+removed by the next run (remove_dead_temporaries). Models are always saved unwrapped: no `_orig_mod.` (torch.compile) or `module.` (DDP) prefixes.
 """
 import io
 import json

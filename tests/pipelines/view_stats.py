@@ -107,3 +107,14 @@ def loader_statistics(loader, data) -> dict:
     labels = torch.cat(labels)
     sources = torch.from_numpy(data.images).permute(0, 3, 1, 2)[labels]
     return view_statistics(torch.cat(views), data.mean, data.std, sources)
+
+
+def compare(ours, reference, factor=2.0) -> dict:
+    """ours, reference: two `view_statistics` results each (two seeds of one pipeline). The bound
+    is `factor` times the largest distance between two seeds of the same pipeline (either one);
+    worst / least: per statistic, the largest / smallest distance over the four cross pairings."""
+    null = max(max(distances(*pair).values()) for pair in (ours, reference))
+    cross = [distances(a, b) for a in ours for b in reference]
+    return {"null": null, "bound": factor * null,
+            "worst": {k: max(d[k] for d in cross) for k in cross[0]},
+            "least": {k: min(d[k] for d in cross) for k in cross[0]}}

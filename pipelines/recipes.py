@@ -37,7 +37,7 @@ VARIANTS = {
 
 
 def name(pipeline, recipe) -> str:
-    """The recorded name of `recipe` as `pipeline` computes it, e.g. "simclr/dali-crop"; the
+    """The recorded name of `recipe` as `pipeline` computes it, e.g. "simclr/pil"; the
     supervised and eval recipes are exact on every pipeline and keep their plain names."""
     if recipe not in RECIPES:
         raise DataError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")

@@ -117,7 +117,8 @@ def train(cfg, argv=(), command="fastssl.pretrain"):
     # One writer per run directory, taken before anything in --out is read or written.
     lock = RunLock(cfg.out).acquire() if rank == 0 else None
     try:
-        return _train(cfg, argv, command, rank, world, local_rank)
+        with StopFlag() as stop:  # from the start: a signal during setup stops after the first step
+            return _train(cfg, argv, command, rank, world, local_rank, stop)
     except BaseException:
         if lock is not None:
             lock.release(remove_if_unused=True)
@@ -137,7 +138,7 @@ def _finished_summary(out: str, epochs: int) -> dict | None:
     return done if isinstance(done, dict) and done.get("epochs_run") == epochs else None
 
 
-def _train(cfg, argv, command, rank, world, local_rank):
+def _train(cfg, argv, command, rank, world, local_rank, stop):
     main_rank = rank == 0
     cfg, resume_state = prepare_run_dir(cfg, list(argv))
     if resume_state is not None and "position" not in resume_state and resume_state["epoch"] >= cfg.epochs - 1:
@@ -249,8 +250,7 @@ def _train(cfg, argv, command, rank, world, local_rank):
                   f"resume with: python -m {command} --out {out} --resume", file=sys.stderr, flush=True)
         raise SystemExit(128 + signum)
 
-    stop = StopFlag()
-    with progress, stop:
+    with progress:
         for epoch in range(start_epoch, cfg.epochs):
             method.train()
             loader.set_epoch(epoch)

@@ -26,10 +26,10 @@ TINY = ["--dataset", "cifar10-sample", "--subset", "64", "--batch-size", "16", "
         "--no-compile", "--log-interval", "1", "--epochs", "3"]
 
 
-def pretrain(*args, wait=True):
+def pretrain(*args, wait=True, tiny=True):
     env = {k: v for k, v in os.environ.items() if k != "FASTSSL_DATA"}
     env["PYTHONPATH"] = REPO
-    p = subprocess.Popen([sys.executable, "-m", "fastssl.pretrain", *TINY, *args], cwd=REPO, env=env,
+    p = subprocess.Popen([sys.executable, "-m", "fastssl.pretrain", *(TINY if tiny else []), *args], cwd=REPO, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if wait:
         p.out, p.err = p.communicate(timeout=300)
@@ -122,7 +122,7 @@ def damaged(half, out, kind):
     name, damage = DAMAGE[kind]
     damage(os.path.join(out, name))
     before = _snapshot(out)
-    p = pretrain("--out", out, "--resume")
+    p = pretrain("--out", out, "--resume", tiny=False)  # the saved config, as a user would resume
     err = p.err.strip().splitlines()
     return p.returncode == 2 and len(err) == 1 and name in err[0] and _snapshot(out) == before
 

@@ -25,16 +25,9 @@ import torch
 from fastssl.config import ConfigError
 from fastssl.train import resolve_device  # noqa: F401  (one rule for --device everywhere)
 
+from . import peaks
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# Dense bf16 tensor-core peak (TFLOP/s) from the vendors' data sheets, matched against
-# torch.cuda.get_device_name() in this order (first substring that matches wins).
-PEAK_BF16_TFLOPS = [
-    ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0),  # "H100 80GB HBM3" is the SXM part
-    ("H200", 989.0), ("GH200", 989.0), ("B200", 2250.0),
-    ("A100", 312.0), ("L40S", 362.0), ("A10G", 70.0), ("RTX 4090", 165.0),
-]
-
 
 # ----------------------------------------------------------------------------- environment
 
@@ -121,16 +114,9 @@ def set_threads(n) -> None:
 
 
 def peak_tflops(device: torch.device, override=None):
-    """(peak dense bf16 TFLOP/s or None, where it came from)."""
-    if override is not None:
-        return float(override), "--peak-tflops"
-    if device.type != "cuda":
-        return None, "no peak for CPUs (MFU n/a)"
-    name = torch.cuda.get_device_name(device)
-    for key, value in PEAK_BF16_TFLOPS:
-        if key in name:
-            return value, f"table: {key} bf16 dense"
-    return None, f"{name} not in the peak table; pass --peak-tflops"
+    """(datasheet dense bf16 TFLOP/s or None, where it came from); see benchmarks/peaks.py."""
+    info = peaks.peak_info(device, override, measure=False)
+    return info["datasheet_tflops"], info["datasheet_source"]
 
 
 def default_out(kind: str, device: torch.device, quick: bool) -> str:

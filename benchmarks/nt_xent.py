@@ -21,7 +21,7 @@ import torch
 
 from fastssl.config import cli, parse
 
-from . import common
+from . import common, peaks
 
 STEM = "nt_xent"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -102,20 +102,15 @@ def _raise_recompile_limit():
             setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
 
 
-@cli
-def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = parse(NTXentConfig, argv, description=__doc__)
-    device = common.resolve_device(cfg.device)
-    out = cfg.out or common.default_out(STEM, device, cfg.quick)
-    common.check_out(out, [f"{STEM}.{e}" for e in ("json", "csv", "md", "png")], cfg.overwrite)
-    common.set_threads(cfg.threads)
-    env = common.environment("benchmarks.nt_xent", argv)
+def measure(cfg, device, env, expired=lambda: False) -> dict:
+    """The whole measurement (no files written). `expired()` is polled between cases and repeats;
+    once True nothing new starts, what is done is kept and the result says `cut`."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as fastssl.train
     from fastssl import losses
 
+    peak = peaks.peak_info(device)  # the GPU's measured bf16 matmul rate, recorded with every GPU benchmark
     _raise_recompile_limit()
     functions = {"nt_xent": losses.nt_xent, "nt_xent_chunked": getattr(losses, "nt_xent_chunked", None)}
     cases, unavailable = [], []
@@ -132,6 +127,9 @@ def main(argv=None):
 
     g = torch.Generator().manual_seed(cfg.seed)
     for c in cases:  # inputs, untimed warm-up (compilation), then the two memory measurements
+        if expired():
+            c["status"] = "cut: out of time before its warm-up"
+            continue
         z = [torch.randn(c["n"], cfg.dim, generator=g).to(device, DTYPES[c["dtype"]]).requires_grad_() for _ in range(2)]
         c["z"] = z
         try:
@@ -152,7 +150,11 @@ def main(argv=None):
             c["status"] = f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             print(f"{c['function']} {c['mode']} {c['dtype']} N={c['n']}: {c['status']}", file=sys.stderr)
     live = [c for c in cases if c["status"] == "ok"]
+    repeats_done = 0
     for r in range(cfg.repeats):
+        if expired():
+            break
+        repeats_done += 1
         for j in range(len(live)):  # rotated order: drift hits every case alike
             c = live[(j + r) % len(live)]
             z1, z2 = c["z"]
@@ -165,7 +167,9 @@ def main(argv=None):
     records = []
     for c in cases:
         matrix = (2 * c["n"]) ** 2 * 4  # one (2N, 2N) fp32 matrix, the yardstick of the memory target
-        ok = c["status"] == "ok"
+        ok = c["status"] == "ok" and bool(c["times"])
+        if c["status"] == "ok" and not ok:
+            c["status"] = "cut: out of time before the first repeat"
         records.append({"function": c["function"], "mode": c["mode"], "dtype": c["dtype"], "n": c["n"],
                         "status": c["status"], "fwd_bwd_ms": common.summarize(c["times"]) if ok else None,
                         "saved_bytes": c.get("saved") if ok else None,
@@ -177,23 +181,28 @@ def main(argv=None):
         return next((r for r in records if (r["function"], r["mode"], r["dtype"], r["n"]) == (fname, mode, dtype, n)
                      and r["status"] == "ok"), None)
 
-    gpu = env["gpu"] or ""
     fast = find("nt_xent", "compiled", "fp32", 1024)
     mem = find("nt_xent", "compiled", "fp32", 4096)
+    why = peaks.not_target_reason(env["gpu"])
     targets = [
-        common.target("compiled nt_xent fp32 fwd+bwd at N=1024 <= 1 ms (H100)",
+        common.target(f"compiled nt_xent fp32 fwd+bwd at N=1024 <= 1 ms ({peaks.TARGET_CLASS})",
                       fast["fwd_bwd_ms"]["median"] if fast else None, 1.0, False,
-                      "H100" in gpu and cfg.compile_backend == "inductor" and fast is not None,
-                      "needs an H100" + (f" (this run: {gpu or 'CPU'})" if "H100" not in gpu else "")
-                      + ("" if fast else "; N=1024 fp32 compiled not run"), "ms"),
+                      not why and cfg.compile_backend == "inductor" and fast is not None,
+                      "; ".join(r for r in (why, "" if fast else "N=1024 fp32 compiled not run") if r)
+                      or f"compile backend {cfg.compile_backend}, not inductor", "ms"),
         common.target("compiled nt_xent fp32 saved-for-backward at N=4096 <= ~one (2N)^2 fp32 matrix (x1.05)",
                       mem["saved_vs_2n_squared_fp32"] if mem else None, 1.05, False, mem is not None,
                       "N=4096 fp32 compiled not run", "x (2N)^2*4 bytes"),
     ]
-    result = {"benchmark": STEM, "environment": env, "device": str(device),
-              "settings": {k: v for k, v in vars(cfg).items() if k not in ("size_list", "dtype_list")} | {"out": out},
-              "records": records, "targets": targets}
+    return {"benchmark": STEM, "environment": env, "device": str(device),
+            "cut": repeats_done < cfg.repeats or any(c["status"].startswith("cut") for c in cases),
+            "repeats_done": repeats_done, "peak": peak,
+            "settings": {k: v for k, v in vars(cfg).items() if k not in ("size_list", "dtype_list")},
+            "records": records, "targets": targets}
 
+
+def render(result) -> str:
+    records, targets = result["records"], result["targets"]
     rows = []
     for r in records:
         if r["status"] != "ok":
@@ -208,13 +217,36 @@ def main(argv=None):
         ["target", "value", "status"],
         [[t["target"], common.fmt(t["value"], ".3f"), t["status"] + (f" ({t['reason']})" if t["reason"] else "")]
          for t in targets])
-    series = {f"{fn} {mode} {d}": [] for fn, mode, d in dict.fromkeys((c["function"], c["mode"], c["dtype"]) for c in cases)}
-    for name in series:
-        fn, mode, d = name.split()
-        series[name] = [(find(fn, mode, d, n) or {}).get("fwd_bwd_ms") for n in cfg.size_list]
-    common.write_all(out, STEM, result, records, table, lambda p: common.bar_chart(
-        p, [f"N={n}" for n in cfg.size_list], series, "fwd+bwd ms (median, min-max; log)",
-        f"NT-Xent, dim {cfg.dim}, {env['gpu'] or env['cpu']}", log=True))
+    return table
+
+
+def chart(path, result) -> None:
+    cfg, records, env = result["settings"], result["records"], result["environment"]
+    sizes = sorted({r["n"] for r in records if r["n"]})
+
+    def find(fn, mode, d, n):
+        return next((r for r in records if (r["function"], r["mode"], r["dtype"], r["n"]) == (fn, mode, d, n)
+                     and r["fwd_bwd_ms"]), None)
+    names = dict.fromkeys((r["function"], r["mode"], r["dtype"]) for r in records if r["dtype"])
+    series = {f"{fn} {mode} {d}": [(find(fn, mode, d, n) or {}).get("fwd_bwd_ms") for n in sizes]
+              for fn, mode, d in names}
+    common.bar_chart(path, [f"N={n}" for n in sizes], series, "fwd+bwd ms (median, min-max; log)",
+                     f"NT-Xent, dim {cfg['dim']}, {env['gpu'] or env['cpu']}", log=True)
+
+
+@cli
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg = parse(NTXentConfig, argv, description=__doc__)
+    device = common.resolve_device(cfg.device)
+    out = cfg.out or common.default_out(STEM, device, cfg.quick)
+    common.check_out(out, [f"{STEM}.{e}" for e in ("json", "csv", "md", "png")], cfg.overwrite)
+    common.set_threads(cfg.threads)
+    env = common.environment("benchmarks.nt_xent", argv)
+    result = measure(cfg, device, env)
+    result["settings"]["out"] = out
+    table = render(result)
+    common.write_all(out, STEM, result, result["records"], table, lambda p: chart(p, result))
     print(f"wrote {os.path.join(out, STEM)}.{{json,csv,md,png}}", file=sys.stderr)
     common.print_table(table)
     return result

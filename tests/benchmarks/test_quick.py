@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from benchmarks import common, nt_xent, step, throughput
+from benchmarks import common, nt_xent, peaks, step, throughput
 
 ENV_KEYS = {"command", "date", "git_commit", "gpu", "gpu_driver", "cpu", "cpu_cores", "torch", "torchvision",
             "dali", "ffcv", "python", "load_average_1_5_15min"}
@@ -66,6 +66,31 @@ def test_peak_table():
     assert common.peak_tflops(torch.device("cpu"), 123.0) == (123.0, "--peak-tflops")
 
 
+@pytest.mark.parametrize("name, model, target", [
+    ("NVIDIA H100 80GB HBM3", "H100 SXM", True), ("NVIDIA H100 PCIe", "H100 PCIe", True),
+    ("NVIDIA H100 NVL", "H100 NVL", True), ("NVIDIA H200", "H200 SXM", True), ("NVIDIA H200 NVL", "H200 NVL", True),
+    ("NVIDIA GH200 480GB", "GH200 (H100/H200 GPU)", True), ("NVIDIA A100-SXM4-80GB", "A100", False),
+    ("NVIDIA A100 80GB PCIe", "A100", False), ("NVIDIA L4", "L4", False), ("NVIDIA L40S", "L40S", False),
+])
+def test_device_names_match_whole_words(name, model, target):
+    # "L4" is inside "L40S" and "H100" would be inside a hypothetical "GH100": substrings decide wrongly.
+    assert peaks.lookup(name)[0] == model
+    assert peaks.target_class(name) is target and (peaks.not_target_reason(name) == "") is target
+    assert peaks.lookup("NVIDIA L40") is None and not peaks.target_class(None)
+
+
+def test_measured_matmul_rate_and_mfu():
+    m = peaks.measure_matmul("cpu", n=64, iters=2, dtype=torch.float32)
+    assert m["tflops"] > 0 and len(m["window_s"]) == 3
+    # 2 n^3 FLOPs per product over the fastest window, by definition
+    assert m["tflops"] == pytest.approx(2 * 64**3 * 2 / min(m["window_s"]) / 1e12)
+    info = {"datasheet_tflops": 100.0, "measured_tflops": 50.0}
+    assert peaks.mfu(25.0, info) == {"mfu": 0.25, "mfu_measured": 0.5}
+    assert peaks.mfu(None, info) == {"mfu": None, "mfu_measured": None}
+    cpu = peaks.peak_info("cpu")
+    assert cpu["measured_tflops"] is None and cpu["datasheet_tflops"] is None  # CPUs: nothing measured by default
+
+
 def test_nt_xent_quick(tmp_path, capsys):
     nt_xent.main(["--quick", "--out", str(tmp_path)])
     result, md = outputs(tmp_path, "nt_xent")
@@ -76,7 +101,7 @@ def test_nt_xent_quick(tmp_path, capsys):
             mine = [r for r in recs if r["function"] == fname and r["mode"] == mode]
             assert mine, (fname, mode)  # every case accounted for: measured or with a reason
             for r in mine:
-                assert r["status"] == "ok" or r["status"].startswith(("unavailable: ", "failed: ")), r["status"]
+                assert r["status"] == "ok" or r["status"].startswith(("unavailable: ", "failed: ", "skipped: ")), r["status"]
     ok = [r for r in recs if r["status"] == "ok"]
     assert {(r["dtype"], r["n"]) for r in ok if r["function"] == "nt_xent"} == {
         (d, n) for d in ("fp32", "bf16") for n in (64, 128)}
@@ -110,7 +135,7 @@ def test_throughput_quick(tmp_path, capsys):
     assert set(recs) == {"torchvision", "gpu", "dali", "ffcv", "compute-only"}
     assert "cifar10-sample" in result["dataset"]
     for name, r in recs.items():
-        assert r["status"] == "ok" or r["status"].startswith(("unavailable: ", "failed: ")), r["status"]
+        assert r["status"] == "ok" or r["status"].startswith(("unavailable: ", "failed: ", "skipped: ")), r["status"]
         assert r["status"].split(":")[0] in printed
         if r["status"] != "ok":
             continue
@@ -122,7 +147,7 @@ def test_throughput_quick(tmp_path, capsys):
     assert recs["gpu"]["status"] == "ok"  # pure torch: runs wherever fastssl does
     if recs["torchvision"]["status"] == "ok":
         assert recs["torchvision"]["e2e_vs_torchvision"] == pytest.approx(1.0)
-    assert len(result["targets"]) == 3
+    assert len(result["targets"]) == 4
     assert all(t["status"] == "not measured" and t["reason"] for t in result["targets"])  # CPU, sample data
 
 

@@ -310,6 +310,8 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
                                precision="bf16" if use_bf16 else "fp32")
                 summary.update({"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
                 progress.note(f"epoch {epoch + 1}: kNN top-1 {knn['top1']:.2f}%")
+            # Seconds since this process began training (compilation and kNN included): time-to-accuracy's x axis.
+            summary["wall_s"] = time.perf_counter() - t_start
             log(summary)
             history.append(summary)
             if main_rank:

@@ -148,7 +148,7 @@ def installed(name: str) -> bool:
         return False
 
 
-def measure(cfg, device, env, expired=lambda: False) -> dict:
+def measure(cfg, device, env, expired=lambda: False, peak=None) -> dict:
     """The whole measurement (no files written): the result dict that main() saves.
 
     `expired()` is polled between warm-ups and repeats; once it says True no new work starts, the
@@ -156,7 +156,7 @@ def measure(cfg, device, env, expired=lambda: False) -> dict:
     setup_device(device)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     compiled = cfg.compile if cfg.compile is not None else device.type == "cuda"
-    peak = peaks.peak_info(device, cfg.peak_tflops)
+    peak = dict(peak or peaks.peak_info(device, cfg.peak_tflops))  # the suite passes the one it measured
     if peak["datasheet_tflops"] is not None and not bf16 and cfg.peak_tflops is None:
         peak.update(datasheet_tflops=None, datasheet_source="the datasheet peak is for bf16; run bf16 or pass --peak-tflops")
         peak["measured_tflops"] = None  # measured in bf16 too

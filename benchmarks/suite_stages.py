@@ -1,0 +1,326 @@
+"""The stages of `python -m benchmarks.suite`, each a function `(ctx, expired) -> result dict`.
+
+`ctx` is the suite's state (config, device, environment, earlier stages' results, work folder);
+`expired()` says the stage's deadline has passed: stages poll it between units of work, stop
+starting new ones and return what they have with `"cut": True`. A stage that cannot run at all
+raises `Skip(reason)`. The measuring code is the benchmarks' own (benchmarks.throughput.measure,
+benchmarks.nt_xent.measure, benchmarks.step.TrainStep) and fastssl's own training and probes
+(fastssl.train.train, fastssl.linear.evaluate): nothing here re-implements a loop it reports on.
+"""
+import inspect
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+from fastssl.config import parse
+
+from . import common, nt_xent, peaks, throughput
+from . import step as step_bench
+
+
+class Skip(Exception):
+    """The stage cannot run here (missing library, data or device); the message says why."""
+
+
+def log(msg: str) -> None:
+    print(f"[suite] {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- 1. environment
+
+def environment(ctx, expired) -> dict:
+    """Versions, GPU, driver, commit and command, and the measured bf16 matmul peak."""
+    info = peaks.peak_info(ctx.device, ctx.cfg.peak_tflops, measure=True, n=ctx.sizes["matmul_n"])
+    ctx.peak = info
+    log(f"{ctx.env['gpu'] or ctx.env['cpu']}: datasheet {common.fmt(info['datasheet_tflops'], '.0f')} TFLOP/s "
+        f"({info['datasheet_source']}), measured {info['measured']['n']}^3 {info['measured']['dtype']} matmul "
+        f"{info['measured_tflops']:.2f} TFLOP/s")
+    return {"environment": ctx.env, "peak": info,
+            "installed": {p: throughput.installed(p) for p in ("torchvision", "dali", "ffcv")}}
+
+
+# ----------------------------------------------------------------------------- 2. step ablation
+
+# Each row turns one more thing on (cumulative), from plain eager fp32 to the fastest step.
+ABLATION = [
+    ("eager fp32 contiguous", {}),
+    ("+ channels_last", {"channels_last": True}),
+    ("+ bf16 autocast", {"bf16": True}),
+    ("+ torch.compile", {"compile": True}),
+    ("+ fast optimiser", {"fast_optimizer": True}),
+    ("+ CUDA graphs", {"cudagraphs": True}),
+]
+BASE = {"compile": False, "channels_last": False, "bf16": False}
+NEEDS_CUDA = {"cudagraphs"}
+
+
+def _recompiles() -> int:
+    """Graphs dynamo has compiled so far in this process (a steady-state step must add none)."""
+    try:
+        from torch._dynamo.utils import counters
+        return int(counters["stats"]["unique_graphs"])
+    except (ImportError, KeyError, AttributeError):
+        return 0
+
+
+def step_ablation(ctx, expired) -> dict:
+    s = ctx.sizes
+    mcfg = step_bench.model_config(s["step_batch"], ctx.cfg.seed)
+    accepted = set(inspect.signature(step_bench.TrainStep).parameters)
+    step_bench.setup_device(ctx.device)
+    rows, live, options = [], [], dict(BASE)
+    for name, change in ABLATION:
+        options = {**options, **change}
+        row = {"setting": name, **options, "status": "ok"}
+        rows.append(row)
+        missing = [k for k in options if options[k] and k not in accepted and k not in BASE]
+        if missing:
+            row["status"] = f"unavailable: benchmarks.step.TrainStep has no {missing[0]} option"
+            options = {k: v for k, v in options.items() if k not in missing}  # later rows go on without it
+            continue
+        if any(options.get(k) for k in NEEDS_CUDA) and ctx.device.type != "cuda":
+            row["status"] = "skipped: CUDA graphs need a GPU"
+            options = {k: v for k, v in options.items() if k not in NEEDS_CUDA}
+            continue
+        if expired():
+            row["status"] = "cut: out of time before its warm-up"
+            continue
+        kwargs = {k: v for k, v in options.items() if k in accepted}
+        t0 = time.perf_counter()
+        try:
+            st = step_bench.TrainStep(mcfg, ctx.device, compile_backend=s["compile_backend"], **kwargs)
+            batch = step_bench.synthetic_batch(s["step_batch"], s["image_size"], ctx.device,
+                                               options["channels_last"], ctx.cfg.seed)
+            if ctx.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(ctx.device)
+            for _ in range(s["step_warmup"]):
+                st(batch)
+            if ctx.device.type == "cuda":
+                torch.cuda.synchronize(ctx.device)
+                row["peak_memory_gib"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
+            row["warmup_s"] = time.perf_counter() - t0
+            row["flops_per_step"] = st.flops(batch)
+            live.append((row, st, batch))
+        except Exception as e:  # noqa: BLE001 - one broken setting must not hide the others
+            row["status"] = f"failed: {throughput._reason(e)}"
+        log(f"step {name}: {row['status']} (warm-up {time.perf_counter() - t0:.1f} s)")
+    for row, _, _ in live:
+        row["times"] = []
+        row["recompiles_timed"] = 0
+    for r in range(s["step_repeats"]):
+        if expired():
+            break
+        for j in range(len(live)):  # rotated order: drift hits every setting alike
+            row, st, batch = live[(j + r) % len(live)]
+            before = _recompiles()
+            with common.Stopwatch(ctx.device) as sw:
+                for _ in range(s["step_steps"]):
+                    st(batch)
+            row["recompiles_timed"] += _recompiles() - before
+            row["times"].append(sw.seconds)
+    for row, st, batch in live:  # the optimiser alone, on the gradients of one real step
+        if expired() or not row["times"]:
+            break
+        st(batch)
+        with common.Stopwatch(ctx.device) as sw:
+            for _ in range(s["step_steps"]):
+                st.optimizer.step()
+        row["optimizer_ms"] = 1000 * sw.seconds / s["step_steps"]
+    base = None
+    for row, _, _ in live:
+        if not row["times"]:
+            row["status"] = "cut: out of time before the first repeat"
+            continue
+        t = row.pop("times")
+        row["img_per_s"] = common.summarize([s["step_batch"] * s["step_steps"] / x for x in t])
+        row["step_ms"] = common.summarize([1000 * x / s["step_steps"] for x in t])
+        row["tflops"] = row["flops_per_step"] * s["step_steps"] / statistics.median(t) / 1e12
+        row.update(peaks.mfu(row["tflops"], ctx.peak) if row["bf16"] else {"mfu": None, "mfu_measured": None})
+        base = base or row["img_per_s"]["median"]
+        row["speedup_vs_first"] = row["img_per_s"]["median"] / base
+    done = [r for r in rows if r.get("img_per_s")]
+    return {"batch_size": s["step_batch"], "image_size": s["image_size"], "steps_per_repeat": s["step_steps"],
+            "repeats": s["step_repeats"], "compile_backend": s["compile_backend"], "rows": rows,
+            "best_img_per_s": max((r["img_per_s"]["median"] for r in done if r["compile"] == ctx.train_compile),
+                                  default=None),
+            "cut": any(r["status"].startswith("cut") for r in rows) or any(len(r["img_per_s"]["values"]) <
+                                                                          s["step_repeats"] for r in done)}
+
+
+# ----------------------------------------------------------------------------- 3. throughput
+
+def throughput_stage(ctx, expired) -> dict:
+    s = ctx.sizes
+    argv = ["--pipelines", "gpu,torchvision,ffcv,dali", "--dataset", s["throughput_dataset"],
+            "--batch-size", str(s["throughput_batch"]), "--workers", str(s["workers"]),
+            "--repeats", str(s["throughput_repeats"]), "--steps", str(s["throughput_steps"]),
+            "--loader-steps", str(s["loader_steps"]), "--seed", str(ctx.cfg.seed), "--device", str(ctx.device)]
+    if ctx.cfg.data_dir:
+        argv += ["--data-dir", ctx.cfg.data_dir]
+    if ctx.cfg.smoke:
+        argv += ["--quick"]
+    if ctx.cfg.peak_tflops is not None:
+        argv += ["--peak-tflops", str(ctx.cfg.peak_tflops)]
+    argv += ["--cache-dir", os.path.join(ctx.work, "pipeline-cache")]
+    tcfg = parse(throughput.ThroughputConfig, argv)
+    result = throughput.measure(tcfg, ctx.device, ctx.env, expired, peak=ctx.peak if "datasheet_source" in ctx.peak else None)
+    result["command"] = "python -m benchmarks.throughput " + " ".join(argv)
+    gpu = next((r for r in result["records"] if r["pipeline"] == "gpu" and r["e2e_img_per_s"]), None)
+    result["gpu_e2e_img_per_s"] = gpu["e2e_img_per_s"]["median"] if gpu else None
+    return result
+
+
+# ----------------------------------------------------------------------------- 4. NT-Xent
+
+def nt_xent_stage(ctx, expired) -> dict:
+    s = ctx.sizes
+    argv = ["--sizes", s["nt_xent_sizes"], "--dtypes", "fp32", "--repeats", str(s["nt_xent_repeats"]),
+            "--device", str(ctx.device)] + (["--quick"] if ctx.cfg.smoke else [])
+    result = nt_xent.measure(parse(nt_xent.NTXentConfig, argv), ctx.device, ctx.env, expired)
+    result["command"] = "python -m benchmarks.nt_xent " + " ".join(argv)
+    return result
+
+
+# ----------------------------------------------------------------------------- 5. time to accuracy
+
+def epoch_seconds(ctx) -> tuple[float | None, str]:
+    """(estimated seconds per training epoch, where the rate came from), from the earlier stages'
+    measured images/s of the step the training loop runs (same batch, precision, compile)."""
+    s, images = ctx.sizes, ctx.sizes["train_images"]
+    tp = ctx.results.get("throughput", {}).get("result") or {}
+    if tp.get("gpu_e2e_img_per_s") and tp["settings"]["batch_size"] == s["train_batch"]:
+        return images / tp["gpu_e2e_img_per_s"], "throughput stage: gpu pipeline end-to-end"
+    st = ctx.results.get("step", {}).get("result") or {}
+    if st.get("best_img_per_s") and st["batch_size"] == s["train_batch"] and st["image_size"] == 32:
+        return images / st["best_img_per_s"], "step stage: fastest setting the training loop uses"
+    return None, "no measured rate"
+
+
+def plan_epochs(ctx, seconds_left: float) -> tuple[int, dict]:
+    """Epochs whose whole schedule fits in `seconds_left` (aim: 200), with the arithmetic."""
+    s = ctx.sizes
+    if ctx.cfg.epochs:
+        return ctx.cfg.epochs, {"source": "--epochs"}
+    per_epoch, source = epoch_seconds(ctx)
+    if per_epoch is None:
+        per_epoch, source = calibrate(ctx), "calibration: timed steps of the training step"
+    # kNN: one forward of train + test images (a third of a training step's cost per view, one view)
+    knn_s = per_epoch * (s["train_images"] + s["test_images"]) / s["train_images"] / 6 + 1.0
+    train_s = seconds_left - s["probe_reserve_s"] - s["compile_overhead_s"]
+    per_10 = 10 * per_epoch + knn_s
+    epochs = int(max(1, min(s["max_epochs"], train_s // (per_epoch + knn_s / 10))))
+    return epochs, {"source": source, "epoch_s_estimate": per_epoch, "knn_s_estimate": knn_s,
+                    "seconds_for_training": train_s, "seconds_per_10_epochs": per_10}
+
+
+def calibrate(ctx) -> float:
+    """Seconds per epoch from a few timed steps of fastssl's step at the training batch size."""
+    s = ctx.sizes
+    st = step_bench.TrainStep(step_bench.model_config(s["train_batch"], ctx.cfg.seed), ctx.device,
+                              bf16=ctx.device.type == "cuda", compile=ctx.train_compile)
+    batch = step_bench.synthetic_batch(s["train_batch"], 32, ctx.device, True, ctx.cfg.seed)
+    for _ in range(2):
+        st(batch)
+    with common.Stopwatch(ctx.device) as sw:
+        for _ in range(3):
+            st(batch)
+    return s["train_images"] / (3 * s["train_batch"] / sw.seconds)
+
+
+def pretrain_argv(ctx, epochs: int, out: str) -> list:
+    s = ctx.sizes
+    argv = ["--dataset", s["train_dataset"], "--epochs", str(epochs), "--batch-size", str(s["train_batch"]),
+            "--knn-every", str(s["knn_every"]), "--seed", str(ctx.cfg.seed), "--device", str(ctx.device),
+            "--out", out, "--overwrite", "--no-progress"]
+    if ctx.cfg.data_dir:
+        argv += ["--data-dir", ctx.cfg.data_dir]
+    if s.get("train_subset"):
+        argv += ["--subset", str(s["train_subset"])]
+    argv += s.get("train_extra", [])
+    return argv
+
+
+def time_to_accuracy(ctx, expired) -> dict:
+    from fastssl.pretrain import PretrainConfig
+    from fastssl.train import train
+
+    s = ctx.sizes
+    from pipelines import DataError, datasets
+    try:
+        datasets.find_cifar("cifar10", ctx.cfg.data_dir, download=False) if s["train_dataset"] == "cifar10" else None
+    except DataError as e:
+        raise Skip(f"CIFAR-10 not found: {e}") from None
+    epochs, plan = plan_epochs(ctx, ctx.deadline - time.monotonic())
+    run = os.path.join(ctx.work, "pretrain")
+    argv = pretrain_argv(ctx, epochs, run)
+    log(f"time to accuracy: {epochs} epochs ({plan.get('source')}); python -m fastssl.pretrain {' '.join(argv)}")
+    result = {"epochs_planned": epochs, "plan": plan, "command": "python -m fastssl.pretrain " + " ".join(argv),
+              "dataset": s["train_dataset"], "curve": [], "cut": False}
+    ctx.partial["time_to_accuracy"] = result  # what is known so far survives a cut
+    t0 = time.monotonic()
+    try:
+        result["summary"] = train(parse(PretrainConfig, argv), argv)
+    finally:
+        result["curve"] = knn_curve(os.path.join(run, "metrics.jsonl"))
+        result["pretrain_wall_s"] = time.monotonic() - t0
+        result["time_to_85_s"] = next((p["wall_s"] for p in result["curve"] if p["knn_top1"] >= 85.0), None)
+    result["probes"] = {}
+    for key, dataset in (("linear", s["probe_dataset"]), ("transfer", "cifar100")):
+        if expired():
+            result["probes"][key] = {"status": "cut: out of time before it started"}
+            result["cut"] = True
+            continue
+        result["probes"][key] = probe(ctx, run, dataset, key)
+    return result
+
+
+def knn_curve(path: str) -> list:
+    """[{epoch, wall_s, knn_top1, knn_top5}] from a run's metrics.jsonl (epoch summaries with kNN)."""
+    curve = []
+    if not os.path.isfile(path):
+        return curve
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a stop in mid-write
+            if rec.get("summary") and "knn_top1" in rec:
+                curve.append({"epoch": rec["epoch"] + 1, "wall_s": rec.get("wall_s"), "knn_top1": rec["knn_top1"],
+                              "knn_top5": rec.get("knn_top5"), "epoch_time_s": rec.get("epoch_time_s")})
+    return curve
+
+
+def probe(ctx, run: str, dataset: str, key: str) -> dict:
+    """fastssl.linear's protocol on the run's backbone; the dataset label says which copy it was."""
+    from fastssl.linear import LinearConfig, evaluate
+    from pipelines import DataError
+
+    s = ctx.sizes
+    argv = ["--backbone", run, "--dataset", dataset, "--epochs", str(s["probe_epochs"]), "--device", str(ctx.device),
+            "--out", os.path.join(ctx.work, key), "--overwrite", "--no-progress", *s["probe_extra"]]
+    if ctx.cfg.data_dir:
+        argv += ["--data-dir", ctx.cfg.data_dir]
+    if s.get("probe_subset"):
+        argv += ["--subset", str(s["probe_subset"])]
+    try:
+        summary = evaluate(parse(LinearConfig, argv), argv)
+    except DataError as e:
+        return {"status": f"skipped: {e}", "command": "python -m fastssl.linear " + " ".join(argv)}
+    return {"status": "ok", "command": "python -m fastssl.linear " + " ".join(argv), "dataset": summary["data"]["label"],
+            "test_top1": summary["test_top1"], "test_top5": summary["test_top5"], "knn_top1": summary["knn_top1"],
+            "lr": summary["lr"], "weight_decay": summary["weight_decay"], "wall_time_s": summary["wall_time_s"],
+            "train_images": summary["data"]["train_images"], "test_images": summary["data"]["test_images"]}
+
+
+STAGES = {  # name -> (function, what it measures)
+    "environment": (environment, "GPU, driver, versions, commit, command; measured bf16 matmul peak"),
+    "step": (step_ablation, "step ablation: eager fp32 -> channels_last -> bf16 -> compile -> fast optimiser -> CUDA graphs"),
+    "throughput": (throughput_stage, "loader-only and end-to-end images/s per pipeline, data wait, ratio to torchvision"),
+    "nt_xent": (nt_xent_stage, "NT-Xent forward+backward, eager / compiled / chunked"),
+    "time_to_accuracy": (time_to_accuracy, "SimCLR on CIFAR-10 with kNN every 10 epochs, then linear and transfer probes"),
+}

@@ -60,6 +60,7 @@ class SuiteConfig:
     budget: float | None = field(default=None, metadata={"help": "seconds for the whole suite (default 540: one 10-minute call with margin; --smoke 180)"})
     stages: str = field(default=",".join(stages.STAGES), metadata={"help": "comma-separated stages to run, in this order: " + ", ".join(stages.STAGES)})
     data_dir: str | None = field(default=None, metadata={"help": "where CIFAR-10 / CIFAR-100 live (else $FASTSSL_DATA); nothing is downloaded"})
+    throughput_dataset: str | None = field(default=None, metadata={"help": "data of the throughput stage (default cifar10; cifar10-sample, shipped, before CIFAR-10 is staged; --smoke: the sample)", "choices": ["cifar10", "cifar10-sample"]})
     epochs: int | None = field(default=None, metadata={"help": "time-to-accuracy epochs (default: chosen from the measured epoch time so that the schedule fits, at most 200)"})
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda or cuda:N"})
     peak_tflops: float | None = field(default=None, metadata={"help": "datasheet dense bf16 TFLOP/s, for a GPU missing from benchmarks/peaks.py"})
@@ -103,7 +104,9 @@ class Context:
 
     def __init__(self, cfg, device, env, work):
         self.cfg, self.device, self.env, self.work = cfg, device, env, work
-        self.sizes = SMOKE if cfg.smoke else FULL
+        self.sizes = dict(SMOKE if cfg.smoke else FULL)
+        if cfg.throughput_dataset:
+            self.sizes["throughput_dataset"] = cfg.throughput_dataset
         self.train_compile = device.type == "cuda"  # as fastssl.pretrain decides
         self.peak = {"datasheet_tflops": None, "measured_tflops": None}
         self.results, self.partial, self.deadline = {}, {}, None

@@ -121,7 +121,10 @@ def markdown(report) -> str:
         parts.append(title)
         if res.get("command"):
             parts.append(f"`{res['command']}`\n")
-        parts.append(render(res) if res else f"{rec['status']}: {rec['reason']}\n")
+        try:
+            parts.append(render(res) if res else f"{rec['status']}: {rec['reason']}\n")
+        except (KeyError, TypeError, AttributeError, IndexError) as e:  # a cut stage's partial result
+            parts.append(f"{rec['status']}: {rec['reason']}; partial result in suite.json ({type(e).__name__}: {e})\n")
     parts += ["## Targets\n", common.markdown_table(["target", "value", "status"],
                                                      throughput.target_rows(targets(report)))]
     return "\n".join(parts)

@@ -184,7 +184,7 @@ step_assemble() {
     if [ -f "$joined/$base" ] && echo "$expected  $joined/$base" | sha256sum -c --status; then
       echo "complete: $base (already joined)"; continue
     fi
-    parts="$(find "$OUT" -path "$joined" -prune -o -name "$base.part*" -printf '%f %p\n' | sort -u -k1,1 | cut -d' ' -f2)"
+    parts="$(find -L "$OUT" -path "$joined" -prune -o -name "$base.part*" -printf '%f %p\n' | sort -u -k1,1 | cut -d' ' -f2)"
     [ -n "$parts" ] || { echo "waiting: $base (no part here yet)"; continue; }
     # shellcheck disable=SC2086
     cat $parts > "$joined/$base.tmp"

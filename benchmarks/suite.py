@@ -28,7 +28,7 @@ import torch
 
 from fastssl.config import ConfigError, cli, parse
 
-from . import common, suite_report
+from . import common, nt_xent, suite_report
 from . import suite_stages as stages
 
 STEM = "suite"
@@ -158,6 +158,9 @@ def main(argv=None):
     if cfg.work_dir and os.path.exists(cfg.work_dir) and not os.path.isdir(cfg.work_dir):
         raise ConfigError(f"--work-dir {cfg.work_dir} exists and is not a directory")
     common.set_threads(cfg.threads)
+    # Every stage compiles its own model: past dynamo's default limit of 8 recompilations of the
+    # same forward it would silently fall back to eager and the later stages would time that.
+    nt_xent._raise_recompile_limit()
     env = common.environment("benchmarks.suite", argv)
     work = cfg.work_dir or tempfile.mkdtemp(prefix="fastssl-suite-")
     os.makedirs(work, exist_ok=True)

@@ -25,7 +25,7 @@ def stage(report, name):
 
 
 def targets(report) -> list:
-    """Every target of the issue, judged where measurable, else "not measured" with the reason."""
+    """Every target, judged where measurable, else "not measured" with the reason."""
     out = []
     for name in ("throughput", "nt_xent"):
         rec, res = stage(report, name)

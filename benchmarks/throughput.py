@@ -330,7 +330,7 @@ def main(argv=None):
 
 
 def make_targets(cfg, env, data, records, tv):
-    """The issue's targets, judged only on an H100/H200-class GPU with full CIFAR-10."""
+    """The targets, judged only on an H100/H200-class GPU with full CIFAR-10."""
     this_run = [r for r in (peaks.not_target_reason(env["gpu"]),
                             "" if data.name == "cifar10" else f"needs full CIFAR-10 (data: {data.name})") if r]
     full = not this_run and not cfg.quick

@@ -16,6 +16,7 @@ probe on CIFAR-10 and the transfer probe on CIFAR-100). Outputs, all in --out: s
 suite.md, throughput.png, step.png, knn.png. Training runs and probes write into --work-dir
 (default: a temporary folder, removed at the end unless --keep-work).
 """
+import json
 import os
 import shutil
 import signal
@@ -61,6 +62,7 @@ class SuiteConfig:
     stages: str = field(default=",".join(stages.STAGES), metadata={"help": "comma-separated stages to run, in this order: " + ", ".join(stages.STAGES)})
     data_dir: str | None = field(default=None, metadata={"help": "where CIFAR-10 / CIFAR-100 live (else $FASTSSL_DATA); nothing is downloaded"})
     throughput_dataset: str | None = field(default=None, metadata={"help": "data of the throughput stage (default cifar10; cifar10-sample, shipped, before CIFAR-10 is staged; --smoke: the sample)", "choices": ["cifar10", "cifar10-sample"]})
+    rates_from: str | None = field(default=None, metadata={"help": "suite.json of an earlier run on the same GPU whose throughput/step stage gives the epoch time (when this run skips those stages)"})
     epochs: int | None = field(default=None, metadata={"help": "time-to-accuracy epochs (default: chosen from the measured epoch time so that the schedule fits, at most 200)"})
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda or cuda:N"})
     peak_tflops: float | None = field(default=None, metadata={"help": "datasheet dense bf16 TFLOP/s, for a GPU missing from benchmarks/peaks.py"})
@@ -110,6 +112,13 @@ class Context:
         self.train_compile = device.type == "cuda"  # as fastssl.pretrain decides
         self.peak = {"datasheet_tflops": None, "measured_tflops": None}
         self.results, self.partial, self.deadline = {}, {}, None
+        self.earlier = {}  # stages of --rates-from, for the epoch-time estimate
+        if cfg.rates_from:
+            try:
+                with open(cfg.rates_from) as f:
+                    self.earlier = {r["stage"]: r for r in json.load(f)["stages"]}
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise ConfigError(f"--rates-from {cfg.rates_from}: not a suite.json ({type(e).__name__})") from None
 
 
 def plan(cfg) -> list:
@@ -162,9 +171,9 @@ def main(argv=None):
     # same forward it would silently fall back to eager and the later stages would time that.
     nt_xent._raise_recompile_limit()
     env = common.environment("benchmarks.suite", argv)
-    work = cfg.work_dir or tempfile.mkdtemp(prefix="fastssl-suite-")
+    ctx = Context(cfg, device, env, None)  # validates --rates-from before anything is written
+    ctx.work = work = cfg.work_dir or tempfile.mkdtemp(prefix="fastssl-suite-")
     os.makedirs(work, exist_ok=True)
-    ctx = Context(cfg, device, env, work)
 
     t_start = time.monotonic()
     steps = plan(cfg)

@@ -191,12 +191,13 @@ def epoch_seconds(ctx) -> tuple[float | None, str]:
     """(estimated seconds per training epoch, where the rate came from), from the earlier stages'
     measured images/s of the step the training loop runs (same batch, precision, compile)."""
     s, images = ctx.sizes, ctx.sizes["train_images"]
-    tp = ctx.results.get("throughput", {}).get("result") or {}
-    if tp.get("gpu_e2e_img_per_s") and tp["settings"]["batch_size"] == s["train_batch"]:
-        return images / tp["gpu_e2e_img_per_s"], "throughput stage: gpu pipeline end-to-end"
-    st = ctx.results.get("step", {}).get("result") or {}
-    if st.get("best_img_per_s") and st["batch_size"] == s["train_batch"] and st["image_size"] == 32:
-        return images / st["best_img_per_s"], "step stage: fastest setting the training loop uses"
+    for results, where in ((ctx.results, ""), (getattr(ctx, "earlier", {}), " of --rates-from")):
+        tp = (results.get("throughput") or {}).get("result") or {}
+        if tp.get("gpu_e2e_img_per_s") and tp["settings"]["batch_size"] == s["train_batch"]:
+            return images / tp["gpu_e2e_img_per_s"], f"throughput stage{where}: gpu pipeline end-to-end"
+        st = (results.get("step") or {}).get("result") or {}
+        if st.get("best_img_per_s") and st["batch_size"] == s["train_batch"] and st["image_size"] == 32:
+            return images / st["best_img_per_s"], f"step stage{where}: fastest setting the training loop uses"
     return None, "no measured rate"
 
 

@@ -91,6 +91,13 @@ def test_epochs_fit_the_stage_budget(tmp_path):
         assert epochs == min(200, max(1, int(room // (per_epoch + knn / 10))))
         assert cost(epochs) <= room or epochs == 1
         assert epochs == 200 or cost(epochs + 1) > room  # the most that fit, up to 200
+    # the same rate read from an earlier run's suite.json (--rates-from) gives the same plan
+    (tmp_path / "a.json").write_text(json.dumps({"stages": [{"stage": "throughput", **tp}]}))
+    cfg = suite.parse(suite.SuiteConfig, ["--smoke", "--rates-from", str(tmp_path / "a.json")])
+    later = suite.Context(cfg, ctx.device, {}, str(tmp_path))
+    later.sizes = dict(suite.FULL)
+    assert suite_stages.plan_epochs(later, 400.0) == suite_stages.plan_epochs(ctx, 400.0)[:1] + (
+        {**suite_stages.plan_epochs(ctx, 400.0)[1], "source": "throughput stage of --rates-from: gpu pipeline end-to-end"},)
     ctx.cfg.epochs = 7
     assert suite_stages.plan_epochs(ctx, 10.0)[0] == 7  # --epochs wins
 
@@ -140,7 +147,9 @@ def test_bad_flags_and_existing_outputs(tmp_path, capsys):
         suite.main(["--smoke", "--out", str(tmp_path)])
     assert e.value.code == 2 and (tmp_path / "suite.json").read_text() == "keep"
     assert "--overwrite" in capsys.readouterr().err
-    for bad in (["--stages", "step,nope"], ["--budget", "0"], ["--epochs", "-1"]):
+    (tmp_path / "junk.json").write_text("{not json")
+    for bad in (["--stages", "step,nope"], ["--budget", "0"], ["--epochs", "-1"],
+                ["--rates-from", str(tmp_path / "junk.json")]):
         with pytest.raises(SystemExit) as e:
             suite.main(["--smoke", "--out", str(tmp_path / "new"), *bad])
         err = capsys.readouterr().err.strip().splitlines()

@@ -1,8 +1,8 @@
 """Every GPU measurement of fastssl in one command, inside one time budget.
 
     python -m benchmarks.suite --data-dir data                       # one GPU, ~9 minutes
-    python -m benchmarks.suite --data-dir data --stages environment,step,throughput,nt_xent --out results/a
-    python -m benchmarks.suite --data-dir data --stages environment,time_to_accuracy --out results/b
+    python -m benchmarks.suite --data-dir data --stages step,throughput,nt_xent --out results/a
+    python -m benchmarks.suite --data-dir data --stages time_to_accuracy --rates-from results/a/suite.json --out results/b
     python -m benchmarks.suite --smoke --out /tmp/suite              # every stage's code path on a CPU
 
 It prints its plan (stages and estimated seconds) first, runs the stages in order, each under its
@@ -90,7 +90,9 @@ class SuiteConfig:
         bad = [s for s in self.stage_list if s not in stages.STAGES]
         if bad or not self.stage_list:
             raise ValueError(f"--stages: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(stages.STAGES)}")
-        self.stage_list = [s for s in stages.STAGES if s in self.stage_list]  # always in the suite's order
+        # Always in the suite's order, and always with the environment first: every result carries
+        # the GPU it ran on and its measured matmul peak.
+        self.stage_list = [s for s in stages.STAGES if s in self.stage_list or s == "environment"]
 
 
 class StageTimeout(Exception):

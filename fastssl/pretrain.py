@@ -57,9 +57,10 @@ class PretrainConfig:
     epochs: int = field(default=200, metadata={"help": "training epochs"})
     batch_size: int = field(default=512, metadata={"help": "global batch size (images; each gives two views)"})
     optimizer: str = field(default="lars", metadata={"help": "optimiser", "choices": ["lars", "sgd", "adamw"]})
-    lr: float = field(default=0.4, metadata={"help": "base learning rate per 256 images: lr_used = lr * batch_size / 256"})
+    lr: float | None = field(default=None, metadata={"help": "base learning rate per 256 images: lr_used = lr * batch_size / 256 (default per optimiser: lars 0.4, sgd 0.4, adamw 1e-3)"})
     weight_decay: float = field(default=1e-5, metadata={"help": "weight decay (not applied to biases and BatchNorm)"})
     momentum: float = field(default=0.9, metadata={"help": "SGD/LARS momentum"})
+    nesterov: bool = field(default=False, metadata={"help": "sgd only: Nesterov momentum (off: plain momentum, the rule LARS uses for biases and BatchNorm, so sgd is LARS without the trust ratio)"})
     warmup_epochs: float = field(default=10, metadata={"help": "linear warm-up length in epochs, then cosine decay"})
     # execution
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda or cuda:N"})
@@ -82,7 +83,11 @@ class PretrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        for name in ["lr", "temperature", "knn_t"]:
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise ValueError("--nesterov needs --optimizer sgd and --momentum > 0")
+        for name in ["temperature", "knn_t"]:
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.subset is not None and self.subset <= 0:

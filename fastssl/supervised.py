@@ -32,7 +32,7 @@ from .pretrain import PretrainConfig
 # train() may read) appears here too, with its help text, type and validation.
 SIMCLR_ONLY = {"proj_hidden_dim", "proj_dim", "temperature"}
 DEFAULTS = {"method": "supervised", "dataset": "cifar100", "epochs": 100, "batch_size": 512, "optimizer": "sgd",
-            "lr": 0.2, "weight_decay": 5e-4, "warmup_epochs": 2, "out": "runs/supervised"}
+            "nesterov": True, "lr": 0.2, "weight_decay": 5e-4, "warmup_epochs": 2, "out": "runs/supervised"}
 
 
 def _field(f):

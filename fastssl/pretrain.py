@@ -31,6 +31,7 @@ from pipelines import datasets
 from .config import cli, parse
 from .methods import METHODS
 from .models import BACKBONES
+from .step import COMPILE_MODES
 
 
 @dataclass
@@ -66,6 +67,9 @@ class PretrainConfig:
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda or cuda:N"})
     precision: str = field(default="auto", metadata={"help": "auto: bf16 autocast on CUDA, fp32 on CPU", "choices": ["auto", "bf16", "fp32"]})
     compile: bool | None = field(default=None, metadata={"help": "torch.compile the training step (default: on for CUDA)"})
+    compile_mode: str = field(default="default", metadata={"help": "torch.compile mode of the model + loss graph; reduce-overhead = CUDA graphs (static input buffers)", "choices": list(COMPILE_MODES)})
+    compile_fullgraph: bool = field(default=True, metadata={"help": "compile the model + loss as one graph: a graph break is an error, not a silent split"})
+    compile_optimizer: bool = field(default=False, metadata={"help": "lars only: torch.compile the LARS update into fused kernels (the multi-tensor update is used either way)"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation, data order and augmentation"})
     # monitoring and outputs
     out: str = field(default="runs/simclr", metadata={"help": "run directory"})
@@ -85,6 +89,8 @@ class PretrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"--lr must be positive, got {self.lr}")
+        if self.compile_optimizer and self.optimizer != "lars":
+            raise ValueError("--compile-optimizer applies to --optimizer lars only")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise ValueError("--nesterov needs --optimizer sgd and --momentum > 0")
         for name in ["temperature", "knn_t"]:

@@ -29,6 +29,7 @@ from .optim import base_lr, build_optimizer, warmup_cosine
 from .progress import Progress, summary_table
 from .signals import StopFlag
 from .signals import name as signal_name
+from .step import TrainStep, setup_device
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -72,7 +73,7 @@ def environment() -> dict:
 # Settings that may differ when resuming (they change how, not what, is computed).
 # `out` too: a moved or copied run directory resumes where it is now.
 RESUMABLE_CHANGES = {"resume", "overwrite", "device", "compile", "progress", "log_interval", "workers", "data_dir",
-                     "out", "save_every_steps"}
+                     "out", "save_every_steps", "compile_mode", "compile_fullgraph", "compile_optimizer"}
 # Under torchrun the ranks agree on a stop request every this many steps (an all_reduce + host sync).
 STOP_SYNC_EVERY = 16
 # Exit code of a run stopped by a non-finite loss (signals exit with 128 + signal number).
@@ -152,10 +153,7 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
         raise ConfigError(f"--batch-size {cfg.batch_size} is not divisible by the {world} processes")
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    setup_device(device)  # CUDA: TF32 matmuls, cuDNN autotuner
 
     # Data first: a bad dataset must fail before anything in --out is touched.
     method_cls = METHODS[cfg.method]
@@ -174,7 +172,8 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
     method = method_cls(cfg, len(train_data.classes)).to(device).to(memory_format=torch.channels_last)
     steps_per_epoch = len(loader)
     lr = base_lr(cfg.optimizer, cfg.lr) * cfg.batch_size / 256
-    optimizer = build_optimizer(cfg.optimizer, method, lr, cfg.weight_decay, cfg.momentum, nesterov=cfg.nesterov)
+    optimizer = build_optimizer(cfg.optimizer, method, lr, cfg.weight_decay, cfg.momentum, nesterov=cfg.nesterov,
+                                compiled=cfg.compile_optimizer)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)))
     start_epoch, best, position = 0, None, None
@@ -198,7 +197,8 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
     model = method
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None)
-    step_fn = torch.compile(model) if use_compile else model
+    step = TrainStep(model, optimizer, schedule, device, bf16=use_bf16, compile=use_compile, mode=cfg.compile_mode,
+                     fullgraph=cfg.compile_fullgraph)
 
     out = cfg.out
     metrics_path = os.path.join(out, "metrics.jsonl")
@@ -264,12 +264,7 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
                 if i < skip:  # the epoch's batches are a pure function of (seed, epoch): drop those done
                     progress.advance()
                     continue
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    loss, logs = step_fn(batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
+                logs = step(batch)  # autocast, forward, backward, optimiser, schedule (fastssl/step.py)
                 # Running sums stay on the device: no host sync here.
                 vals = torch.stack([v.float() for v in logs.values()])
                 window_sum = vals if window_sum is None else window_sum + vals

@@ -9,7 +9,9 @@ As airbench does for CIFAR: the uint8 images are copied to the device once (N, 3
 CIFAR-10), and each step gathers the next batch of the epoch order and makes its views with
 `augment` (simclr: two independent views; supervised: reflect-pad-4 crop + flip; eval: normalise
 only). No worker processes, no host round trip, no host-device sync per step: the step's index
-slice is taken with Python integers and everything else is queued on the device.
+slice is taken with Python integers and everything else is queued on the device. On CUDA the next
+batch is augmented on a side stream while the current step computes; two-view batches come as one
+contiguous (2B, 3, H, W) tensor (`Batch.from_views`), which SimCLR feeds to its network as is.
 
 Randomness: epoch e's order comes from a generator on the device seeded from (seed, e), the same on
 every rank; augmentation from one seeded from (seed, e, rank). Both are re-created each time an epoch
@@ -69,23 +71,49 @@ class GPULoader:
             perm = torch.arange(n, device=self.device)
         return perm[self.rank * self.shard:(self.rank + 1) * self.shard]
 
+    def _make(self, idx, gen) -> Batch:
+        """The batch of sample indices `idx`, queued on the current stream."""
+        labels = self.labels.index_select(0, idx)
+        if self.recipe == "simclr":
+            # Both views in one pass (2n independent parameter draws, half the kernel launches),
+            # yielded as the one contiguous (2B, 3, H, W) tensor they already are.
+            views = augment.simclr_view(self.images.index_select(0, torch.cat([idx, idx])), self.spec, gen,
+                                        self.mean, self.std)
+            return Batch.from_views(views, labels)
+        if self.recipe == "supervised":
+            view = augment.crop_flip_view(self.images.index_select(0, idx), gen, self.mean, self.std,
+                                          flip_p=self.spec.flip_p)
+            return Batch(view, None, labels)
+        return Batch(augment.eval_view(self.images.index_select(0, idx), self.mean, self.std), None, labels)
+
     def __iter__(self):
+        """Batch k+1 is made before batch k is handed over. On CUDA it is made on a side stream, so
+        its augmentation overlaps step k's compute; on a CPU the same code runs in order."""
         mine, gen = self.order(), self._generator(1, self.rank)
-        b = self.batch_size
-        for step in range(len(self)):
+        b, steps = self.batch_size, len(self)
+        cuda = self.device.type == "cuda"
+        main = torch.cuda.current_stream(self.device) if cuda else None
+        side = torch.cuda.Stream(self.device) if cuda else None
+
+        def make(step):
             idx = mine[step * b:(step + 1) * b]  # Python-int slice of a device tensor: no sync
-            labels = self.labels.index_select(0, idx)
-            if self.recipe == "simclr":
-                # Both views in one pass: 2n independent parameter draws, half the kernel launches.
-                views = augment.simclr_view(self.images.index_select(0, torch.cat([idx, idx])), self.spec, gen,
-                                            self.mean, self.std)
-                yield Batch(views[:len(idx)], views[len(idx):], labels)  # batch slices stay channels_last
-            elif self.recipe == "supervised":
-                view = augment.crop_flip_view(self.images.index_select(0, idx), gen, self.mean, self.std,
-                                              flip_p=self.spec.flip_p)
-                yield Batch(view, None, labels)
-            else:
-                yield Batch(augment.eval_view(self.images.index_select(0, idx), self.mean, self.std), None, labels)
+            if not cuda:
+                return self._make(idx, gen)
+            with torch.cuda.stream(side):
+                return self._make(idx, gen)
+
+        if cuda:
+            side.wait_stream(main)  # `mine` was computed on the main stream
+        ahead = make(0) if steps else None
+        for step in range(steps):
+            batch = ahead
+            if cuda:
+                main.wait_stream(side)  # the step waits for its batch, not for the one after it
+                for t in (batch.view1, batch.view2, batch.labels):
+                    if t is not None:
+                        t.record_stream(main)  # made on `side`, used on `main`: keep the memory until then
+            ahead = make(step + 1) if step + 1 < steps else None
+            yield batch
 
 
 def _check(data):

@@ -60,6 +60,19 @@ def test_batch_contract_two_distinct_views_and_sane_values():
     assert abs(float(grey.float().mean()) - 0.2) < 5 * np.sqrt(0.2 * 0.8 / len(grey))
 
 
+def test_two_views_are_the_halves_of_one_contiguous_tensor():
+    batches = epoch(pipelines.build("gpu", dataset(64), batch_size=16, seed=0), 0)
+    for b in batches:
+        b.check()
+        assert b.views.shape == (32, 3, 32, 32) and b.views.is_contiguous(memory_format=torch.channels_last)
+        assert b.both is b.views and torch.equal(b.both, torch.cat([b.view1, b.view2]))
+        assert b.view1.untyped_storage().data_ptr() == b.views.untyped_storage().data_ptr()
+    b = batches[0]
+    b.view2 = b.view2 * 0  # a replaced view must never be hidden behind a stale joint tensor
+    assert b.views is None and torch.equal(b.both[16:], torch.zeros_like(b.view2))
+    b.check()
+
+
 def test_views_come_from_their_labels_images():
     # Constant images and no colour ops: every pixel of a view is its image's colour, crop or not.
     data = dataset(128, constant=True)
@@ -199,3 +212,17 @@ def test_cuda_no_host_sync_per_step():
     cpu = augment.apply_params(x, p, SimCLRRecipe(), MEAN, STD)
     cuda = augment.apply_params(x.cuda(), moved, SimCLRRecipe(), MEAN, STD)
     assert (cuda.cpu() - cpu).abs().max() < 1e-3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; the CPU path is tested above")
+def test_cuda_side_stream_batches_survive_a_busy_main_stream():
+    """Batches are made on a side stream while the main stream works: each must be complete when
+    handed over and its memory must not be reused before the main stream is done with it."""
+    loader = gpu.build(dataset(512), batch_size=128, device="cuda", seed=3)
+    quiet = [b.both.cpu() for b in epoch(loader, 0)]
+    busy, x = [], torch.randn(4096, 4096, device="cuda")
+    for b in epoch(loader, 0):
+        for _ in range(4):  # long main-stream work queued before the batch is read
+            x = (x @ x).tanh_()
+        busy.append(b.both.mul(1.0).cpu())
+    assert all(torch.equal(a, c) for a, c in zip(quiet, busy))

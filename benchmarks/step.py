@@ -1,16 +1,28 @@
-"""The SimCLR training step, ablated: what torch.compile, channels_last and bf16 each buy.
+"""The SimCLR training step, ablated: what torch.compile (and its modes), channels_last, bf16 and
+the optimiser's update path each buy.
 
-    python -m benchmarks.step                                   # GPU: batch 512, all 8 settings
+    python -m benchmarks.step                                   # GPU: batch 512, all settings
     python -m benchmarks.step --device cpu --batch-size 32 --steps 2
     python -m benchmarks.step --quick --out /tmp/bench          # CPU, seconds (CI)
 
-Every combination of {eager, compiled} x {contiguous, channels_last} x {fp32, bf16 autocast} runs
-the exact step of fastssl.train (forward under autocast, backward, LARS step, schedule step) on one
-pre-made batch, so no data loading is involved. Settings are interleaved across repeats. Reported:
-images/s (source images, each giving two views), the speed-up over the all-off baseline (eager,
-contiguous, fp32), TFLOP/s (FLOPs counted from the model by FlopCounterMode), peak GPU memory,
-and per choice the geometric-mean speed-up of turning it on with the others held fixed.
-fp32 on CUDA means TF32 matmuls/convolutions, as fastssl.train sets them.
+Rows: every combination of {eager, compiled} x {contiguous, channels_last} x {fp32, bf16 autocast}
+with train's defaults (compile mode default, fullgraph, multi-tensor LARS), then on the fastest
+combination (compiled + channels_last + bf16) each other LARS path (`--optimizer-paths`: loop =
+one tensor at a time, compiled = the update under torch.compile) and each other compile mode
+(`--compile-modes`: max-autotune-no-cudagraphs; reduce-overhead = CUDA graphs with static input
+buffers). Rows that cannot run here (CUDA graphs on a CPU, modes with a non-inductor backend) are
+listed as skipped with the reason. Each row runs fastssl.step.TrainStep, the exact step of
+fastssl.train (forward under autocast, backward, LARS step, schedule step), on one pre-made batch,
+so no data loading is involved. Settings are interleaved across repeats. Reported: images/s
+(source images, each giving two views), the speed-up over the all-off baseline (eager,
+contiguous, fp32), TFLOP/s (FLOPs counted from the model by FlopCounterMode), peak GPU memory, the
+graphs torch._dynamo compiled during warm-up and during the timed steps (must be 0: a steady-state
+step never recompiles), and per choice of the grid the geometric-mean speed-up of turning it on
+with the others held fixed. fp32 on CUDA means TF32 matmuls, as fastssl.train sets them.
+
+Functions for other benchmarks (benchmarks.suite): `TrainStep(cfg, device, ...)`, `settings(cfg,
+device)`, `run_setting(setting, cfg, device, batches) -> dict` (one row, timed alone) and
+`measure(cfg, device, env) -> result dict` (the whole interleaved table, no files written).
 """
 import itertools
 import math
@@ -22,6 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fastssl import step as fstep
 from fastssl.config import cli, parse
 from pipelines import Batch
 
@@ -29,67 +42,56 @@ from . import common
 
 STEM = "step"
 FACTORS = ("compile", "channels_last", "bf16")
+OPTIMIZER_PATHS = ("loop", "foreach", "compiled")  # LARS update: per tensor, multi-tensor, torch.compile'd
+# Each row compiles the same step function with other guards (model, layout, autocast): allow
+# more cached variants than dynamo's default of 8, so no row silently falls back to eager.
+RECOMPILE_LIMIT = 64
 
 
-class TrainStep:
-    """One training step exactly as `fastssl.train.train` runs it, with the same model, optimiser and
-    schedule construction, for a PretrainConfig `cfg`:
+class TrainStep(fstep.TrainStep):
+    """fastssl.step.TrainStep over a freshly built method, optimiser and schedule exactly as
+    fastssl.train constructs them, for a PretrainConfig `cfg`:
 
         step = TrainStep(cfg, device, bf16=True, compile=True)
         step(batch)          # forward (autocast) -> zero_grad -> backward -> optimizer -> schedule
         step.flops(batch)    # FLOPs of one forward+backward (FlopCounterMode, eager model)
 
-    No host sync inside a step; the logged values are summed on the device as train.py does.
+    fast_optimizer=False uses LARS's per-tensor loop; compile_optimizer=True its compiled update;
+    cudagraphs=True is compile mode reduce-overhead. No host sync inside a step; the logged values
+    are summed on the device as train.py does (`log_sum`).
     """
 
     def __init__(self, cfg, device, *, bf16: bool, compile: bool, channels_last: bool = True,
-                 compile_backend: str = "inductor", num_classes: int = 10):
+                 compile_backend: str = "inductor", num_classes: int = 10, compile_mode: str = "default",
+                 fullgraph: bool = True, fast_optimizer: bool = True, compile_optimizer: bool = False,
+                 cudagraphs: bool = False):
         from fastssl.methods import METHODS
-        from fastssl.optim import build_optimizer, warmup_cosine
+        from fastssl.optim import base_lr, build_optimizer, warmup_cosine
 
-        self.device, self.bf16 = torch.device(device), bf16
-        self.channels_last = channels_last
+        device = torch.device(device)
+        if cudagraphs:
+            compile, compile_mode = True, "reduce-overhead"
         torch.manual_seed(cfg.seed)
-        method = METHODS[cfg.method](cfg, num_classes).to(self.device)
+        method = METHODS[cfg.method](cfg, num_classes).to(device)
         if channels_last:
             method = method.to(memory_format=torch.channels_last)
-        lr = cfg.lr * cfg.batch_size / 256
-        self.optimizer = build_optimizer(cfg.optimizer, method, lr, cfg.weight_decay, cfg.momentum)
+        lr = base_lr(cfg.optimizer, cfg.lr) * cfg.batch_size / 256
+        optimizer = build_optimizer(cfg.optimizer, method, lr, cfg.weight_decay, cfg.momentum, nesterov=cfg.nesterov,
+                                    foreach=fast_optimizer, compiled=compile_optimizer, backend=compile_backend)
         # A long schedule (10^6 steps, 1% warm-up) keeps the lr in its normal range for any benchmark length.
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(10**6, 10**4))
-        self.method = method
-        self.fn = torch.compile(method, backend=compile_backend) if compile else method
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(10**6, 10**4))
+        super().__init__(method, optimizer, schedule, device, bf16=bf16, compile=compile, mode=compile_mode,
+                         fullgraph=fullgraph, backend=compile_backend)
+        self.method, self.channels_last = method, channels_last
         self.log_sum = None
 
     def __call__(self, batch) -> None:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            loss, logs = self.fn(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.schedule.step()
+        logs = super().__call__(batch)
         vals = torch.stack([v.float() for v in logs.values()])
         self.log_sum = vals if self.log_sum is None else self.log_sum + vals
 
-    def flops(self, batch) -> int:
-        """Matmul/convolution FLOPs of one forward+backward of this step's model on `batch` (the
-        optimiser's elementwise work is not counted, as usual for MFU)."""
-        from torch.utils.flop_counter import FlopCounterMode
 
-        with FlopCounterMode(display=False) as counter:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                loss, _ = self.method(batch)
-            loss.backward()
-        self.optimizer.zero_grad(set_to_none=True)
-        return int(counter.get_total_flops())
-
-
-def setup_device(device: torch.device) -> None:
-    """The backend switches fastssl.train sets on CUDA (cuDNN autotuner, TF32)."""
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+setup_device = fstep.setup_device  # the backend switches fastssl.train sets (TF32 matmuls, cuDNN autotuner)
 
 
 def model_config(batch_size: int, seed: int = 0):
@@ -100,11 +102,12 @@ def model_config(batch_size: int, seed: int = 0):
 
 
 def synthetic_batch(batch_size: int, size: int, device, channels_last: bool, seed: int = 0) -> Batch:
-    """Normalised-looking random views: the step's speed does not depend on pixel values."""
+    """Normalised-looking random views as one (2B, 3, size, size) tensor, as the gpu pipeline
+    yields them: the step's speed does not depend on pixel values."""
     g = torch.Generator().manual_seed(seed)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    views = [torch.randn(batch_size, 3, size, size, generator=g).to(device, memory_format=fmt) for _ in range(2)]
-    return Batch(views[0], views[1], torch.zeros(batch_size, dtype=torch.int64, device=device))
+    views = torch.randn(2 * batch_size, 3, size, size, generator=g).to(device, memory_format=fmt)
+    return Batch.from_views(views, torch.zeros(batch_size, dtype=torch.int64, device=device))
 
 
 @dataclass
@@ -119,6 +122,8 @@ class StepConfig:
     peak_tflops: float | None = field(default=None, metadata={"help": "peak dense bf16 TFLOP/s of the device for MFU (default: table by GPU model)"})
     seed: int = field(default=0, metadata={"help": "seed of the model and the synthetic batch"})
     precisions: str = field(default="fp32,bf16", metadata={"help": "comma-separated precisions to compare (fp32, bf16); CPUs without native bf16 run bf16 steps very slowly"})
+    compile_modes: str = field(default="default,max-autotune-no-cudagraphs,reduce-overhead", metadata={"help": f"comma-separated torch.compile modes, each a row on the fastest setting ({', '.join(fstep.COMPILE_MODES)}; the grid uses default)"})
+    optimizer_paths: str = field(default="loop,foreach,compiled", metadata={"help": "comma-separated LARS update paths, each a row on the fastest setting (loop, foreach, compiled; the grid uses foreach)"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's own; --quick 1)"})
     quick: bool = field(default=False, metadata={"help": "CPU smoke run in seconds: tiny batch and image, 1 repeat"})
     out: str | None = field(default=None, metadata={"help": "output directory (default benchmarks/results/<device>-<date>)"})
@@ -148,11 +153,173 @@ class StepConfig:
         wanted = [p.strip() for p in self.precisions.split(",") if p.strip()]
         if not wanted or set(wanted) - {"fp32", "bf16"}:
             raise ValueError(f"--precisions takes fp32 and/or bf16, got {self.precisions!r}")
+        for name, valid in (("compile_modes", fstep.COMPILE_MODES), ("optimizer_paths", OPTIMIZER_PATHS)):
+            got = _items(getattr(self, name))
+            if not got or set(got) - set(valid):
+                raise ValueError(f"--{name.replace('_', '-')} takes {', '.join(valid)}, got {getattr(self, name)!r}")
+
+
+def _items(text: str) -> list:
+    return [p.strip() for p in text.split(",") if p.strip()]
 
 
 def setting_name(s: dict) -> str:
-    return " + ".join(["compiled" if s["compile"] else "eager", "channels_last" if s["channels_last"] else "contiguous",
-                       "bf16" if s["bf16"] else "fp32"])
+    parts = ["compiled" if s["compile"] else "eager", "channels_last" if s["channels_last"] else "contiguous",
+             "bf16" if s["bf16"] else "fp32"]
+    if s["mode"] != "default":
+        parts.append(f"mode {s['mode']}")
+    if s["optimizer"] != "foreach":
+        parts.append(f"LARS {s['optimizer']}")
+    return " + ".join(parts)
+
+
+def settings(cfg, device) -> tuple:
+    """(rows to run, rows skipped here with their reason) for a StepConfig. A setting is a dict of
+    compile, channels_last, bf16, mode (torch.compile mode) and optimizer (LARS update path)."""
+    bf16_options = [p == "bf16" for p in ("fp32", "bf16") if p in _items(cfg.precisions)]
+    run = [dict(zip(FACTORS, combo), mode="default", optimizer="foreach")
+           for combo in itertools.product((False, True), (False, True), bf16_options)]
+    best = dict(compile=True, channels_last=True, bf16=bf16_options[-1], mode="default", optimizer="foreach")
+    extra = [{**best, "optimizer": o} for o in _items(cfg.optimizer_paths) if o != "foreach"]
+    extra += [{**best, "mode": m} for m in _items(cfg.compile_modes) if m != "default"]
+    skipped = []
+    for s in extra:
+        reason = None
+        if s["mode"] == "reduce-overhead" and device.type != "cuda":
+            reason = "CUDA graphs need a CUDA device"
+        elif s["mode"] != "default" and cfg.compile_backend != "inductor":
+            reason = f"compile modes need the inductor backend (this run: {cfg.compile_backend})"
+        if reason:
+            skipped.append({"setting": setting_name(s), **s, "status": f"skipped: {reason}"})
+        else:
+            run.append(s)
+    return run, skipped
+
+
+def build(setting: dict, cfg, device) -> TrainStep:
+    """The benchmark's TrainStep for one setting of a StepConfig."""
+    return TrainStep(model_config(cfg.batch_size, cfg.seed), device, bf16=setting["bf16"], compile=setting["compile"],
+                     channels_last=setting["channels_last"], compile_backend=cfg.compile_backend,
+                     compile_mode=setting["mode"], fast_optimizer=setting["optimizer"] != "loop",
+                     compile_optimizer=setting["optimizer"] == "compiled")
+
+
+def _warm(step, batch, warmup, device) -> dict:
+    """Untimed warm-up (compilation, autotuning): seconds, peak memory, graphs compiled."""
+    t0, before = time.perf_counter(), fstep.compile_counters()["unique_graphs"]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(warmup):
+        step(batch)
+    mem = None
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        mem = torch.cuda.max_memory_allocated(device) / 2**30
+    return {"warmup_s": time.perf_counter() - t0, "peak_memory_gib": mem,
+            "graphs_warmup": fstep.compile_counters()["unique_graphs"] - before}
+
+
+def _timed(step, batch, steps, device) -> tuple:
+    """(seconds for `steps` steps, graphs compiled meanwhile)."""
+    before = fstep.compile_counters()["unique_graphs"]
+    with common.Stopwatch(device) as sw:
+        for _ in range(steps):
+            step(batch)
+    return sw.seconds, fstep.compile_counters()["unique_graphs"] - before
+
+
+def _record(s, times, info, cfg, flops, peak) -> dict:
+    rate = common.summarize([cfg.batch_size * cfg.steps / x for x in times])
+    step_ms = common.summarize([1000 * x / cfg.steps for x in times])
+    tflops = flops * cfg.steps / statistics.median(times) / 1e12
+    return {"setting": setting_name(s), **s, "status": "ok", "img_per_s": rate, "step_ms": step_ms, "tflops": tflops,
+            "mfu": tflops / peak if peak and s["bf16"] else None, **info}
+
+
+def run_setting(setting: dict, cfg, device, batches=None, peak=None) -> dict:
+    """One row timed on its own: warm-up, then cfg.repeats x cfg.steps timed steps. `batches`:
+    {channels_last: Batch} to reuse (made from cfg when missing)."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    batches = batches if batches is not None else {}
+    cl = setting["channels_last"]
+    if cl not in batches:
+        batches[cl] = synthetic_batch(cfg.batch_size, cfg.image_size, device, cl, cfg.seed)
+    step = build(setting, cfg, device)
+    info = _warm(step, batches[cl], cfg.warmup, device)
+    flops = step.flops(batches[cl])
+    times, info["graphs_timed"] = [], 0
+    for _ in range(cfg.repeats):
+        t, g = _timed(step, batches[cl], cfg.steps, device)
+        times.append(t)
+        info["graphs_timed"] += g
+    return _record(setting, times, info, cfg, flops, peak)
+
+
+def measure(cfg, device, env) -> dict:
+    """Every setting of `settings(cfg, device)`, interleaved over the repeats; the result dict
+    main() writes (records, skipped rows, effects, settings)."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    setup_device(device)
+    peak, peak_source = common.peak_tflops(device, cfg.peak_tflops)
+    run, skipped = settings(cfg, device)
+    steps, batches = [], {}
+    for s in run:
+        steps.append(build(s, cfg, device))
+        if s["channels_last"] not in batches:
+            batches[s["channels_last"]] = synthetic_batch(cfg.batch_size, cfg.image_size, device, s["channels_last"], cfg.seed)
+    flops = steps[0].flops(batches[False] if False in batches else batches[True])  # same network and shapes everywhere
+    print(f"step benchmark on {env['gpu'] or env['cpu']}: batch {cfg.batch_size} ({2 * cfg.batch_size} views of "
+          f"{cfg.image_size}x{cfg.image_size}), {flops / 1e9:.1f} GFLOP per step, {cfg.steps} steps x {cfg.repeats} repeats",
+          file=sys.stderr)
+    infos = []
+    for s, step in zip(run, steps):
+        infos.append(_warm(step, batches[s["channels_last"]], cfg.warmup, device))
+        print(f"{setting_name(s)}: warm-up {infos[-1]['warmup_s']:.1f} s, {infos[-1]['graphs_warmup']} graph(s)",
+              file=sys.stderr)
+        infos[-1]["graphs_timed"] = 0
+    times = [[] for _ in run]
+    for r in range(cfg.repeats):
+        for j in range(len(run)):  # rotated order: drift and position effects hit every setting alike
+            i = (j + r) % len(run)
+            t, g = _timed(steps[i], batches[run[i]["channels_last"]], cfg.steps, device)
+            times[i].append(t)
+            infos[i]["graphs_timed"] += g
+    records = [_record(s, t, info, cfg, flops, peak) for s, t, info in zip(run, times, infos)]
+    base = records[0]["img_per_s"]["median"]
+    for rec in records:
+        rec["speedup_vs_baseline"] = rec["img_per_s"]["median"] / base
+    grid = [r for r in records if r["mode"] == "default" and r["optimizer"] == "foreach"]
+    effects = []
+    for f in FACTORS:
+        ratios = []
+        for rec_on in grid:
+            if rec_on[f]:
+                off = next((r for r in grid if not r[f] and all(r[g] == rec_on[g] for g in FACTORS if g != f)), None)
+                if off is not None:
+                    ratios.append(rec_on["img_per_s"]["median"] / off["img_per_s"]["median"])
+        if ratios:  # a factor held fixed (e.g. --precisions fp32) has no effect to report
+            effects.append({"choice": f, "geomean_speedup": math.exp(sum(map(math.log, ratios)) / len(ratios)),
+                            "min_speedup": min(ratios), "max_speedup": max(ratios)})
+    return {"benchmark": STEM, "environment": env, "device": str(device),
+            "settings": {**vars(cfg), "flops_per_step": flops, "peak_tflops": peak, "peak_source": peak_source,
+                         "model": "resnet18 (cifar stem) + 2048->128 head, LARS"},
+            "records": records, "skipped": skipped, "effects": effects,
+            "recompiles_in_timed_steps": sum(r["graphs_timed"] for r in records)}
+
+
+def table(result) -> str:
+    text = ("| setting | img/s median (min-max) | step ms | speed-up vs all-off | TFLOP/s | MFU | peak mem GiB "
+            "| graphs compiled: warm-up / timed |\n|---|---|---|---|---|---|---|---|\n")
+    for rec in result["records"]:
+        text += (f"| {rec['setting']} | {common.fmt_range(rec['img_per_s'])} | {rec['step_ms']['median']:.1f} | "
+                 f"{rec['speedup_vs_baseline']:.2f}x | {rec['tflops']:.3f} | {common.fmt(rec['mfu'], '.1%')} | "
+                 f"{common.fmt(rec['peak_memory_gib'], '.2f')} | {rec['graphs_warmup']} / {rec['graphs_timed']} |\n")
+    for rec in result["skipped"]:
+        text += f"| {rec['setting']} | {rec['status']} | | | | | | |\n"
+    effects = result["effects"]
+    return text + "\n" + common.markdown_table(
+        ["choice turned on", "speed-up, geometric mean over the other settings", "range"],
+        [[e["choice"], f"{e['geomean_speedup']:.2f}x", f"{e['min_speedup']:.2f}x-{e['max_speedup']:.2f}x"] for e in effects])
 
 
 @cli
@@ -164,87 +331,14 @@ def main(argv=None):
     common.check_out(out, [f"{STEM}.{e}" for e in ("json", "csv", "md", "png")], cfg.overwrite)
     common.set_threads(cfg.threads)
     env = common.environment("benchmarks.step", argv)
-    setup_device(device)
-    peak, peak_source = common.peak_tflops(device, cfg.peak_tflops)
-    mcfg = model_config(cfg.batch_size, cfg.seed)
-
-    bf16_options = [p == "bf16" for p in ("fp32", "bf16") if p in cfg.precisions.split(",")]
-    settings = [dict(zip(FACTORS, (c, cl, b))) for c, cl, b in itertools.product((False, True), (False, True), bf16_options)]
-    steps, batches = [], {}
-    for s in settings:
-        steps.append(TrainStep(mcfg, device, bf16=s["bf16"], compile=s["compile"], channels_last=s["channels_last"],
-                               compile_backend=cfg.compile_backend))
-        if s["channels_last"] not in batches:
-            batches[s["channels_last"]] = synthetic_batch(cfg.batch_size, cfg.image_size, device, s["channels_last"], cfg.seed)
-    flops = steps[0].flops(batches[False])  # same network and shapes for every setting
-    print(f"step benchmark on {env['gpu'] or env['cpu']}: batch {cfg.batch_size} ({2 * cfg.batch_size} views of "
-          f"{cfg.image_size}x{cfg.image_size}), {flops / 1e9:.1f} GFLOP per step, {cfg.steps} steps x {cfg.repeats} repeats",
-          file=sys.stderr)
-
-    peak_mem = [None] * len(settings)
-    for i, (s, step) in enumerate(zip(settings, steps)):  # untimed warm-up: compilation, autotuning
-        t0 = time.perf_counter()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        for _ in range(cfg.warmup):
-            step(batches[s["channels_last"]])
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            peak_mem[i] = torch.cuda.max_memory_allocated(device)
-        print(f"{setting_name(s)}: warm-up {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    times = [[] for _ in settings]
-    for r in range(cfg.repeats):
-        for j in range(len(settings)):  # rotated order: drift and position effects hit every setting alike
-            i = (j + r) % len(settings)
-            batch = batches[settings[i]["channels_last"]]
-            with common.Stopwatch(device) as sw:
-                for _ in range(cfg.steps):
-                    steps[i](batch)
-            times[i].append(sw.seconds)
-
-    records = []
-    for s, t, mem in zip(settings, times, peak_mem):
-        rate = common.summarize([cfg.batch_size * cfg.steps / x for x in t])
-        step_ms = common.summarize([1000 * x / cfg.steps for x in t])
-        tflops = flops * cfg.steps / statistics.median(t) / 1e12
-        records.append({"setting": setting_name(s), **s, "img_per_s": rate, "step_ms": step_ms, "tflops": tflops,
-                        "mfu": tflops / peak if peak and s["bf16"] else None,
-                        "peak_memory_gib": mem / 2**30 if mem is not None else None})
-    base = records[0]["img_per_s"]["median"]
-    for rec in records:
-        rec["speedup_vs_baseline"] = rec["img_per_s"]["median"] / base
-    effects = []
-    for f in FACTORS:
-        ratios = []
-        for rec_on in records:
-            if rec_on[f]:
-                off = next((r for r in records if not r[f] and all(r[g] == rec_on[g] for g in FACTORS if g != f)), None)
-                if off is None:
-                    continue
-                ratios.append(rec_on["img_per_s"]["median"] / off["img_per_s"]["median"])
-        if not ratios:  # a factor held fixed (e.g. --precisions fp32) has no effect to report
-            continue
-        effects.append({"choice": f, "geomean_speedup": math.exp(sum(map(math.log, ratios)) / len(ratios)),
-                        "min_speedup": min(ratios), "max_speedup": max(ratios)})
-
-    result = {"benchmark": STEM, "environment": env, "device": str(device),
-              "settings": {**vars(cfg), "out": out, "flops_per_step": flops, "peak_tflops": peak,
-                           "peak_source": peak_source, "model": "resnet18 (cifar stem) + 2048->128 head, LARS"},
-              "records": records, "effects": effects}
-    table = ("| setting | img/s median (min-max) | step ms | speed-up vs all-off | TFLOP/s | MFU | peak mem GiB |\n"
-             "|---|---|---|---|---|---|---|\n")
-    for rec in records:
-        table += (f"| {rec['setting']} | {common.fmt_range(rec['img_per_s'])} | {rec['step_ms']['median']:.1f} | "
-                  f"{rec['speedup_vs_baseline']:.2f}x | {rec['tflops']:.3f} | {common.fmt(rec['mfu'], '.1%')} | "
-                  f"{common.fmt(rec['peak_memory_gib'], '.2f')} |\n")
-    table += "\n" + common.markdown_table(
-        ["choice turned on", "speed-up, geometric mean over the other settings", "range"],
-        [[e["choice"], f"{e['geomean_speedup']:.2f}x", f"{e['min_speedup']:.2f}x-{e['max_speedup']:.2f}x"] for e in effects])
-    common.write_all(out, STEM, result, records, table, lambda p: common.bar_chart(
+    result = measure(cfg, device, env)
+    result["settings"]["out"] = out
+    records, text = result["records"], table(result)
+    common.write_all(out, STEM, result, records, text, lambda p: common.bar_chart(
         p, [r["setting"].replace(" + ", "\n") for r in records], {"images/s": [r["img_per_s"] for r in records]},
         "images/s (median, min-max)", f"SimCLR step, batch {cfg.batch_size}, {env['gpu'] or env['cpu']}"))
     print(f"wrote {os.path.join(out, STEM)}.{{json,csv,md,png}}", file=sys.stderr)
-    common.print_table(table)
+    common.print_table(text)
     return result
 
 

@@ -46,7 +46,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float):
 
 def lars_update(params, grads, bufs, lr, *, momentum: float, weight_decay: float, eta: float, trust: bool):
     """The LARS rule of the module docstring on lists of tensors, in place on `params` and `bufs`,
-    with a fixed number of multi-tensor kernels whatever the number of layers. `lr` is a float or a
+    with multi-tensor kernels (about ten per group, whatever the number of layers). `lr` is a float or a
     0-d tensor on the device (the compiled path: a changing float would recompile). No host sync.
     Buffers start at zero, which makes the first step's buf exactly d."""
     d = torch._foreach_add(grads, params, alpha=weight_decay) if weight_decay else grads
@@ -89,12 +89,13 @@ class LARS(torch.optim.Optimizer):
     compiled=True: the update is `torch.compile`d (one fused graph per group), with the lr passed
     as a device tensor so the schedule never recompiles it."""
 
-    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, eta=0.02, foreach=True, compiled=False):
+    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, eta=0.02, foreach=True, compiled=False,
+                 backend="inductor"):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars=True))
         self.foreach, self.compiled = foreach or compiled, compiled
         self._update = lars_update if self.foreach else lars_update_loop
         if compiled:
-            self._update = torch.compile(lars_update, fullgraph=True)
+            self._update = torch.compile(lars_update, fullgraph=True, backend=backend)
         self._lr_tensors = {}
 
     def _lr(self, i, group, device):
@@ -128,12 +129,13 @@ class LARS(torch.optim.Optimizer):
 
 
 def build_optimizer(name: str, model, lr: float, weight_decay: float, momentum: float = 0.9, *,
-                    nesterov: bool = False, foreach: bool = True, compiled: bool = False):
+                    nesterov: bool = False, foreach: bool = True, compiled: bool = False, backend: str = "inductor"):
     """The optimiser `name` over `param_groups(model, weight_decay)` at (already batch-scaled) `lr`.
-    foreach/compiled select LARS's multi-tensor and compiled update paths (same maths)."""
+    foreach/compiled (with torch.compile `backend`) select LARS's multi-tensor and compiled update
+    paths (same maths)."""
     groups = param_groups(model, weight_decay)
     if name == "lars":
-        return LARS(groups, lr=lr, momentum=momentum, foreach=foreach, compiled=compiled)
+        return LARS(groups, lr=lr, momentum=momentum, foreach=foreach, compiled=compiled, backend=backend)
     for g in groups:
         g.pop("lars")
     if name == "sgd":

@@ -73,19 +73,29 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
             return model
 
 
-def rng_state() -> dict:
+def rng_state(device=None) -> dict:
+    """Host RNG states, plus the CUDA generator of `device` (this process's GPU) when it is one:
+    under torchrun each rank saves and restores its own device, never the others'."""
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device=None) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    device = torch.device(device) if device is not None else None
+    cuda = state.get("cuda")
+    if cuda is not None and device is not None and device.type == "cuda":
+        if isinstance(cuda, (list, tuple)):  # older checkpoints: one state per visible GPU
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            if index >= len(cuda):
+                return
+            cuda = cuda[index]
+        torch.cuda.set_rng_state(cuda, device)
 
 
 def load(path: str, map_location="cpu") -> dict:

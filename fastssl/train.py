@@ -183,7 +183,7 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
             method.load_state_dict(resume_state["model"])
             optimizer.load_state_dict(resume_state["optimizer"])
             schedule.load_state_dict(resume_state["schedule"])
-            ckpt.set_rng_state(resume_state["rng"])
+            ckpt.set_rng_state(resume_state["rng"], device)
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
             raise ConfigError(f"{last} does not match its saved config: {str(e).strip().splitlines()[0][:200]}") from None
         start_epoch, best = resume_state["epoch"] + 1, resume_state.get("best")
@@ -231,7 +231,7 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
 
     def training_state(epoch_done, pos=None):
         state = {"model": method.state_dict(), "optimizer": optimizer.state_dict(),
-                 "schedule": schedule.state_dict(), "rng": ckpt.rng_state(), "epoch": epoch_done,
+                 "schedule": schedule.state_dict(), "rng": ckpt.rng_state(device), "epoch": epoch_done,
                  "best": best, "config": asdict(cfg)}
         return {**state, "position": pos} if pos is not None else state
 

@@ -63,13 +63,13 @@ def step_table(res) -> str:
         rows.append([r["setting"], r["status"], common.fmt_range(r["img_per_s"]), f"{r['step_ms']['median']:.2f}",
                      f"{r['speedup_vs_first']:.2f}x", f"{r['tflops']:.3f}", common.fmt(r["mfu"], ".1%"),
                      common.fmt(r["mfu_measured"], ".1%"), common.fmt(r.get("peak_memory_gib"), ".2f"),
-                     common.fmt(r.get("optimizer_ms"), ".2f"), r.get("recompiles_timed", "")])
+                     common.fmt(r.get("optimizer_ms"), ".2f"), f"{r.get('graphs_warmup', '')} / {r.get('recompiles_timed', '')}"])
     head = (f"batch {res.get('batch_size')} ({res.get('image_size')}x{res.get('image_size')} views), "
             f"{res.get('steps_per_repeat')} steps x {res.get('repeats')} repeats, compile backend "
             f"{res.get('compile_backend')}; each row adds one change to the row above\n\n")
     return head + common.markdown_table(
         ["setting", "status", "img/s median (min-max)", "ms/step", "vs first", "TFLOP/s", "MFU (datasheet)",
-         "MFU (measured matmul)", "peak mem GiB", "optimiser ms", "recompiles while timed"], rows)
+         "MFU (measured matmul)", "peak mem GiB", "optimiser ms", "graphs compiled: warm-up / timed"], rows)
 
 
 def tta_section(res) -> str:

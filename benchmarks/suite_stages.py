@@ -7,7 +7,6 @@ raises `Skip(reason)`. The measuring code is the benchmarks' own (benchmarks.thr
 benchmarks.nt_xent.measure, benchmarks.step.TrainStep) and fastssl's own training and probes
 (fastssl.train.train, fastssl.linear.evaluate): nothing here re-implements a loop it reports on.
 """
-import inspect
 import json
 import os
 import statistics
@@ -45,60 +44,66 @@ def environment(ctx, expired) -> dict:
 
 # ----------------------------------------------------------------------------- 2. step ablation
 
-# Each row turns one more thing on (cumulative), from plain eager fp32 to the fastest step.
+# Each row turns one more thing on (cumulative), from plain eager fp32 to the fastest step, as a
+# setting of benchmarks.step (compile, channels_last, bf16, torch.compile mode, LARS update path).
 ABLATION = [
     ("eager fp32 contiguous", {}),
     ("+ channels_last", {"channels_last": True}),
     ("+ bf16 autocast", {"bf16": True}),
     ("+ torch.compile", {"compile": True}),
-    ("+ fast optimiser", {"fast_optimizer": True}),
-    ("+ CUDA graphs", {"cudagraphs": True}),
+    ("+ fast optimiser", {"optimizer": "foreach"}),   # multi-tensor LARS instead of one tensor at a time
+    ("+ CUDA graphs", {"mode": "reduce-overhead"}),   # static input buffers, graphs replayed
 ]
-BASE = {"compile": False, "channels_last": False, "bf16": False}
-NEEDS_CUDA = {"cudagraphs"}
+BASE = {"compile": False, "channels_last": False, "bf16": False, "mode": "default", "optimizer": "loop"}
 
 
-def _recompiles() -> int:
+def _graphs() -> int:
     """Graphs dynamo has compiled so far in this process (a steady-state step must add none)."""
-    try:
-        from torch._dynamo.utils import counters
-        return int(counters["stats"]["unique_graphs"])
-    except (ImportError, KeyError, AttributeError):
-        return 0
+    from fastssl.step import compile_counters
+
+    return compile_counters()["unique_graphs"]
+
+
+def _skip_reason(setting, device, backend) -> str:
+    if setting["mode"] == "reduce-overhead" and device.type != "cuda":
+        return "CUDA graphs need a CUDA device"
+    if setting["mode"] != "default" and backend != "inductor":
+        return f"compile modes need the inductor backend (this run: {backend})"
+    return ""
 
 
 def step_ablation(ctx, expired) -> dict:
     s = ctx.sizes
-    mcfg = step_bench.model_config(s["step_batch"], ctx.cfg.seed)
-    accepted = set(inspect.signature(step_bench.TrainStep).parameters)
+    scfg = parse(step_bench.StepConfig, ["--batch-size", str(s["step_batch"]), "--image-size", str(s["image_size"]),
+                                         "--steps", str(s["step_steps"]), "--repeats", str(s["step_repeats"]),
+                                         "--warmup", str(s["step_warmup"]), "--compile-backend", s["compile_backend"],
+                                         "--seed", str(ctx.cfg.seed), "--device", str(ctx.device)]
+                 + (["--quick"] if ctx.cfg.smoke else []))
     step_bench.setup_device(ctx.device)
-    rows, live, options = [], [], dict(BASE)
+    rows, live, setting = [], [], dict(BASE)
     for name, change in ABLATION:
-        options = {**options, **change}
-        row = {"setting": name, **options, "status": "ok"}
+        setting = {**setting, **change}
+        row = {"setting": name, **setting, "status": "ok", "benchmark_setting": step_bench.setting_name(setting)}
         rows.append(row)
-        missing = [k for k in options if options[k] and k not in accepted and k not in BASE]
-        if missing:
-            row["status"] = f"unavailable: benchmarks.step.TrainStep has no {missing[0]} option"
-            options = {k: v for k, v in options.items() if k not in missing}  # later rows go on without it
-            continue
-        if any(options.get(k) for k in NEEDS_CUDA) and ctx.device.type != "cuda":
-            row["status"] = "skipped: CUDA graphs need a GPU"
-            options = {k: v for k, v in options.items() if k not in NEEDS_CUDA}
+        reason = _skip_reason(setting, ctx.device, s["compile_backend"])
+        if reason:
+            row["status"] = f"skipped: {reason}"
+            setting = {**setting, "mode": "default"}  # later rows go on without it
             continue
         if expired():
             row["status"] = "cut: out of time before its warm-up"
             continue
-        kwargs = {k: v for k, v in options.items() if k in accepted}
         t0 = time.perf_counter()
         try:
-            st = step_bench.TrainStep(mcfg, ctx.device, compile_backend=s["compile_backend"], **kwargs)
-            batch = step_bench.synthetic_batch(s["step_batch"], s["image_size"], ctx.device,
-                                               options["channels_last"], ctx.cfg.seed)
+            st = step_bench.build(setting, scfg, ctx.device)
+            batch = step_bench.synthetic_batch(s["step_batch"], s["image_size"], ctx.device, setting["channels_last"],
+                                               ctx.cfg.seed)
             if ctx.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(ctx.device)
+            before = _graphs()
             for _ in range(s["step_warmup"]):
                 st(batch)
+            row["graphs_warmup"] = _graphs() - before
             if ctx.device.type == "cuda":
                 torch.cuda.synchronize(ctx.device)
                 row["peak_memory_gib"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
@@ -116,11 +121,11 @@ def step_ablation(ctx, expired) -> dict:
             break
         for j in range(len(live)):  # rotated order: drift hits every setting alike
             row, st, batch = live[(j + r) % len(live)]
-            before = _recompiles()
+            before = _graphs()
             with common.Stopwatch(ctx.device) as sw:
                 for _ in range(s["step_steps"]):
                     st(batch)
-            row["recompiles_timed"] += _recompiles() - before
+            row["recompiles_timed"] += _graphs() - before
             row["times"].append(sw.seconds)
     for row, st, batch in live:  # the optimiser alone, on the gradients of one real step
         if expired() or not row["times"]:
@@ -145,8 +150,10 @@ def step_ablation(ctx, expired) -> dict:
     done = [r for r in rows if r.get("img_per_s")]
     return {"batch_size": s["step_batch"], "image_size": s["image_size"], "steps_per_repeat": s["step_steps"],
             "repeats": s["step_repeats"], "compile_backend": s["compile_backend"], "rows": rows,
-            "best_img_per_s": max((r["img_per_s"]["median"] for r in done if r["compile"] == ctx.train_compile),
-                                  default=None),
+            # the row that runs what fastssl.train runs here, for the time-to-accuracy plan
+            "best_img_per_s": next((r["img_per_s"]["median"] for r in done if r["compile"] == ctx.train_compile
+                                    and r["channels_last"] and r["bf16"] == (ctx.device.type == "cuda")
+                                    and r["mode"] == "default" and r["optimizer"] == "foreach"), None),
             "cut": any(r["status"].startswith("cut") for r in rows) or any(len(r["img_per_s"]["values"]) <
                                                                           s["step_repeats"] for r in done)}
 

@@ -10,8 +10,8 @@ that a graph break fails loudly instead of silently splitting the step. Modes:
 - `default`: inductor kernels.
 - `max-autotune-no-cudagraphs`: inductor also benchmarks matmul/conv templates (slow to compile).
 - `reduce-overhead`: CUDA graphs. Every batch is copied into static input buffers owned by the
-  step (their addresses never change, so the graphs replay without inputs being re-recorded),
-  and each step tells the graph tree that a new iteration begins.
+  step (marked static: their addresses never change, so the graphs replay on them without
+  copying inputs), and each step tells the graph tree that a new iteration begins.
 
 The optimiser's own compiled path is chosen when it is built (`fastssl.optim.LARS(compiled=True)`).
 """
@@ -23,8 +23,8 @@ COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead")
 
 
 def setup_device(device) -> None:
-    """The CUDA backend settings every training step runs with: TF32 matmuls (fp32 inputs, 10-bit
-    mantissa products, fp32 accumulation; cuDNN convolutions use TF32 by default) and cuDNN's
+    """The CUDA backend settings every training step runs with: TF32 matmuls (inputs rounded to a
+    10-bit mantissa, fp32 accumulation; cuDNN convolutions use TF32 by default) and cuDNN's
     autotuner, which pays off because every step has the same shapes."""
     device = torch.device(device)
     if device.type == "cuda":

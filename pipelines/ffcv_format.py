@@ -136,15 +136,15 @@ def write(data, out_path, *, encoding="raw", quality=90, max_resolution=None, wo
     return out_path
 
 
-# How long the writer may go on with some of its worker processes gone and others still running
-# before it counts as hung (a worker killed by a signal leaves the others waiting forever).
+# How long the writer host may go on after one of its workers has exited before it counts as hung
+# (a worker killed by a signal leaves the host waiting forever).
 STALL_S = 120.0
 
 
 def _write_bounded(path, fields, samples, workers, name):
     """Run FFCV's DatasetWriter in a child process (its own process group, stderr to a file) and
     wait for it with bounds: a worker that raises (disk full, say) leaves FFCV's parent spinning
-    forever, so a traceback in that file, or some workers gone while others run for STALL_S,
+    forever, so a traceback in that file, or a worker exited while the host runs on for STALL_S,
     ends the whole group and becomes one DataError naming the file and the error."""
     err = tempfile.NamedTemporaryFile("w+", prefix="ffcv-writer-", suffix=".log", delete=False)
     err.close()
@@ -160,21 +160,24 @@ def _write_bounded(path, fields, samples, workers, name):
     proc = multiprocessing.get_context("fork").Process(target=child, daemon=False)
     try:
         proc.start()
-        partial_since, most = None, 0
+        dead_since = None
         while True:
             proc.join(0.2)
             if proc.exitcode is not None:
                 break
             if "Traceback" in _read(err.name):
                 break
-            live = len(_children(proc.pid))
-            most = max(most, live)
-            if 0 < live < most:
-                partial_since = partial_since or time.monotonic()
-                if time.monotonic() - partial_since > STALL_S:
+            # FFCV never joins its workers, so a worker that has exited is a zombie child of the
+            # writer host. One that died mid-write leaves the host waiting forever for its images
+            # (and may hold the work queue's lock, freezing the others); a healthy run finishes
+            # within one chunk's time of its first worker exiting. A zombie for STALL_S = hung.
+            _, zombies = _children(proc.pid)
+            if zombies:
+                dead_since = dead_since or time.monotonic()
+                if time.monotonic() - dead_since > STALL_S:
                     break
             else:
-                partial_since = None
+                dead_since = None
         if proc.exitcode != 0:
             raise DataError(f"cannot write {name}: {_last_error(_read(err.name)) or 'an FFCV writer process died'}")
     finally:
@@ -193,22 +196,24 @@ def _read(path):
 
 
 def _children(pid):
-    """Pids of `pid`'s running child processes (Linux /proc; dead, unreaped ones left out)."""
+    """(running, exited-but-unreaped) counts of `pid`'s child processes (Linux /proc)."""
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
             pids = f.read().split()
     except OSError:
-        return []
-    alive = []
+        return 0, 0
+    running = zombies = 0
     for child in pids:
         try:
             with open(f"/proc/{child}/stat") as f:
                 state = f.read().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        if state not in ("Z", "X"):
-            alive.append(child)
-    return alive
+        if state in ("Z", "X"):
+            zombies += 1
+        else:
+            running += 1
+    return running, zombies
 
 
 _ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt): .*$", re.M)

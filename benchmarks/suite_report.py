@@ -148,7 +148,7 @@ def knn_chart(path, report, res) -> None:
 
     curve = [p for p in res.get("curve", []) if p.get("wall_s") is not None]
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    ax.plot([p["wall_s"] for p in curve], [p["knn_top1"] for p in curve], "o-", label="kNN top-1 (k=200)")
+    ax.plot([p["wall_s"] for p in curve], [p["knn_top1"] for p in curve], "o-", label="kNN top-1 (k=200, validation split)")
     ax.axhline(TARGET_KNN, color="C3", ls="--", lw=1, label=f"{TARGET_KNN:.0f}%")
     ax.axvline(TARGET_SECONDS, color="C7", ls=":", lw=1, label=f"{TARGET_SECONDS:.0f} s")
     ax.set_xlabel("wall-clock seconds since training began")

@@ -287,7 +287,8 @@ def time_to_accuracy(ctx, expired) -> dict:
 
 
 def knn_curve(path: str) -> list:
-    """[{epoch, wall_s, knn_top1, knn_top5}] from a run's metrics.jsonl (epoch summaries with kNN)."""
+    """[{epoch, wall_s, knn_top1, knn_top5}] from a run's metrics.jsonl: the trainer's kNN monitor, which
+    scores a validation split held out of the training images (the test split is scored once, at the end)."""
     curve = []
     if not os.path.isfile(path):
         return curve
@@ -297,9 +298,9 @@ def knn_curve(path: str) -> list:
                 rec = json.loads(line)
             except ValueError:
                 continue  # a line cut by a stop in mid-write
-            if rec.get("summary") and "knn_top1" in rec:
-                curve.append({"epoch": rec["epoch"] + 1, "wall_s": rec.get("wall_s"), "knn_top1": rec["knn_top1"],
-                              "knn_top5": rec.get("knn_top5"), "epoch_time_s": rec.get("epoch_time_s")})
+            if rec.get("summary") and "val_knn_top1" in rec:
+                curve.append({"epoch": rec["epoch"] + 1, "wall_s": rec.get("wall_s"), "knn_top1": rec["val_knn_top1"],
+                              "knn_top5": rec.get("val_knn_top5"), "epoch_time_s": rec.get("epoch_time_s")})
     return curve
 
 

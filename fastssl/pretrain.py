@@ -75,7 +75,8 @@ class PretrainConfig:
     out: str = field(default="runs/simclr", metadata={"help": "run directory"})
     resume: bool = field(default=False, metadata={"help": "continue the run in --out from its last checkpoint"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing run directory"})
-    knn_every: int = field(default=10, metadata={"help": "kNN monitor every N epochs and at the end (0: never)"})
+    knn_every: int = field(default=10, metadata={"help": "kNN monitor (on the validation split) every N epochs and at the end (0: never)"})
+    knn_val_fraction: float = field(default=0.1, metadata={"help": "stratified fraction of the labelled training images the kNN monitor scores (their labels do not vote); best.pt is chosen on it, the test split is scored once, at the end"})
     knn_k: int = field(default=200, metadata={"help": "kNN neighbours"})
     knn_t: float = field(default=0.1, metadata={"help": "kNN temperature"})
     log_interval: int = field(default=50, metadata={"help": "steps between metric records (each costs one host sync)"})
@@ -98,6 +99,8 @@ class PretrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.subset is not None and self.subset <= 0:
             raise ValueError(f"--subset must be positive, got {self.subset}")
+        if not 0 < self.knn_val_fraction < 1:
+            raise ValueError(f"--knn-val-fraction must be in (0, 1), got {self.knn_val_fraction}")
         if self.weight_decay < 0 or self.warmup_epochs < 0 or self.knn_every < 0 or not 0 <= self.momentum < 1:
             raise ValueError("--weight-decay, --warmup-epochs and --knn-every must be >= 0 and --momentum in [0, 1)")
         if self.save_every_steps < 0:

@@ -181,11 +181,11 @@ def make_plots(found: dict, tables: list[tuple[dict, dict]], out: str) -> list[t
                    "xlabel": "epoch", "ylabel": "loss", "series": series}])
             made.append(("pretrain_loss.png", "Pretraining loss per epoch."))
     knn = [{"label": r["name"], "x": x, "y": y} for r in pre + found["supervised"]
-           for x, y in [_epochs(r, "knn_top1")] if x]
+           for x, y in [_epochs(r, "val_knn_top1")] if x]
     if knn:
         figure(os.path.join(out, "knn_curves.png"), [{"title": "kNN monitor during training", "xlabel": "epoch",
                "ylabel": "kNN top-1 (%)", "series": knn}])
-        made.append(("knn_curves.png", "kNN top-1 of the training runs' monitor (on the training dataset's test split)."))
+        made.append(("knn_curves.png", "kNN top-1 of the training runs' monitor (on a validation split held out of the training images)."))
     lin = []
     for r in found["linear"]:
         final = [m for m in ckpt.read_jsonl(os.path.join(r["dir"], "metrics.jsonl")) if m.get("phase") == "final"]

@@ -8,12 +8,11 @@ the epoch and only rank 0 writes the run directory.
 """
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import asdict
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -27,47 +26,11 @@ from .lock import RunLock, clear_run_dir, has_content
 from .methods import METHODS
 from .optim import base_lr, build_optimizer, warmup_cosine
 from .progress import Progress, summary_table
+from .distributed import convert_sync_batchnorm
+from .runtime import agree, environment, mean_over_ranks, resolve_device, setup_distributed  # noqa: F401  (re-exported)
 from .signals import StopFlag
 from .signals import name as signal_name
 from .step import TrainStep, setup_device
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda requested but no CUDA GPU is available")
-    if device.type == "cuda" and device.index is None:  # torch.cuda.set_device and events want an index
-        device = torch.device("cuda", local_rank)
-    return device
-
-
-def setup_distributed():
-    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def environment() -> dict:
-    """What produced a run: versions, hardware and code revision, stored beside its results."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(__file__), timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {
-        "torch": torch.__version__, "python": platform.python_version(), "commit": commit,
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-    }
 
 
 # Settings that may differ when resuming (they change how, not what, is computed).
@@ -99,7 +62,7 @@ def prepare_run_dir(cfg, argv):
                 raise ConfigError(f"{path} is not a regular file; move it away to resume")
         ckpt.read_jsonl(os.path.join(out, "metrics.jsonl"))  # refuses a damaged file now, not mid-run
         new = parse(type(cfg), argv, base={**saved, "resume": True, "overwrite": False, "out": out})
-        changed = [k for k, v in asdict(new).items() if k not in RESUMABLE_CHANGES and saved.get(k) != v]
+        changed = [k for k, v in asdict(new).items() if k not in RESUMABLE_CHANGES and saved.get(k, v) != v]  # keys added since: their default
         if changed:
             raise ConfigError(f"--resume: {', '.join(changed)} differ(s) from the run being resumed; "
                               "start a new --out instead")
@@ -114,9 +77,16 @@ def train(cfg, argv=(), command="fastssl.pretrain"):
     `argv` is the command line, kept in config.json and used to re-read flags on --resume.
     A signal (SIGTERM, SIGINT, SIGUSR1) saves the position and exits with 128 + its number; a
     non-finite loss exits with DIVERGED_EXIT, the last good checkpoint kept."""
-    rank, world, local_rank = setup_distributed()
-    # One writer per run directory, taken before anything in --out is read or written.
-    lock = RunLock(cfg.out).acquire() if rank == 0 else None
+    rank, world, local_rank = setup_distributed(cfg.device)
+    # One writer per run directory, taken before anything in --out is read or written; the other
+    # ranks learn whether rank 0 got it (`agree`) instead of waiting for it forever.
+    lock, error = None, None
+    if rank == 0:
+        try:
+            lock = RunLock(cfg.out).acquire()
+        except Exception as e:
+            error = e
+    agree(error)
     try:
         with StopFlag() as stop:  # from the start: a signal during setup stops after the first step
             return _train(cfg, argv, command, rank, world, local_rank, stop)
@@ -141,7 +111,15 @@ def _finished_summary(out: str, epochs: int) -> dict | None:
 
 def _train(cfg, argv, command, rank, world, local_rank, stop):
     main_rank = rank == 0
-    cfg, resume_state = prepare_run_dir(cfg, list(argv))
+    try:
+        cfg, resume_state, error = *prepare_run_dir(cfg, list(argv)), None
+    except Exception as e:
+        error = e
+    agree(error)  # a run directory refused on one rank (e.g. not shared between nodes) stops all
+    saved_world = (resume_state or {}).get("world_size", 1)
+    if resume_state is not None and saved_world != world:
+        raise ConfigError(f"--resume: {cfg.out} was trained by {saved_world} process(es), this launch has {world}; "
+                          f"resume with the same number (torchrun --nproc_per_node ...)")
     if resume_state is not None and "position" not in resume_state and resume_state["epoch"] >= cfg.epochs - 1:
         done = _finished_summary(cfg.out, cfg.epochs)
         if done is not None:  # resuming a finished run changes nothing
@@ -158,12 +136,13 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
     # Data first: a bad dataset must fail before anything in --out is touched.
     method_cls = METHODS[cfg.method]
     train_data = datasets.load(cfg.dataset, "train", cfg.data_dir, subset=cfg.subset, seed=cfg.seed)
-    test_data = None
+    test_data = monitor = None
     if cfg.knn_every:
+        monitor = monitor_split(train_data, cfg.knn_val_fraction, cfg.seed)
         try:
             test_data = datasets.load(cfg.dataset, "test", cfg.data_dir)
         except pipelines.DataError:
-            test_data = None  # e.g. an image folder without a test split: the monitor is skipped
+            test_data = None  # e.g. an image folder without a test split: only the validation score
     extra = {"workers": cfg.workers} if cfg.workers is not None and cfg.pipeline != "gpu" else {}
     loader = pipelines.build(cfg.pipeline, train_data, batch_size=cfg.batch_size // world, device=device,
                              seed=cfg.seed, recipe=method_cls.recipe, rank=rank, world_size=world, **extra)
@@ -195,6 +174,8 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
     resume_step = start_epoch * steps_per_epoch + (position["step"] if position else 0)
 
     model = method
+    if world > 1 and getattr(cfg, "sync_bn", False):
+        convert_sync_batchnorm(method)  # same state_dict keys: checkpoints load either way
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None)
     step = TrainStep(model, optimizer, schedule, device, bf16=use_bf16, compile=use_compile, mode=cfg.compile_mode,
@@ -202,22 +183,28 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
 
     out = cfg.out
     metrics_path = os.path.join(out, "metrics.jsonl")
-    prior = []  # epoch summaries of the run so far, for a complete summary.json after a resume
-    if main_rank:
-        ckpt.remove_dead_temporaries(out)  # left by a writer that was killed
-        if cfg.overwrite:
-            clear_run_dir(out)  # keeps the held lock file
-        os.makedirs(out, exist_ok=True)
-        info = {"config": asdict(cfg), "command": ["python", "-m", command, *argv],
-                "environment": environment(), "world_size": world, "steps_per_epoch": steps_per_epoch,
-                "lr_used": lr, "bf16": use_bf16, "compile": use_compile, "device": str(device),
-                "train_images": len(train_data.labels), "dataset_name": train_data.name}
-        ckpt.atomic_write_text(os.path.join(out, "config.json"), json.dumps(info, indent=2))
-        # A crash after the last checkpoint may have logged steps that will now be redone.
-        kept = [r for r in ckpt.read_jsonl(metrics_path)
-                if r.get("epoch", -1) < start_epoch or ("step" in r and r["step"] <= resume_step)]
-        ckpt.atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
-        prior = [r for r in kept if r.get("summary")]
+    prior, error = [], None  # epoch summaries of the run so far, for a complete summary.json after a resume
+    try:
+        if main_rank:
+            ckpt.remove_dead_temporaries(out)  # left by a writer that was killed
+            if cfg.overwrite:
+                clear_run_dir(out)  # keeps the held lock file
+            os.makedirs(out, exist_ok=True)
+            info = {"config": asdict(cfg), "command": ["python", "-m", command, *argv],
+                    "environment": environment(), "world_size": world, "steps_per_epoch": steps_per_epoch,
+                    "lr_used": lr, "bf16": use_bf16, "compile": use_compile, "device": str(device),
+                    "train_images": len(train_data.labels), "dataset_name": train_data.name,
+                    # the augmentation as this pipeline computes it (pipelines.recipes.name)
+                    "recipe": getattr(loader, "recipe_name", method_cls.recipe)}
+            ckpt.atomic_write_text(os.path.join(out, "config.json"), json.dumps(info, indent=2))
+            # A crash after the last checkpoint may have logged steps that will now be redone.
+            kept = [r for r in ckpt.read_jsonl(metrics_path)
+                    if r.get("epoch", -1) < start_epoch or ("step" in r and r["step"] <= resume_step)]
+            ckpt.atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+            prior = [r for r in kept if r.get("summary")]
+    except Exception as e:
+        error = e
+    agree(error)  # the other ranks wait here until rank 0 has prepared --out
 
     def log(record):
         if main_rank:
@@ -232,7 +219,7 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
     def training_state(epoch_done, pos=None):
         state = {"model": method.state_dict(), "optimizer": optimizer.state_dict(),
                  "schedule": schedule.state_dict(), "rng": ckpt.rng_state(device), "epoch": epoch_done,
-                 "best": best, "config": asdict(cfg)}
+                 "best": best, "config": asdict(cfg), "world_size": world}
         return {**state, "position": pos} if pos is not None else state
 
     def stop_requested(step_in_epoch):
@@ -272,7 +259,8 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
                 window_steps += 1
                 progress.advance()
                 if window_steps == cfg.log_interval or i == steps_per_epoch - 1:
-                    means = (window_sum / window_steps).tolist()  # host sync: once per log interval
+                    # Mean over the ranks too (one all_reduce), then one host sync per log interval.
+                    means = mean_over_ranks(window_sum / window_steps).tolist()
                     if not all(map(_finite, means)):
                         _diverged(epoch, i, steps_per_epoch, cfg, out)
                     now = time.perf_counter()
@@ -295,23 +283,30 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
                         dist.barrier()
                     if signum:
                         stop_now(signum, f"at epoch {epoch + 1}/{cfg.epochs}, step {i + 1}/{steps_per_epoch}")
-            epoch_means = dict(zip(logs.keys(), (epoch_sum / steps_per_epoch).tolist()))
+            epoch_means = dict(zip(logs.keys(), mean_over_ranks(epoch_sum / steps_per_epoch).tolist()))
             epoch_time = time.perf_counter() - t_epoch
             summary = {"epoch": epoch, "summary": True, **{f"epoch_{k}": v for k, v in epoch_means.items()},
                        "epoch_time_s": epoch_time, "epoch_img_per_s": steps_per_epoch * images_per_step / epoch_time}
             last_epoch = epoch == cfg.epochs - 1
-            if test_data is not None and main_rank and (last_epoch or (epoch + 1) % cfg.knn_every == 0):
-                knn = knn_eval(method.backbone, train_data, test_data, device, cfg.knn_k, cfg.knn_t,
-                               precision="bf16" if use_bf16 else "fp32")
-                summary.update({"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
-                progress.note(f"epoch {epoch + 1}: kNN top-1 {knn['top1']:.2f}%")
+            if monitor is not None and main_rank and (last_epoch or (epoch + 1) % cfg.knn_every == 0):
+                precision = "bf16" if use_bf16 else "fp32"
+                val = knn_eval(method.backbone, *monitor, device, cfg.knn_k, cfg.knn_t, precision=precision)
+                summary.update({"val_knn_top1": val["top1"], "val_knn_top5": val["top5"]})
+                note = f"epoch {epoch + 1}: kNN top-1 {val['top1']:.2f}% (validation)"
+                if last_epoch and test_data is not None:
+                    # The test split is scored once, for the final network, and never selects anything.
+                    test = knn_eval(method.backbone, train_data, test_data, device, cfg.knn_k, cfg.knn_t,
+                                    precision=precision)
+                    summary.update({"knn_top1": test["top1"], "knn_top5": test["top5"]})
+                    note += f", {test['top1']:.2f}% (test)"
+                progress.note(note)
             # Seconds since this process began training (compilation and kNN included): time-to-accuracy's x axis.
             summary["wall_s"] = time.perf_counter() - t_start
             log(summary)
             history.append(summary)
             if main_rank:
-                # "best" = highest kNN top-1 when the monitor ran, else lowest epoch loss.
-                score = summary.get("knn_top1", -summary["epoch_loss"])
+                # "best" = highest validation kNN top-1 when the monitor ran, else lowest epoch loss.
+                score = summary.get("val_knn_top1", -summary["epoch_loss"])
                 improved = best is None or score > best
                 best = score if improved else best
                 state = training_state(epoch)
@@ -325,10 +320,12 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
                 stop_now(signum, f"at the end of epoch {epoch + 1}/{cfg.epochs}")
     wall = time.perf_counter() - t_start
     knn = next((h for h in reversed(history) if "knn_top1" in h), None)
+    val = next((h for h in reversed(history) if "val_knn_top1" in h), None)
     result = {"out": out, "epochs_run": len(history), "wall_time_s": wall,
               "final_loss": history[-1]["epoch_loss"] if history else None,
               "img_per_s": (sum(h["epoch_img_per_s"] for h in history) / len(history)) if history else None,
-              "knn_top1": knn["knn_top1"] if knn else None, "knn_top5": knn["knn_top5"] if knn else None}
+              "knn_top1": knn["knn_top1"] if knn else None, "knn_top5": knn["knn_top5"] if knn else None,
+              "val_knn_top1": val["val_knn_top1"] if val else None, "val_knn_top5": val["val_knn_top5"] if val else None}
     if main_rank:
         ckpt.export_backbone(method.backbone, os.path.join(out, "backbone.pt"))
         ckpt.atomic_write_text(os.path.join(out, "summary.json"), json.dumps(result, indent=2))
@@ -336,6 +333,18 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
     if world > 1:
         dist.destroy_process_group()
     return result
+
+
+def monitor_split(data, fraction: float, seed: int):
+    """(bank, queries) for the kNN monitor: a stratified, seeded `fraction` of the labelled training
+    images are the queries and the rest vote. Pretraining still sees every image (it uses no
+    labels); only the choice of best.pt depends on this split, never on the test split."""
+    labelled = np.flatnonzero(data.labels >= 0)
+    bank, val = datasets.stratified_split(data.labels[labelled], fraction, seed)
+    def part(idx):
+        idx = labelled[idx]
+        return datasets.ArrayDataset(data.images[idx], data.labels[idx], data.classes, data.name, data.mean, data.std)
+    return part(bank), part(val)
 
 
 def _diverged(epoch, i, steps_per_epoch, cfg, out):

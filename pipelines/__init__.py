@@ -16,6 +16,7 @@ import importlib
 
 from .batch import Batch, Loader
 from .errors import DataError
+from .recipes import RECIPES  # two SimCLR views / crop+flip / no augmentation
 
 # name -> module exposing `build(data, **kwargs) -> Loader` (and `EXTRA`, the pip extra it needs).
 PIPELINES = {
@@ -24,7 +25,6 @@ PIPELINES = {
     "ffcv": "pipelines.ffcv",
     "torchvision": "pipelines.baseline",
 }
-RECIPES = ("simclr", "supervised", "eval")  # two SimCLR views / crop+flip / no augmentation
 
 
 def build(name: str, data, **kwargs) -> Loader:

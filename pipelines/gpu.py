@@ -23,16 +23,12 @@ epoch), so shards are disjoint and every rank runs the same number of steps.
 import numpy as np
 import torch
 
-from . import RECIPES, augment
+from . import augment, datasets, recipes
 from .batch import Batch, check_per_process
 from .errors import DataError
+from .recipes import PAD, RECIPES, SimCLRRecipe, derive_seed
 
 EXTRA = None  # pure torch
-
-
-def derive_seed(*parts) -> int:
-    """A well-mixed 63-bit seed from integers, so (seed, epoch, rank) tuples never alias."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
 
 
 class GPULoader:
@@ -49,6 +45,7 @@ class GPULoader:
         self.mean, self.std = mean, std
         self.shard = len(labels) // world_size if world_size > 1 else len(labels)
         self.epoch = 0
+        self.recipe_name = recipes.name("gpu", recipe)  # recorded in config.json and benchmark tables
 
     def __len__(self):
         steps, rest = divmod(self.shard, self.batch_size)
@@ -116,34 +113,22 @@ class GPULoader:
             yield batch
 
 
-def _check(data):
-    images, labels = getattr(data, "images", None), getattr(data, "labels", None)
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
-        raise DataError(f"images must be a uint8 array of shape (N, H, W, 3), got "
-                        f"{getattr(images, 'dtype', type(images).__name__)} {getattr(images, 'shape', '')}")
-    labels = np.asarray(labels)
-    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"labels must be {len(images)} integers, got {labels.dtype} {labels.shape}")
-    if len(images) == 0:
-        raise DataError("the dataset is empty")
-    return images, labels
-
-
 def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=True, shuffle=True, rank=0,
           world_size=1, spec=None) -> GPULoader:
     """GPU-resident loader over `data` (datasets.ArrayDataset; its mean/std normalise).
-    Backend keyword: spec, the SimCLR augmentation parameters (augment.SimCLRRecipe, default its
+    Backend keyword: spec, the SimCLR augmentation parameters (recipes.SimCLRRecipe, default its
     defaults; simclr views come out spec.size x spec.size, the other recipes keep the images' size;
     the supervised recipe flips with spec.flip_p)."""
     if recipe not in RECIPES:
         raise DataError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
     if int(batch_size) < 1 or int(world_size) < 1 or not 0 <= int(rank) < int(world_size):
         raise DataError(f"need batch_size >= 1 and 0 <= rank < world_size (got {batch_size}, {rank}, {world_size})")
-    images, labels = _check(data)
+    data = datasets.as_dataset(data)  # the one validation every backend runs
+    images, labels = data.images, data.labels
     batch_size, rank, world_size = int(batch_size), int(rank), int(world_size)
     check_per_process(len(labels), batch_size, world_size, drop_last)
-    if recipe == "supervised" and min(images.shape[1:3]) <= augment.PAD:
-        raise DataError(f"the supervised recipe pads by {augment.PAD}: images of {images.shape[1]}x{images.shape[2]} "
+    if recipe == "supervised" and min(images.shape[1:3]) <= PAD:
+        raise DataError(f"the supervised recipe pads by {PAD}: images of {images.shape[1]}x{images.shape[2]} "
                         "are too small")
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
@@ -151,7 +136,7 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
     # Once per build: NHWC host array -> NCHW uint8 on the device (the permute runs there).
     on_device = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).contiguous()
     labels = torch.from_numpy(labels.astype(np.int64)).to(device)
-    return GPULoader(on_device, labels, batch_size=batch_size, recipe=recipe, spec=spec or augment.SimCLRRecipe(),
+    return GPULoader(on_device, labels, batch_size=batch_size, recipe=recipe, spec=spec or SimCLRRecipe(),
                      seed=int(seed), rank=rank, world_size=world_size, drop_last=bool(drop_last),
                      shuffle=bool(shuffle), mean=tuple(float(m) for m in data.mean),
                      std=tuple(float(s) for s in data.std))

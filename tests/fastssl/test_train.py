@@ -34,7 +34,11 @@ def test_loss_goes_down_and_run_dir_complete(tmp_path):
     recs = ckpt.read_jsonl(out / "metrics.jsonl")
     epochs = [r for r in recs if r.get("summary")]
     assert len(epochs) == 6 and epochs[-1]["epoch_loss"] < epochs[0]["epoch_loss"]
-    assert "knn_top1" in epochs[2] and "knn_top1" in epochs[5] and "knn_top1" not in epochs[0]
+    # The monitor scores the validation split; the test split only the final network.
+    assert "val_knn_top1" in epochs[2] and "val_knn_top1" in epochs[5] and "val_knn_top1" not in epochs[0]
+    assert "knn_top1" in epochs[5] and not any("knn_top1" in e for e in epochs[:5])
+    best = torch.load(out / "best.pt", weights_only=False)
+    assert best["epoch"] == max((e for e in epochs if "val_knn_top1" in e), key=lambda e: e["val_knn_top1"])["epoch"]
     for name in ["config.json", "metrics.jsonl", "last.pt", "best.pt", "backbone.pt", "summary.json"]:
         assert (out / name).is_file(), name
     info = json.loads((out / "config.json").read_text())
@@ -118,3 +122,22 @@ def test_cli_subprocess_no_traceback(tmp_path):
     for flag in ["--dataset", "--data-dir", "--subset", "--epochs", "--batch-size", "--lr", "--temperature",
                  "--pipeline", "--device", "--compile", "--no-compile", "--seed", "--out", "--resume"]:
         assert flag in h.stdout
+
+
+def test_monitor_split_is_stratified_disjoint_and_leaves_out_unlabelled():
+    import numpy as np
+    from pipelines import datasets
+    from fastssl.train import monitor_split
+
+    labels = np.repeat(np.arange(4), 50)
+    labels[::7] = -1  # unlabelled images (cifar10+cifar100) are neither queries nor voters
+    images = np.arange(len(labels), dtype=np.uint8)[:, None, None, None].repeat(2, 1).repeat(2, 2).repeat(3, 3)
+    data = datasets.ArrayDataset(images, labels, list("abcd"), "toy", (0.5,) * 3, (0.25,) * 3)
+    bank, val = monitor_split(data, 0.2, seed=3)
+    ids_bank, ids_val = set(bank.images[:, 0, 0, 0]), set(val.images[:, 0, 0, 0])
+    assert not ids_bank & ids_val and ids_bank | ids_val == set(np.flatnonzero(labels >= 0))
+    for c in range(4):
+        n = (labels == c).sum()
+        assert (val.labels == c).sum() == round(0.2 * n)
+    again = monitor_split(data, 0.2, seed=3)[1]
+    assert np.array_equal(again.images, val.images)  # a pure function of (labels, fraction, seed)

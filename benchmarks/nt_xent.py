@@ -105,10 +105,10 @@ def _raise_recompile_limit():
 def measure(cfg, device, env, expired=lambda: False) -> dict:
     """The whole measurement (no files written). `expired()` is polled between cases and repeats;
     once True nothing new starts, what is done is kept and the result says `cut`."""
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as fastssl.train
     from fastssl import losses
+    from fastssl.step import setup_device
+
+    setup_device(device)  # the backend settings training runs with
 
     peak = peaks.peak_info(device)  # the GPU's measured bf16 matmul rate, recorded with every GPU benchmark
     _raise_recompile_limit()

@@ -77,7 +77,7 @@ class KNNConfig:
 @cli
 def main(argv=None):
     from .checkpoint import load_backbone
-    from .train import resolve_device
+    from .runtime import resolve_device
 
     cfg = parse(KNNConfig, argv, description=__doc__)
     device = resolve_device(cfg.device)

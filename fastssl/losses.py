@@ -10,6 +10,11 @@ Framework for Contrastive Learning of Visual Representations", eq. 1 and Algorit
 Every one of the 2N projections is an anchor; its positive is the other view of the same image
 and the remaining 2N - 2 projections are its negatives.
 
+Under torchrun, `nt_xent(..., global_batch=True)` is the loss of the global batch: each rank's
+2B anchors are scored against all 2*B*world projections (gathered with gradients, see
+fastssl/distributed.py), so every image has the negatives of the whole batch, as in the paper's
+large-batch training; the ranks' mean is the single-process loss of the concatenated batch.
+
 Three implementations with the same value and gradients:
     nt_xent            plain torch, (2N)^2 logits in memory; what torch.compile sees in the train step
     nt_xent_compiled   torch.compile(nt_xent), built on first call, for use outside a compiled step
@@ -18,6 +23,8 @@ Three implementations with the same value and gradients:
 """
 import torch
 import torch.nn.functional as F
+
+from . import distributed
 
 
 def _check(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> None:
@@ -40,23 +47,43 @@ def _positives(n: int, device) -> torch.Tensor:
     return torch.cat([i + n, i])
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, global_batch: bool = False) -> torch.Tensor:
     """NT-Xent loss (SimCLR eq. 1), mean over all 2N anchors.
 
     z1, z2: (N, D) projections of the two views of the same N images (row i of z1 and row i of
     z2 are a positive pair), any float dtype; the logits and softmax run in float32 (float64
     stays float64). temperature: T > 0. Returns a scalar tensor of the promoted dtype.
+    global_batch: in a process group of W > 1 ranks (each with the same N), the negatives are
+    the 2NW projections of all ranks and the result is the mean over this rank's 2N anchors;
+    without a process group it changes nothing.
     """
     _check(z1, z2, temperature)
     n = z1.shape[0]
     # autocast would run the matmul in bf16 again; the loss is cheap next to the backbone.
     with torch.autocast(z1.device.type, enabled=False):
         z = _normalized(z1, z2)                                    # (2N, D)
+        if global_batch and distributed.world_size() > 1:
+            return _nt_xent_global(z, temperature)
         logits = (z @ z.T) / temperature                           # (2N, 2N) cosine similarity / T
         # An anchor is never its own negative: -inf drops k == i from the softmax denominator.
         self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
         logits = logits.masked_fill(self_mask, float("-inf"))
         return F.cross_entropy(logits, _positives(n, z.device))   # logsumexp form: stable
+
+
+def _nt_xent_global(z: torch.Tensor, temperature: float) -> torch.Tensor:
+    """This rank's 2N unit rows z (view 1 then view 2) against the rank-ordered gather of every
+    rank's rows: (2N, 2NW) logits; anchor j is row rank*2N + j of the gather, its positive the
+    other view of the same image in this rank's block."""
+    m = z.shape[0]
+    offset = torch.distributed.get_rank() * m
+    everyone = distributed.all_gather(z)                           # (2NW, D), gradients to all ranks
+    logits = (z @ everyone.T) / temperature                        # (2N, 2NW)
+    rows = torch.arange(m, device=z.device)
+    self_mask = torch.zeros_like(logits, dtype=torch.bool)
+    self_mask[rows, rows + offset] = True
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    return F.cross_entropy(logits, _positives(m // 2, z.device) + offset)
 
 
 _compiled = None

@@ -70,6 +70,7 @@ class PretrainConfig:
     compile_mode: str = field(default="default", metadata={"help": "torch.compile mode of the model + loss graph; reduce-overhead = CUDA graphs (static input buffers)", "choices": list(COMPILE_MODES)})
     compile_fullgraph: bool = field(default=True, metadata={"help": "compile the model + loss as one graph: a graph break is an error, not a silent split"})
     compile_optimizer: bool = field(default=False, metadata={"help": "lars only: torch.compile the LARS update into fused kernels (the multi-tensor update is used either way)"})
+    sync_bn: bool = field(default=True, metadata={"help": "under torchrun: BatchNorm statistics over the global batch (all ranks), as with one process; off: per-rank statistics"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation, data order and augmentation"})
     # monitoring and outputs
     out: str = field(default="runs/simclr", metadata={"help": "run directory"})

@@ -149,6 +149,8 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
 
     torch.manual_seed(cfg.seed)
     method = method_cls(cfg, len(train_data.classes)).to(device).to(memory_format=torch.channels_last)
+    if world > 1 and getattr(cfg, "sync_bn", False):  # before the optimiser: new BatchNorm parameters
+        convert_sync_batchnorm(method)  # BatchNorm over the global batch; same state_dict keys
     steps_per_epoch = len(loader)
     lr = base_lr(cfg.optimizer, cfg.lr) * cfg.batch_size / 256
     optimizer = build_optimizer(cfg.optimizer, method, lr, cfg.weight_decay, cfg.momentum, nesterov=cfg.nesterov,
@@ -174,8 +176,6 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
     resume_step = start_epoch * steps_per_epoch + (position["step"] if position else 0)
 
     model = method
-    if world > 1 and getattr(cfg, "sync_bn", False):
-        convert_sync_batchnorm(method)  # same state_dict keys: checkpoints load either way
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None)
     step = TrainStep(model, optimizer, schedule, device, bf16=use_bf16, compile=use_compile, mode=cfg.compile_mode,

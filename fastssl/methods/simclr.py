@@ -20,5 +20,6 @@ class SimCLR(nn.Module):
         # `batch.both` is the pipeline's own (2B, ...) tensor when it made one: no copy per step.
         z = self.head(self.backbone(batch.both))
         z1, z2 = z.float().chunk(2)
-        loss = nt_xent(z1, z2, self.temperature)
+        # Under torchrun the negatives are the whole global batch's (gathered with gradients).
+        loss = nt_xent(z1, z2, self.temperature, global_batch=True)
         return loss, {"loss": loss.detach()}

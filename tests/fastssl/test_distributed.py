@@ -5,9 +5,11 @@ parameter gradients on all images at once (BatchNorm over all of them with SyncB
 each rank's shard without); the network runs in float64, so agreement is to rounding."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -112,40 +114,58 @@ def test_sync_batchnorm_conversion_keeps_state_and_eval_is_batchnorm():
     torch.testing.assert_close(net.eval()(x), ref.eval()(x), rtol=0, atol=0)  # no process group needed
 
 
-def _torchrun(*args, nproc=2, timeout=240):
+def _torchrun_env():
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT")}
     env["OMP_NUM_THREADS"] = "1"
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "fastssl.pretrain",
-                           *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
+    return env
 
 
-TINY = ["--dataset", "cifar10-sample", "--subset", "64", "--batch-size", "16", "--proj-hidden-dim", "32",
+def _torchrun_cmd(*args, nproc=2):
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+            "127.0.0.1", "--master_port", str(free_port()), "-m", "fastssl.pretrain", *args]
+
+
+TINY = ["--dataset", "cifar10-sample", "--subset", "256", "--batch-size", "16", "--proj-hidden-dim", "32",
         "--proj-dim", "16", "--no-progress", "--no-compile", "--device", "cpu", "--stem", "imagenet",
-        "--log-interval", "1", "--knn-every", "0", "--pipeline", "torchvision", "--workers", "0"]
+        "--log-interval", "1", "--knn-every", "0", "--pipeline", "torchvision", "--workers", "0", "--epochs", "3"]
+STEPS = 3 * 256 // 16
 
 
-def test_torchrun_two_processes_train_one_run_dir_and_resume(tmp_path):
+def records(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_torchrun_two_processes_stop_on_sigterm_and_resume_into_one_run_dir(tmp_path):
     out = tmp_path / "ddp"
-    p = _torchrun(*TINY, "--epochs", "1", "--out", str(out))
-    assert p.returncode == 0, p.stderr[-3000:]
+    p = subprocess.Popen(_torchrun_cmd(*TINY, "--out", str(out)), cwd=REPO, env=_torchrun_env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((out / "metrics.jsonl").exists() and records(out)):  # training has begun
+            assert p.poll() is None and time.monotonic() < deadline, p.stdout.read() if p.poll() is not None else "slow"
+            time.sleep(0.2)
+        p.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks, which agree on where to stop
+        log = p.communicate(timeout=120)[0]
+    finally:
+        p.kill()
+    assert "stopped by SIGTERM" in log, log[-3000:]
     info = json.loads((out / "config.json").read_text())
-    assert info["world_size"] == 2 and info["steps_per_epoch"] == 64 // 16
+    assert info["world_size"] == 2 and info["steps_per_epoch"] == STEPS // 3
     state = torch.load(out / "last.pt", weights_only=False)
-    assert state["world_size"] == 2 and state["epoch"] == 0
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if not r.get("summary")] == [1, 2, 3, 4]  # one writer, no duplicates
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
+    assert state["world_size"] == 2 and not (out / "summary.json").exists()
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["ddp"]
 
-    p = _torchrun(*TINY, "--epochs", "2", "--out", str(out), "--resume")
-    assert p.returncode == 0, p.stderr[-3000:]
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records if r.get("summary")] == [0, 1]
-    assert json.loads((out / "summary.json").read_text())["epochs_run"] == 2
     # one process cannot continue a two-process run: a clear error, the run left as it was
     before = (out / "last.pt").read_bytes()
-    q = subprocess.run([sys.executable, "-m", "fastssl.pretrain", "--out", str(out), "--resume", "--epochs", "3"],
-                       capture_output=True, text=True, cwd=REPO, timeout=120,
-                       env={k: v for k, v in os.environ.items() if k != "WORLD_SIZE"})
-    assert q.returncode == 2 and "2 process" in q.stderr and "Traceback" not in q.stderr
+    q = subprocess.run([sys.executable, "-m", "fastssl.pretrain", "--out", str(out), "--resume"],
+                       capture_output=True, text=True, cwd=REPO, timeout=120, env=_torchrun_env())
+    assert q.returncode == 2 and "2 process" in q.stderr and "Traceback" not in q.stderr, q.stderr[-2000:]
     assert (out / "last.pt").read_bytes() == before
+
+    r = subprocess.run(_torchrun_cmd("--out", str(out), "--resume"), capture_output=True, text=True, cwd=REPO,
+                       env=_torchrun_env(), timeout=240)
+    assert r.returncode == 0, r.stderr[:3000]
+    recs = records(out)
+    assert [x["epoch"] for x in recs if x.get("summary")] == [0, 1, 2]
+    assert [x["step"] for x in recs if not x.get("summary")] == list(range(1, STEPS + 1))  # one writer, none twice
+    assert json.loads((out / "summary.json").read_text())["epochs_run"] == 3

@@ -169,3 +169,16 @@ def test_torchrun_two_processes_stop_on_sigterm_and_resume_into_one_run_dir(tmp_
     assert [x["epoch"] for x in recs if x.get("summary")] == [0, 1, 2]
     assert [x["step"] for x in recs if not x.get("summary")] == list(range(1, STEPS + 1))  # one writer, none twice
     assert json.loads((out / "summary.json").read_text())["epochs_run"] == 3
+
+
+def test_two_node_script_trains_one_run_over_a_c10d_rendezvous(tmp_path):
+    out = tmp_path / "two_node"
+    args = TINY + ["--epochs", "1", "--out", str(out)]  # the later --epochs wins
+    env = {**_torchrun_env(), "PYTHON": sys.executable}
+    p = subprocess.run(["bash", str(REPO / "scripts" / "two_node.sh"), *args], capture_output=True, text=True,
+                       cwd=REPO, env=env, timeout=240)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    assert json.loads((out / "config.json").read_text())["world_size"] == 2
+    assert [x["step"] for x in records(out) if not x.get("summary")] == list(range(1, STEPS // 3 + 1))
+    assert json.loads((out / "summary.json").read_text())["epochs_run"] == 1
+    assert (p.stdout + p.stderr).count("run directory") == 1  # the summary table: rank 0 only

@@ -175,10 +175,20 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
             start_epoch = position["epoch"]
     resume_step = start_epoch * steps_per_epoch + (position["step"] if position else 0)
 
-    model = method
+    model, compile_step = method, use_compile
     if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None)
-    step = TrainStep(model, optimizer, schedule, device, bf16=use_bf16, compile=use_compile, mode=cfg.compile_mode,
+        # Dynamo cannot trace DDP's own forward (its logger): under fullgraph a compiled step
+        # around DDP fails. The method is compiled inside DDP instead (gradient hooks stay eager).
+        if use_compile and cfg.compile_mode == "reduce-overhead":
+            raise ConfigError("--compile-mode reduce-overhead (CUDA graphs) is not supported under torchrun; "
+                              "use default or max-autotune-no-cudagraphs")
+        inner = method
+        if use_compile:
+            inner = torch.compile(method, mode=None if cfg.compile_mode == "default" else cfg.compile_mode,
+                                  fullgraph=cfg.compile_fullgraph)
+        model = torch.nn.parallel.DistributedDataParallel(inner, device_ids=[device.index] if device.type == "cuda" else None)
+        compile_step = False
+    step = TrainStep(model, optimizer, schedule, device, bf16=use_bf16, compile=compile_step, mode=cfg.compile_mode,
                      fullgraph=cfg.compile_fullgraph)
 
     out = cfg.out

@@ -182,3 +182,15 @@ def test_two_node_script_trains_one_run_over_a_c10d_rendezvous(tmp_path):
     assert [x["step"] for x in records(out) if not x.get("summary")] == list(range(1, STEPS // 3 + 1))
     assert json.loads((out / "summary.json").read_text())["epochs_run"] == 1
     assert (p.stdout + p.stderr).count("run directory") == 1  # the summary table: rank 0 only
+
+
+def test_an_error_on_rank_0_alone_stops_every_rank(tmp_path):
+    from fastssl.lock import RunLock
+
+    out = tmp_path / "busy"
+    with RunLock(str(out)):  # held here: only rank 0 tries to take it, the other ranks must not wait forever
+        p = subprocess.run(_torchrun_cmd(*TINY, "--epochs", "1", "--out", str(out)), capture_output=True, text=True,
+                           cwd=REPO, env=_torchrun_env(), timeout=120)
+    assert p.returncode != 0
+    assert p.stderr.count("is in use by another run") == 1 and "another process failed" in p.stderr, p.stderr[-3000:]
+    assert sorted(x.name for x in out.iterdir()) == [".lock"]  # nothing written

@@ -86,8 +86,8 @@ def train(cfg, argv=(), command="fastssl.pretrain"):
             lock = RunLock(cfg.out).acquire()
         except Exception as e:
             error = e
-    agree(error)
     try:
+        agree(error)
         with StopFlag() as stop:  # from the start: a signal during setup stops after the first step
             return _train(cfg, argv, command, rank, world, local_rank, stop)
     except BaseException:

@@ -11,7 +11,8 @@
     # on preemptible machines: SIGTERM/SIGINT/SIGUSR1 save the position and exit 128 + signal;
     # a checkpoint every 500 steps bounds what a kill -9 loses
     python -m fastssl.pretrain --dataset cifar10 --data-dir data --save-every-steps 500 --out runs/simclr
-    # several GPUs: torchrun, one process per GPU; --batch-size is the global batch
+    # several GPUs: torchrun, one process per GPU; --batch-size is the global batch, and NT-Xent and
+    # BatchNorm (--sync-bn, default) span it; scripts/two_node.sh runs the two-host path on one machine
     torchrun --nproc_per_node 4 -m fastssl.pretrain --dataset cifar10 --data-dir data --out runs/ddp
     # the other families on the same backbone: a (denoising) autoencoder and Deep InfoMax
     python -m fastssl.pretrain --dataset cifar10 --data-dir data --method autoencoder --ae-noise 0.5 --out runs/ae

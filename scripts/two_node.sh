@@ -25,9 +25,30 @@ for node in 0 1; do
         --rdzv-backend c10d --rdzv-endpoint "127.0.0.1:$PORT" --rdzv-id "$RDZV_ID" \
         -m fastssl.pretrain "$@" > >(sed "s/^/[node $node] /") 2>&1 &
     pids+=($!)
+    if [ "$node" -eq 0 ]; then
+        # Both launchers see 127.0.0.1 as their own address, so both would try to host the
+        # rendezvous store; the second one starts once the first one's store is listening.
+        "$PYTHON" - "$PORT" <<'PY' || { echo "two_node.sh: node 0's rendezvous store never came up on port $PORT" >&2; kill "${pids[@]}" 2>/dev/null; exit 1; }
+import socket, sys, time
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline:
+    try:
+        socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1).close()
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.2)
+sys.exit(1)
+PY
+    fi
 done
+# The first launcher to fail ends the other, which would otherwise wait for its peer forever.
 status=0
-for pid in "${pids[@]}"; do
-    wait "$pid" || { rc=$?; [ "$status" -eq 0 ] && status=$rc; }
+for _ in "${pids[@]}"; do
+    wait -n "${pids[@]}"
+    rc=$?
+    if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then
+        status=$rc
+        kill "${pids[@]}" 2>/dev/null
+    fi
 done
 exit "$status"

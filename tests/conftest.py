@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO.parent / "shared" / "data"
@@ -40,3 +41,12 @@ def cifar_root() -> str:
 def cifar100_root() -> str:
     """Directory holding cifar-100-python/ (real labels, JPEG-recompressed pixels)."""
     return _unpack("cifar100")
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Benchmarks set torch's CPU thread count (--threads) and FFCV resets it; a later test must not
+    inherit it: float sums change with the thread count, and bit-exact comparisons with them."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -17,7 +17,7 @@ setup(
     description="Fast self-supervised pretraining (SimCLR and friends) on CIFAR with GPU-side data pipelines",
     packages=find_packages(include=["fastssl", "fastssl.*", "pipelines", "pipelines.*", "benchmarks"]),
     package_data={"pipelines": ["assets/*.npz"]},
-    python_requires=">=3.11"  # tomllib,
+    python_requires=">=3.11",  # tomllib
     install_requires=core,
     extras_require=extras,
 )

@@ -306,7 +306,7 @@ def knn_curve(path: str) -> list:
 
 def probe(ctx, run: str, dataset: str, key: str) -> dict:
     """fastssl.linear's protocol on the run's backbone; the dataset label says which copy it was."""
-    from fastssl.linear import LinearConfig, evaluate
+    from fastssl.eval.linear import LinearConfig, evaluate
     from pipelines import DataError
 
     s = ctx.sizes

@@ -58,8 +58,8 @@ SupervisedConfig.__module__ = __name__
 @torch.no_grad()
 def test_accuracy(cfg, out: str, device) -> dict:
     """Top-1/top-5 (%) of the last checkpoint's backbone + classifier on the test split."""
-    from .features import extract
-    from .knn import topk_accuracy
+    from .eval.features import extract
+    from .eval.knn import topk_accuracy
     from .methods import METHODS
 
     test = datasets.load(cfg.dataset, "test", cfg.data_dir)
@@ -73,7 +73,7 @@ def test_accuracy(cfg, out: str, device) -> dict:
 
 def run(cfg, argv=(), command="fastssl.supervised") -> dict:
     """Train (or resume) as `cfg` says, then score the test set; returns the updated summary."""
-    from .linear import dataset_label
+    from .eval.linear import dataset_label
     from .train import resolve_device, train
 
     result = train(cfg, argv, command=command)

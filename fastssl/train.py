@@ -21,7 +21,7 @@ from pipelines import datasets
 
 from . import checkpoint as ckpt
 from .config import ConfigError, from_dict, parse
-from .knn import knn_eval
+from .eval.knn import knn_eval
 from .lock import RunLock, clear_run_dir, has_content
 from .methods import METHODS
 from .optim import base_lr, build_optimizer, warmup_cosine

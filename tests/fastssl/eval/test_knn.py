@@ -1,7 +1,7 @@
 """Weighted kNN against a brute-force reference; top-k accuracy on hand-made scores."""
 import torch
 
-from fastssl.knn import knn_predict, topk_accuracy
+from fastssl.eval.knn import knn_predict, topk_accuracy
 
 
 def reference_knn(train_f, train_y, test_f, num_classes, k, t):
@@ -45,7 +45,7 @@ def test_topk_accuracy_hand_made():
 
 def test_unlabelled_training_images_do_not_vote():
     import numpy as np
-    from fastssl.knn import knn_eval
+    from fastssl.eval.knn import knn_eval
     from pipelines.datasets import UNLABELLED, ArrayDataset
 
     rng = np.random.default_rng(0)

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 import pipelines
-from fastssl import linear, train
+from fastssl import train
+from fastssl.eval import linear
 from fastssl import checkpoint as ckpt
-from fastssl.experiment import load_plan, main
+from fastssl.eval.experiment import load_plan, main
 from pipelines import datasets
 
 # A 4-class image folder cut from the CIFAR-10 sample keeps every step (train, kNN, probe) tiny.

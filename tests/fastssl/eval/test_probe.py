@@ -4,8 +4,8 @@ import math
 
 import torch
 
-from fastssl.knn import topk_accuracy
-from fastssl.probe import linear_protocol, predict, standardize, train_linear
+from fastssl.eval.knn import topk_accuracy
+from fastssl.eval.probe import linear_protocol, predict, standardize, train_linear
 
 
 def clusters(n, d, c, seed, spread=1.0):

@@ -1,6 +1,6 @@
 """PNG line plots for evaluation outputs (matplotlib, Agg canvas, no display needed).
 
-    from fastssl.plots import figure
+    from fastssl.eval.plots import figure
     figure("curves.png", [{"title": "linear classifier", "xlabel": "epoch", "ylabel": "top-1 (%)",
                            "series": [{"label": "test", "x": [1, 2], "y": [40.0, 45.0]}]}])
 

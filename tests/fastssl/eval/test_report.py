@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from fastssl import experiment, linear, report, supervised
+from fastssl import supervised
+from fastssl.eval import experiment, linear, report
 from pipelines import datasets
 
 CPU = ["--device", "cpu", "--no-progress"]

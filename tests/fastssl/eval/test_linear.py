@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastssl import linear
-from fastssl.linear import IMAGENET_URL, dataset_label, main, validation_indices
+from fastssl.eval import linear
+from fastssl.eval.linear import IMAGENET_URL, dataset_label, main, validation_indices
 from pipelines import datasets
 
 FAST = ["--dataset", "imagefolder", "--epochs", "4", "--batch-size", "16", "--lrs", "0.1,1", "--wds", "0,1e-4",

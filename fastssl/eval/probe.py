@@ -1,6 +1,6 @@
 """Linear classifier on frozen, cached features: the library half of the linear protocol.
 
-    from fastssl.probe import linear_protocol
+    from fastssl.eval.probe import linear_protocol
     result = linear_protocol(train_f, train_y, test_f, test_y, num_classes=100)
     result["test"]          # {"top1": ..., "top5": ...}, measured once, at the last epoch
 

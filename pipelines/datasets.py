@@ -6,6 +6,7 @@
     data = datasets.load("cifar100", "train", subset=5000)        # first 50 images of each class
     data = datasets.load("imagefolder", "train", data_dir="photos", image_size=64)
     train_idx, val_idx = datasets.stratified_split(data.labels, 0.1, seed=0)
+    parts = datasets.load_split("cifar10", "80/10/10", seed=0)    # 60,000 pooled -> 48,000 / 6,000 / 6,000
 
 Data is found in `data_dir`, else `$FASTSSL_DATA`, else DEFAULT_ROOT; for CIFAR that directory may
 be the parent of `cifar-10-batches-py/` (`cifar-100-python/`) or that folder itself. When the folder
@@ -225,6 +226,80 @@ def stratified_split(labels, fraction, seed=0):
     val = np.sort(np.concatenate(val)).astype(np.int64)
     train = np.setdiff1d(np.arange(len(labels), dtype=np.int64), val, assume_unique=True)
     return train, val
+
+
+OFFICIAL = "official"  # the dataset's own train/test split
+
+
+def parse_split(text) -> tuple[float, float, float] | None:
+    """`--split` text -> (train, val, test) percentages, or None for "official".
+    "80/10/10": three positive numbers separated by '/', summing to 100."""
+    if text == OFFICIAL:
+        return None
+    parts = str(text).split("/")
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(parts) != 3 or len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
+        raise DataError(f"--split: expected 'official' or three positive train/val/test percentages like 80/10/10, got {text!r}")
+    if abs(sum(values) - 100) > 1e-6:
+        raise DataError(f"--split: the percentages must add up to 100, got {text!r} (sum {sum(values):g})")
+    return values
+
+
+def split_three(labels, percents, seed=0):
+    """Stratified, seeded train/val/test split: (train_idx, val_idx, test_idx), disjoint sorted int64
+    arrays covering all of `labels`. Each class of n images gives round(p_test% n) to test and
+    round(p_val% n) to validation (drawn with numpy's default_rng(seed)), the rest to train: a pure
+    function of (labels, percents, seed). Every class must keep at least one training image."""
+    labels = np.asarray(labels)
+    _, p_val, p_test = (float(p) / 100 for p in percents)
+    rng = np.random.default_rng(seed)
+    val, test = [], []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        k_test, k_val = (int(np.floor(p * len(members) + 0.5)) for p in (p_test, p_val))
+        if k_test + k_val >= len(members):
+            raise DataError(f"class {c} has {len(members)} images: too few for a {percents} split")
+        test.append(members[:k_test])
+        val.append(members[k_test:k_test + k_val])
+    val, test = (np.sort(np.concatenate(v)).astype(np.int64) for v in (val, test))
+    if not len(val) or not len(test):
+        raise DataError(f"the {percents} split leaves the validation or test part empty ({len(labels)} images)")
+    train = np.setdiff1d(np.arange(len(labels), dtype=np.int64), np.concatenate([val, test]))
+    return train, val, test
+
+
+def pooled(name, data_dir=None, download=True) -> ArrayDataset:
+    """Every labelled image of dataset `name`: its train split followed by its test split (an image
+    folder without train/ and test/ subfolders is one pool already). Normalised with the train
+    split's statistics, as the official split is."""
+    if name == "cifar10+cifar100":
+        raise DataError("a train/val/test split needs labels for every image; cifar10+cifar100 has unlabelled ones")
+    train = load(name, "train", data_dir, download=download)
+    if name == "imagefolder" and not os.path.isdir(os.path.join(_root(data_dir), "train")):
+        return train
+    test = load(name, "test", data_dir, download=download)
+    return ArrayDataset(np.concatenate([train.images, test.images]), np.concatenate([train.labels, test.labels]),
+                        train.classes, train.name, train.mean, train.std)
+
+
+def take(data, idx) -> ArrayDataset:
+    """The images `idx` of `data`, as an ArrayDataset with its classes and statistics."""
+    return ArrayDataset(data.images[idx], data.labels[idx], data.classes, data.name, data.mean, data.std)
+
+
+def load_split(name, split, data_dir=None, seed=0, download=True) -> dict:
+    """{"train", "val", "test"} ArrayDatasets of `split` ("80/10/10", stratified over the pooled
+    labelled images, seeded by `seed`), or {"train", "test"} (val None) for "official"."""
+    percents = parse_split(split)
+    if percents is None:
+        return {"train": load(name, "train", data_dir, download=download), "val": None,
+                "test": load(name, "test", data_dir, download=download)}
+    pool = pooled(name, data_dir, download)
+    parts = split_three(pool.labels, percents, seed)
+    return {part: take(pool, idx) for part, idx in zip(("train", "val", "test"), parts)}
 
 
 def channel_stats(images):

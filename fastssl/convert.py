@@ -4,7 +4,10 @@
     python -m fastssl.convert --dataset cifar10 --data-dir DIR --to ffcv --out data/cifar10_train.beton
     # a folder of class subfolders -> DALI shards (JPEG, decoded by nvJPEG at load time), manifest inside
     python -m fastssl.convert --dataset imagefolder --data-dir photos/ --to dali --out data/photos_dali
-    # ... photos of different sizes: shorter side to 128 px, centre 128x128 crop
+    # ... each photo at its own size (JPEG, longer side at most 512 px), streamed: decoded one at a time
+    python -m fastssl.convert --dataset imagefolder --data-dir photos/ --max-resolution 512 --to ffcv --out data/photos_train.beton
+    python -m fastssl.convert --dataset imagefolder --data-dir photos/ --split test --max-resolution 512 --to ffcv --out data/photos_test.beton
+    # ... or all resized to one size: shorter side to 128 px, centre 128x128 crop (held in memory)
     python -m fastssl.convert --dataset imagefolder --data-dir photos/ --image-size 128 --to dali --out data/photos_dali
     # the test split, replacing an earlier conversion, JPEG quality 95, longer side at most 256 px
     python -m fastssl.convert --dataset cifar10 --data-dir DIR --split test --to dali --out data/c10_test \\
@@ -12,13 +15,18 @@
 
 The output is written next to its final path, read back with the library's own reader (count,
 labels, pixels of a sample), and only then moved into place; an existing output is kept unless
---force. Needs the extra of the chosen library: `pip install -e .[ffcv]` or `pip install -e .[dali]`.
+--force. The manifest (JSON) records count, classes, a checksum of the labels, split, image-size
+policy, per-channel mean/std of the split, sha256 of every file and its format version;
+`--dataset PATH` of pretrain, knn, linear and supervised reads the output through it.
+An image folder kept at its own sizes is read twice (mean/std, then writing), one image at a time.
+Needs the extra of the chosen library: `pip install -e .[ffcv]` or `pip install -e .[dali]`.
 """
+import os
 import sys
 from dataclasses import dataclass, field
 
+from pipelines import DataError, datasets, imagefiles
 from pipelines import convert as converter
-from pipelines import datasets
 
 from .config import cli, parse
 
@@ -53,14 +61,25 @@ class ConvertConfig:
 @cli
 def main(argv=None):
     cfg = parse(ConvertConfig, argv, description=__doc__)
-    data = datasets.load(cfg.dataset, cfg.split, cfg.data_dir, image_size=cfg.image_size)
-    height, width = data.images.shape[1:3]
-    encoding = cfg.encoding or ("raw" if max(height, width) <= 32 else "jpg")
     source = {"dataset": cfg.dataset, "split": cfg.split, "data_dir": cfg.data_dir, "image_size": cfg.image_size}
+    if cfg.dataset == "imagefolder" and cfg.image_size is None:  # each image at its own size, streamed
+        if cfg.encoding == "raw":
+            raise DataError("images kept at their own sizes are stored as JPEG: drop --encoding raw, or pass "
+                            "--image-size to resize them all to one size")
+        root = cfg.data_dir or os.environ.get("FASTSSL_DATA")
+        if not root:
+            raise DataError("imagefolder needs a folder: pass --data-dir (or set $FASTSSL_DATA)")
+        data = imagefiles.scan(root, cfg.split, cfg.max_resolution)
+        opts, size, encoding = {}, f"own sizes, longer side <= {cfg.max_resolution or 'any'}", "jpg"
+    else:
+        data = datasets.load(cfg.dataset, cfg.split, cfg.data_dir, image_size=cfg.image_size)
+        height, width = data.images.shape[1:3]
+        encoding = cfg.encoding or ("raw" if max(height, width) <= 32 else "jpg")
+        opts, size = {"encoding": encoding, "max_resolution": cfg.max_resolution}, f"{height}x{width}"
     m = converter.convert(data, cfg.to, cfg.out, force=cfg.force, workers=cfg.workers or None, source=source,
-                          encoding=encoding, quality=cfg.quality, max_resolution=cfg.max_resolution)
+                          quality=cfg.quality, **opts)
     check = "exact" if m["verified"].get("psnr_db") is None else f"{m['verified']['psnr_db']:.1f} dB PSNR"
-    print(f"wrote {m['count']} images ({len(m['classes'])} classes, {height}x{width}, {encoding}) to {m['path']} "
+    print(f"wrote {m['count']} images ({len(m['classes'])} classes, {size}, {encoding}) to {m['path']} "
           f"with {m['library']} {m['library_version']} in {m['seconds']:.1f} s; read back {m['verified']['checked']} "
           f"samples ({check}); manifest {m['manifest']}")
     return 0

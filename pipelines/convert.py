@@ -22,12 +22,16 @@ import re
 import shutil
 import time
 
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from .errors import DataError
+from .imagefiles import ImageFiles
 
 WRITERS = {"ffcv": "pipelines.ffcv_format", "dali": "pipelines.dali_format"}
+# 2: split, labels_sha256, mean/std and the image-size policy are recorded (sources.py needs them).
+MANIFEST_VERSION = 2
 LIBRARIES = {"ffcv": "ffcv", "dali": "nvidia-dali"}
 MANIFEST = "manifest.json"
 
@@ -105,10 +109,25 @@ def _publish(tmp, out):
     _remove(aside)
 
 
+def image_policy(data, opts) -> dict:
+    """How the stored images relate to their sources: one size for all (an ArrayDataset, possibly
+    shrunk by max_resolution) or each its own (an ImageFiles folder, longer side capped)."""
+    if isinstance(data, ImageFiles):
+        sizes = data.sizes
+        return {"image_policy": {"sizes": "own", "max_resolution": data.max_resolution,
+                                 "max_shape": [int(sizes[:, 0].max()), int(sizes[:, 1].max())],
+                                 "min_side": int(sizes.min())}}
+    height, width = data.images.shape[1:3]
+    return {"image_shape": [int(height), int(width), 3],  # of the source; max_resolution may shrink it
+            "image_policy": {"sizes": "fixed", "max_resolution": opts.get("max_resolution")}}
+
+
 def convert(data, to: str, out, *, force=False, workers=None, n_check=1000, source=None, progress=True,
             **opts) -> dict:
     """Write `data` (datasets.ArrayDataset) as `to` ("ffcv" | "dali") at `out`; return the manifest dict.
 
+    data may also be an imagefiles.ImageFiles (a folder, each image at its own size, stored as JPEG;
+    its mean/std/sizes are measured here first when missing).
     opts go to the writer (encoding="raw"|"jpg", quality, max_resolution; dali: shard_size).
     source: where the data came from, recorded in the manifest (e.g. {"dataset", "split", "data_dir"}).
     n_check: samples compared pixel by pixel after writing. progress: rich bar on stderr.
@@ -144,6 +163,10 @@ def convert(data, to: str, out, *, force=False, workers=None, n_check=1000, sour
     try:
         _remove(tmp), _remove(tmp_meta)  # leftovers of a killed run with a recycled pid
         with bar:
+            if isinstance(data, ImageFiles) and data.mean is None:
+                task = bar.add_task("measuring mean/std", total=n)
+                data.measure(workers, on_progress=lambda k: bar.advance(task, k))
+                bar.remove_task(task)
             task = bar.add_task(f"writing {to}", total=n)
             kwargs = dict(opts, workers=workers)
             if "on_progress" in accepted:
@@ -157,13 +180,16 @@ def convert(data, to: str, out, *, force=False, workers=None, n_check=1000, sour
             for rel in files:
                 checksums[rel or os.path.basename(out)] = sha256(os.path.join(tmp, rel) if rel else tmp)
                 bar.advance(task)
-        height, width = data.images.shape[1:3]
+        labels = np.asarray(data.labels, "<i8")
         manifest = {
-            "format": to, "library": LIBRARIES[to], "library_version": version,
+            "manifest_version": MANIFEST_VERSION, "format": to, "library": LIBRARIES[to], "library_version": version,
             "count": n, "classes": [str(c) for c in getattr(data, "classes", [])],
             "name": str(getattr(data, "name", "")), "source": source or {},
-            "image_shape": [int(height), int(width), 3],  # of the source; max_resolution may shrink it
-            "encoding": opts.get("encoding", "raw"),
+            "split": str((source or {}).get("split") or getattr(data, "split", "train")),
+            "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest(),  # of the int64 little-endian labels
+            "mean": [float(v) for v in data.mean], "std": [float(v) for v in data.std],
+            **image_policy(data, opts),
+            "encoding": "jpg" if isinstance(data, ImageFiles) else opts.get("encoding", "raw"),
             "options": {k: v for k, v in opts.items() if isinstance(v, (int, float, str, type(None)))},
             "verified": {k: (None if v == float("inf") else v) for k, v in report.items() if k != "path"},
             "sha256": checksums, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

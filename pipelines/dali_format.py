@@ -35,6 +35,7 @@ import numpy as np
 
 from .datasets import psnr
 from .errors import DataError
+from .imagefiles import ImageFiles, compare
 
 EXTRA = "dali"
 FORMAT = "fastssl-dali-webdataset"
@@ -126,15 +127,29 @@ def _encode(image, encoding, quality):
     return buf.getvalue()
 
 
+class _Lazy:
+    """Images first..first+count-1 of an ImageFiles, decoded when indexed (one shard's worth)."""
+
+    def __init__(self, files, first, count):
+        self.files, self.first, self.count = files, first, count
+
+    def __getitem__(self, i):
+        return self.files.image(self.first + i)
+
+
 def _write_shard(out_dir, shard, images, labels, first, key_width, encoding, quality, shape):
-    """Write shard-NNNNN.tar + .idx for samples first..first+len-1; returns its format.json entry."""
+    """Write shard-NNNNN.tar + .idx for samples first..first+len-1; returns its format.json entry.
+    shape None: every image keeps its own size (images is then a _Lazy)."""
     ext = IMAGE_EXT[encoding]
-    images = resize(images, shape)
-    chunks, lines, pos = [], [], 0
+    if shape is not None:
+        images = resize(images, shape)
+    chunks, lines, pos, side = [], [], 0, [0, 0]
     for i in range(len(labels)):
         key = f"{first + i:0{key_width}d}"
         parts = []
-        for e, payload in ((ext, _encode(images[i], encoding, quality)), ("cls", labels[i].tobytes())):
+        image = images[i]
+        side = [max(side[0], image.shape[0]), max(side[1], image.shape[1])]
+        for e, payload in ((ext, _encode(image, encoding, quality)), ("cls", labels[i].tobytes())):
             name = f"{key}.{e}"
             pad = -len(payload) % _BLOCK
             chunks += [_tar_header(name, len(payload)), payload, bytes(pad)]
@@ -149,7 +164,7 @@ def _write_shard(out_dir, shard, images, labels, first, key_width, encoding, qua
     with open(os.path.join(out_dir, idx), "w") as f:
         f.write(f"v1.2 {len(labels)}\n" + "\n".join(lines) + "\n")
     return {"tar": tar, "index": idx, "first": int(first), "count": len(labels), "bytes": len(blob),
-            "sha256": hashlib.sha256(blob).hexdigest()}
+            "sha256": hashlib.sha256(blob).hexdigest(), "max_shape": side}
 
 
 def write(data, out_dir, *, encoding="raw", quality=90, shard_size=1000, max_resolution=None, workers=None,
@@ -164,7 +179,12 @@ def write(data, out_dir, *, encoding="raw", quality=90, shard_size=1000, max_res
     `pipelines.convert.convert` publishes atomically and verifies. Returns out_dir.
     """
     require()
-    images, labels = _check_data(data)
+    variable = isinstance(data, ImageFiles)  # each image at its own size, decoded one by one, JPEG
+    if variable:
+        labels, encoding = np.asarray(data.labels).astype("<i8"), "jpg"
+        images = None
+    else:
+        images, labels = _check_data(data)
     if encoding not in ENCODINGS:
         raise DataError(f"unknown DALI encoding {encoding!r}; choose from {', '.join(ENCODINGS)}")
     if not 1 <= int(quality) <= 100:
@@ -176,22 +196,31 @@ def write(data, out_dir, *, encoding="raw", quality=90, shard_size=1000, max_res
     out_dir = os.fspath(out_dir)
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise DataError(f"{out_dir} already exists and is not an empty directory")
-    n, height, width = images.shape[:3]
-    shape = resized_shape(height, width, None if max_resolution is None else int(max_resolution))
+    if variable:
+        n, shape = len(labels), None
+    else:
+        n, height, width = images.shape[:3]
+        shape = resized_shape(height, width, None if max_resolution is None else int(max_resolution))
     key_width = max(8, len(str(n - 1)))
     starts = list(range(0, n, int(shard_size)))
     created = not os.path.exists(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     try:
         with ThreadPoolExecutor(max(1, int(workers or os.cpu_count() or 1))) as pool:
-            jobs = [pool.submit(_write_shard, out_dir, s, images[a:a + int(shard_size)], labels[a:a + int(shard_size)],
-                                a, key_width, encoding, int(quality), shape) for s, a in enumerate(starts)]
+            size = int(shard_size)
+            jobs = [pool.submit(_write_shard, out_dir, s, _Lazy(data, a, size) if variable else images[a:a + size],
+                                labels[a:a + size], a, key_width, encoding, int(quality), shape)
+                    for s, a in enumerate(starts)]
             shards = []
             for job in jobs:  # in order, so progress is monotone and errors surface early
                 shards.append(job.result())
                 if on_progress is not None:
                     on_progress(shards[-1]["count"])
+        sides = np.array([s.pop("max_shape") for s in shards])
+        if variable:  # height, width: the largest stored sides (each image keeps its own)
+            shape = (int(sides[:, 0].max()), int(sides[:, 1].max()))
         info = {"format": FORMAT, "version": FORMAT_VERSION, "count": int(n), "height": shape[0], "width": shape[1],
+                "variable_size": variable,
                 "channels": 3, "encoding": encoding, "quality": int(quality) if encoding == "jpg" else None,
                 "classes": [str(c) for c in getattr(data, "classes", [])], "name": str(getattr(data, "name", "")),
                 "key_width": key_width, "shards": shards}
@@ -376,7 +405,8 @@ def _run_reader(out_dir, tars, idxs, indices, info, batch_size, workers):
         key = fn.get_property(encoded, key="source_info")  # "<tar>:<offset>:<member name>"
         return decode(encoded, info["encoding"], info["height"], info["width"]), labels, key
 
-    images = np.empty((n, info["height"], info["width"], 3), np.uint8)
+    variable = info.get("variable_size", False)  # then a list of (h, w, 3) arrays, one per sample
+    images = [None] * n if variable else np.empty((n, info["height"], info["width"], 3), np.uint8)
     labels = np.empty(n, np.int64)
     width, ext = info["key_width"], IMAGE_EXT[info["encoding"]]
     try:
@@ -389,7 +419,8 @@ def _run_reader(out_dir, tars, idxs, indices, info, batch_size, workers):
                 name = bytes(np.asarray(key[j])).decode().rsplit(":", 1)[-1]
                 if name != f"{indices[start + j]:0{width}d}.{ext}":  # DALI must read in index order
                     raise DataError(f"{out_dir}: reader returned {name} at position {start + j}")
-            images[start:start + take] = np.stack([np.asarray(im[j]) for j in range(take)])
+            decoded = [np.array(im[j]) for j in range(take)]
+            images[start:start + take] = decoded if variable else np.stack(decoded)
             labels[start:start + take] = np.asarray(lb.as_tensor()).reshape(-1)[:take]
     except RuntimeError as e:  # DALI reports unreadable data (bad JPEG, bad index) as RuntimeError
         raise DataError(f"{out_dir}: DALI could not read it ({str(e).strip().splitlines()[0]})") from None
@@ -408,6 +439,8 @@ def verify(out_dir, data, n_check=1000, seed=0) -> dict:
     the first and the last. Raw must match bit for bit; JPEG must reach MIN_JPG_PSNR dB against the
     data (resized the writer's way when max_resolution shrank it). Returns a small report dict.
     """
+    if isinstance(data, ImageFiles):
+        return _verify_files(out_dir, data, n_check, seed)
     images, labels = _check_data(data)
     info = check(out_dir, deep=True)
     out_dir = os.fspath(out_dir)
@@ -428,3 +461,31 @@ def verify(out_dir, data, n_check=1000, seed=0) -> dict:
     if value < MIN_JPG_PSNR:
         raise DataError(f"{out_dir}: pixels too far from the data ({value:.1f} dB PSNR < {MIN_JPG_PSNR})")
     return {"path": out_dir, "count": n, "checked": len(pick), "psnr_db": value, "encoding": info["encoding"]}
+
+
+def _verify_files(out_dir, files, n_check, seed):
+    """Read-back check of an image folder written at its own sizes: deep structure check, every
+    label, then a random sample decoded by DALI and compared with the source images."""
+    info = check(out_dir, deep=True)
+    out_dir = os.fspath(out_dir)
+    n = len(files)
+    if info["count"] != n:
+        raise DataError(f"{out_dir}: holds {info['count']} samples, the folder has {n}")
+    if not np.array_equal(labels(out_dir, info), files.labels):
+        raise DataError(f"{out_dir}: labels differ from the folder's")
+    pick = np.unique(np.concatenate([np.random.default_rng(seed).choice(n, min(int(n_check), n), replace=False),
+                                     [0, n - 1]]))
+    images, _ = read(out_dir, pick)
+    value = compare(out_dir, files, pick, images, MIN_JPG_PSNR)
+    return {"path": out_dir, "count": n, "checked": len(pick), "psnr_db": value, "encoding": info["encoding"]}
+
+
+def labels(out_dir, info) -> np.ndarray:
+    """Every sample's label, (N,) int64, read from the shards' .cls members (8 bytes each) at the
+    offsets their indexes give; no image is decoded. `info`: check(out_dir)'s result."""
+    out = []
+    for shard in info["shards"]:
+        offsets, _ = _parse_index(os.path.join(os.fspath(out_dir), shard["index"]), shard, info)
+        mm = np.memmap(os.path.join(os.fspath(out_dir), shard["tar"]), np.uint8, mode="r")
+        out.append(mm[offsets[:, 1, None] + np.arange(8)].copy().view("<i8").reshape(-1))
+    return np.concatenate(out).astype(np.int64)

@@ -26,6 +26,7 @@ import numpy as np
 
 from .datasets import psnr
 from .errors import DataError
+from .imagefiles import ImageFiles, compare
 
 EXTRA = "ffcv"
 ENCODINGS = ("raw", "jpg")
@@ -111,7 +112,10 @@ def write(data, out_path, *, encoding="raw", quality=90, max_resolution=None, wo
     accepted but FFCV's own bar is not shown, as its stderr is captured for that purpose.
     """
     require()
-    images, labels = _check_data(data)
+    if isinstance(data, ImageFiles):  # each image at its own size: decoded one by one, stored as JPEG
+        samples, encoding = data, "jpg"
+    else:
+        samples = _Samples(*_check_data(data))
     if encoding not in ENCODINGS:
         raise DataError(f"unknown .beton encoding {encoding!r}; choose from {', '.join(ENCODINGS)}")
     if not 1 <= int(quality) <= 100:
@@ -127,7 +131,7 @@ def write(data, out_path, *, encoding="raw", quality=90, max_resolution=None, wo
               "label": IntField()}
     tmp = f"{out_path}.tmp-{os.getpid()}"
     try:
-        _write_bounded(tmp, fields, _Samples(images, labels), workers or os.cpu_count(), out_path)
+        _write_bounded(tmp, fields, samples, workers or os.cpu_count(), out_path)
         check_file(tmp)  # never publish a file that FFCV itself cannot open
         os.replace(tmp, out_path)
     finally:
@@ -315,6 +319,8 @@ def verify(path, data, n_check=1000, seed=0) -> dict:
     Raw files must match bit for bit; JPEG (or resized) files must reach MIN_JPG_PSNR dB against
     the data (resized with OpenCV INTER_AREA, as FFCV's writer does). Returns a small report dict.
     """
+    if isinstance(data, ImageFiles):
+        return _verify_files(path, data, n_check, seed)
     images, labels = _check_data(data)
     info = check_file(path)
     path = os.fspath(path)
@@ -340,3 +346,50 @@ def verify(path, data, n_check=1000, seed=0) -> dict:
     if value < MIN_JPG_PSNR:
         raise DataError(f"{path}: pixels too far from the data ({value:.1f} dB PSNR < {MIN_JPG_PSNR})")
     return {"path": path, "count": n, "checked": len(pick), "psnr_db": value, "modes": sorted(info["modes"])}
+
+
+def _reader(path):
+    with contextlib.redirect_stdout(io.StringIO()):
+        return Reader(os.fspath(path))
+
+
+def labels(path) -> np.ndarray:
+    """Every sample's label, (N,) int64, straight from the file's metadata (IntField keeps its value
+    there), without decoding any image. Run check_file first."""
+    reader = _reader(path)
+    return np.asarray(reader.metadata[f"f{list(reader.handlers).index('label')}"], np.int64).reshape(-1)
+
+
+def encoded(path, indices) -> list:
+    """The stored JPEG bytes of samples `indices` (check_file first; jpg samples only)."""
+    reader = _reader(path)
+    meta = reader.metadata[f"f{list(reader.handlers).index('image')}"]
+    table = reader.alloc_table
+    sizes = dict(zip(table["ptr"].tolist(), table["size"].tolist()))
+    mm = np.memmap(os.fspath(path), np.uint8, mode="r")
+    out = []
+    for i in indices:
+        ptr = int(meta["data_ptr"][i])
+        out.append(bytes(mm[ptr:ptr + sizes[ptr]]))
+    return out
+
+
+def _verify_files(path, files, n_check, seed):
+    """Read-back check of an image folder written at its own sizes: count and every label from the
+    file's metadata, then the JPEG bytes of a random sample decoded and compared with the source."""
+    info = check_file(path)
+    path = os.fspath(path)
+    if info["count"] != len(files):
+        raise DataError(f"{path}: holds {info['count']} samples, the folder has {len(files)}")
+    if not np.array_equal(labels(path), files.labels):
+        raise DataError(f"{path}: labels differ from the folder's")
+    n = len(files)
+    pick = np.unique(np.concatenate([np.random.default_rng(seed).choice(n, min(n_check, n), replace=False), [0, n - 1]]))
+    value = compare(path, files, pick, [_decode(b) for b in encoded(path, pick)], MIN_JPG_PSNR)
+    return {"path": path, "count": n, "checked": len(pick), "psnr_db": value, "modes": sorted(info["modes"])}
+
+
+def _decode(blob):
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"))

@@ -17,6 +17,9 @@
     # the other families on the same backbone: a (denoising) autoencoder and Deep InfoMax
     python -m fastssl.pretrain --dataset cifar10 --data-dir data --method autoencoder --ae-noise 0.5 --out runs/ae
     python -m fastssl.pretrain --dataset cifar10 --data-dir data --method dim --dim-estimator infonce --out runs/dim
+    # 80/10/10 of the 60,000 pooled CIFAR-10 images: pretrain on the 48,000 train images (no labels),
+    # kNN monitor on the 6,000 validation images, the 6,000 test images scored once at the end
+    python -m fastssl.pretrain --dataset cifar10 --data-dir data --split 80/10/10 --out runs/simclr_split
     # settings from a file, flags override it
     python -m fastssl.pretrain --config simclr.toml --temperature 0.5
 
@@ -30,6 +33,7 @@ import pipelines
 from pipelines import datasets
 
 from .config import cli, parse
+from .eval.setup import check_split, split_field, split_seed_field
 from .methods import METHODS
 from .models import BACKBONES
 from .step import COMPILE_MODES
@@ -41,6 +45,8 @@ class PretrainConfig:
     dataset: str = field(default="cifar10", metadata={"help": "training data; cifar10-sample is a 2,000-image CIFAR-10 sample shipped with fastssl", "choices": list(datasets.DATASETS)})
     data_dir: str | None = field(default=None, metadata={"help": "where the dataset lives (else $FASTSSL_DATA)"})
     subset: int | None = field(default=None, metadata={"help": "use only the first N training images, class-balanced"})
+    split: str = split_field()  # a train/val/test split: pretrain on its train part, monitor its validation part
+    split_seed: int = split_seed_field()
     pipeline: str = field(default="gpu", metadata={"help": "data pipeline", "choices": list(pipelines.PIPELINES)})
     workers: int | None = field(default=None, metadata={"help": "loader worker processes/threads (torchvision, dali, ffcv)"})
     # method and model
@@ -115,6 +121,7 @@ class PretrainConfig:
             raise ValueError("--workers must be >= 0")
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite contradict each other")
+        check_split(self)
 
 
 @cli

@@ -21,8 +21,6 @@ from dataclasses import asdict, field, fields, make_dataclass
 
 import torch
 
-from pipelines import datasets
-
 from . import checkpoint as ckpt
 from .config import cli, from_dict, parse
 from .pretrain import PretrainConfig
@@ -57,17 +55,18 @@ SupervisedConfig.__module__ = __name__
 
 @torch.no_grad()
 def test_accuracy(cfg, out: str, device) -> dict:
-    """Top-1/top-5 (%) of the last checkpoint's backbone + classifier on the test split."""
-    from .eval.features import extract
+    """Top-1/top-5 (%) of the last checkpoint's backbone + classifier on the test split (or the test
+    part of cfg.split)."""
     from .eval.knn import topk_accuracy
+    from .eval.setup import features, load_data, on_device
     from .methods import METHODS
 
-    test = datasets.load(cfg.dataset, "test", cfg.data_dir)
+    test = load_data(cfg.dataset, cfg.data_dir, cfg.split, cfg.split_seed).test
     state = ckpt.load(os.path.join(out, "last.pt"))
     method = METHODS["supervised"](cfg, len(test.classes))
     method.load_state_dict(state["model"])
-    method = method.to(device).eval()
-    feats, labels = extract(method.backbone.to(memory_format=torch.channels_last), test, device)
+    method = on_device(method, device).eval()
+    feats, labels = features(method.backbone, {"test": test}, device)["test"]
     return {**topk_accuracy(method.classifier(feats), labels), "test_images": len(labels), "epoch": state["epoch"]}
 
 
@@ -86,7 +85,7 @@ def run(cfg, argv=(), command="fastssl.supervised") -> dict:
     images = f", {cfg.subset:,} images" if cfg.subset else ""
     summary = {**result, "protocol": "supervised", "test_top1": acc["top1"], "test_top5": acc["top5"],
                "data": {"dataset": cfg.dataset, **data, "train_images": saved.get("train_images"),
-                        "test_images": acc["test_images"]},
+                        "test_images": acc["test_images"], "split": cfg.split},
                "backbone": {"kind": "supervised", "label": f"supervised from scratch ({data['label']}{images}, {cfg.epochs} ep)",
                             "seed": cfg.seed, "source": os.path.abspath(out)},
                "evaluated_epoch": acc["epoch"]}

@@ -22,6 +22,7 @@ from pipelines import datasets
 from . import checkpoint as ckpt
 from .config import ConfigError, from_dict, parse
 from .eval.knn import knn_eval
+from .eval.setup import load_data
 from .lock import RunLock, clear_run_dir, has_content
 from .methods import METHODS
 from .optim import base_lr, build_optimizer, warmup_cosine
@@ -135,14 +136,16 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
 
     # Data first: a bad dataset must fail before anything in --out is touched.
     method_cls = METHODS[cfg.method]
-    train_data = datasets.load(cfg.dataset, "train", cfg.data_dir, subset=cfg.subset, seed=cfg.seed)
-    test_data = monitor = None
+    # test "optional": e.g. an image folder without a test split gives only the validation score
+    parts = load_data(cfg.dataset, cfg.data_dir, cfg.split, cfg.split_seed, subset=cfg.subset, seed=cfg.seed,
+                      test="optional" if cfg.knn_every else "skip")
+    train_data, test_data, monitor, bank = parts.train, parts.test, None, parts.train
     if cfg.knn_every:
-        monitor = monitor_split(train_data, cfg.knn_val_fraction, cfg.seed)
-        try:
-            test_data = datasets.load(cfg.dataset, "test", cfg.data_dir)
-        except pipelines.DataError:
-            test_data = None  # e.g. an image folder without a test split: only the validation score
+        if parts.val is None:
+            monitor = monitor_split(train_data, cfg.knn_val_fraction, cfg.seed)
+        else:  # a train/val/test split: its validation part; the final test score's bank is
+            monitor = (train_data, parts.val)  # train + validation, as for fastssl.knn
+            bank, _ = parts.labelled()
     extra = {"workers": cfg.workers} if cfg.workers is not None and cfg.pipeline != "gpu" else {}
     loader = pipelines.build(cfg.pipeline, train_data, batch_size=cfg.batch_size // world, device=device,
                              seed=cfg.seed, recipe=method_cls.recipe, rank=rank, world_size=world, **extra)
@@ -203,7 +206,7 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
             info = {"config": asdict(cfg), "command": ["python", "-m", command, *argv],
                     "environment": environment(), "world_size": world, "steps_per_epoch": steps_per_epoch,
                     "lr_used": lr, "bf16": use_bf16, "compile": use_compile, "device": str(device),
-                    "train_images": len(train_data.labels), "dataset_name": train_data.name,
+                    "train_images": len(train_data.labels), "dataset_name": train_data.name, "split": parts.info(),
                     # the augmentation as this pipeline computes it (pipelines.recipes.name)
                     "recipe": getattr(loader, "recipe_name", method_cls.recipe)}
             ckpt.atomic_write_text(os.path.join(out, "config.json"), json.dumps(info, indent=2))
@@ -305,7 +308,7 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
                 note = f"epoch {epoch + 1}: kNN top-1 {val['top1']:.2f}% (validation)"
                 if last_epoch and test_data is not None:
                     # The test split is scored once, for the final network, and never selects anything.
-                    test = knn_eval(method.backbone, train_data, test_data, device, cfg.knn_k, cfg.knn_t,
+                    test = knn_eval(method.backbone, bank, test_data, device, cfg.knn_k, cfg.knn_t,
                                     precision=precision)
                     summary.update({"knn_top1": test["top1"], "knn_top5": test["top5"]})
                     note += f", {test['top1']:.2f}% (test)"
@@ -335,7 +338,8 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
               "final_loss": history[-1]["epoch_loss"] if history else None,
               "img_per_s": (sum(h["epoch_img_per_s"] for h in history) / len(history)) if history else None,
               "knn_top1": knn["knn_top1"] if knn else None, "knn_top5": knn["knn_top5"] if knn else None,
-              "val_knn_top1": val["val_knn_top1"] if val else None, "val_knn_top5": val["val_knn_top5"] if val else None}
+              "val_knn_top1": val["val_knn_top1"] if val else None, "val_knn_top5": val["val_knn_top5"] if val else None,
+              "split": cfg.split}
     if main_rank:
         ckpt.export_backbone(method.backbone, os.path.join(out, "backbone.pt"))
         ckpt.atomic_write_text(os.path.join(out, "summary.json"), json.dumps(result, indent=2))

@@ -2,6 +2,8 @@
 
     python -m fastssl.knn --backbone runs/simclr --dataset cifar10 --data-dir data
     python -m fastssl.knn --backbone runs/simclr/backbone.pt --dataset cifar10-sample --k 200 --t 0.1
+    # a backbone pretrained with --split 80/10/10: the same split's test part (60,000 pooled CIFAR-10 images)
+    python -m fastssl.knn --backbone runs/simclr_split --dataset cifar10 --split 80/10/10
 
 Each test image votes with its k most cosine-similar training images, each weighted by
 exp(similarity / t). The trainer runs the same code as its monitor every few epochs.
@@ -17,6 +19,7 @@ from pipelines import datasets
 
 from ..config import cli, parse
 from .features import extract
+from .setup import check_backbone_split, check_split, on_device, setup, split_field, split_seed_field
 
 
 @torch.no_grad()
@@ -60,6 +63,8 @@ class KNNConfig:
     backbone: str = field(default="", metadata={"help": "run directory, checkpoint, backbone.pt or torchvision state_dict; 'random' for an untrained control"})
     dataset: str = field(default="cifar10", metadata={"help": "labelled dataset", "choices": list(datasets.DATASETS)})
     data_dir: str | None = field(default=None, metadata={"help": "dataset location (else $FASTSSL_DATA)"})
+    split: str = split_field()
+    split_seed: int = split_seed_field()
     k: int = field(default=200, metadata={"help": "neighbours per test image"})
     t: float = field(default=0.1, metadata={"help": "temperature of the similarity weights"})
     batch_size: int = field(default=1024, metadata={"help": "feature-extraction batch size"})
@@ -72,22 +77,22 @@ class KNNConfig:
             raise ValueError("--backbone is required")
         if self.k <= 0 or self.t <= 0 or self.batch_size <= 0:
             raise ValueError("--k, --t and --batch-size must be positive")
+        check_split(self)
 
 
 @cli
 def main(argv=None):
     from ..checkpoint import load_backbone
-    from ..runtime import resolve_device
 
     cfg = parse(KNNConfig, argv, description=__doc__)
-    device = resolve_device(cfg.device)
-    train = datasets.load(cfg.dataset, "train", cfg.data_dir)
-    test = datasets.load(cfg.dataset, "test", cfg.data_dir)
+    check_backbone_split(cfg.backbone, cfg)
+    device, data = setup(cfg)
     torch.manual_seed(cfg.seed)
     backbone, info = load_backbone(cfg.backbone, cfg.stem if cfg.backbone == "random" else None)
-    backbone = backbone.to(device).to(memory_format=torch.channels_last)
-    acc = knn_eval(backbone, train, test, device, cfg.k, cfg.t, cfg.batch_size)
-    print(json.dumps({"backbone": info["source"], "dataset": cfg.dataset, "k": cfg.k, "t": cfg.t, **acc}))
+    bank, _ = data.labelled()  # with a train/val/test split the validation images vote too: nothing is tuned
+    acc = knn_eval(on_device(backbone, device), bank, data.test, device, cfg.k, cfg.t, cfg.batch_size)
+    print(json.dumps({"backbone": info["source"], "dataset": cfg.dataset, "k": cfg.k, "t": cfg.t, **acc,
+                      **data.info()}))
     return 0
 
 

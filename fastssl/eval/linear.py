@@ -9,6 +9,9 @@
     python -m fastssl.linear --backbone resnet18.pth --dataset cifar10 --data-dir data --out runs/linear_tv
     # the untrained control
     python -m fastssl.linear --backbone random --dataset cifar100 --data-dir data --out runs/linear_random
+    # 80/10/10 of the 60,000 pooled CIFAR-10 images: lr x wd tuned on the 6,000 validation images, the
+    # classifier refit on train + validation, the 6,000 test images scored once
+    python -m fastssl.linear --backbone runs/simclr_split --dataset cifar10 --split 80/10/10 --out runs/linear_split
     # seconds on a CPU: the CIFAR-10 sample shipped with fastssl
     python -m fastssl.linear --backbone random --dataset cifar10-sample --epochs 20 --device cpu --out runs/lin_sample
 
@@ -34,6 +37,7 @@ from pipelines import DataError, datasets
 
 from .. import checkpoint as ckpt
 from ..config import ConfigError, cli, parse
+from .setup import check_split, split_field, split_seed_field
 
 # torchvision's ResNet18_Weights.IMAGENET1K_V1 (69.758% ImageNet top-1); the name ends in the
 # first 8 hex digits of its SHA-256, which torch.hub verifies.
@@ -56,7 +60,9 @@ class LinearConfig:
     data_dir: str | None = field(default=None, metadata={"help": "dataset location (else $FASTSSL_DATA)"})
     subset: int | None = field(default=None, metadata={"help": "use only N training images, class-balanced (quick looks, tests)"})
     data_note: str | None = field(default=None, metadata={"help": "note shown after the dataset name in results (default: detected, e.g. 'JPEG-recompressed copy')"})
-    val_fraction: float = field(default=0.1, metadata={"help": "stratified fraction of the training set held out to choose lr and weight decay"})
+    split: str = split_field()
+    split_seed: int = split_seed_field()
+    val_fraction: float = field(default=0.1, metadata={"help": "official split: stratified fraction of the training set held out to choose lr and weight decay (a train/val/test --split uses its validation part)"})
     # features
     resize: int | None = field(default=None, metadata={"help": "upsample images to SxS before the backbone (224 for ImageNet backbones)"})
     normalize: str = field(default="auto", metadata={"help": "pixel normalisation: auto = ImageNet mean/std for ImageNet-trained backbones, else the dataset's", "choices": ["auto", "dataset", "imagenet"]})
@@ -94,6 +100,7 @@ class LinearConfig:
             raise ValueError("--lrs must be > 0 and --wds >= 0")
         if self.weights is not None and self.backbone != "imagenet":
             raise ValueError("--weights is only used with --backbone imagenet")
+        check_split(self)
 
 
 def parse_grid(text: str, name: str) -> list[float]:
@@ -239,30 +246,31 @@ def check_out(out: str, overwrite: bool) -> None:
 
 def evaluate(cfg: LinearConfig, argv=(), command="fastssl.linear") -> dict:
     """Run the protocol as `cfg` says and write --out; returns the summary (also summary.json)."""
-    from .features import extract
     from .knn import knn_predict, topk_accuracy
     from .plots import figure
     from .probe import linear_protocol
+    from .setup import check_backbone_split, features, on_device, setup
     from ..progress import console
-    from ..runtime import environment, resolve_device
+    from ..runtime import environment
 
     check_out(cfg.out, cfg.overwrite)
+    check_backbone_split(cfg.backbone, cfg)
     t0 = time.perf_counter()
-    device = resolve_device(cfg.device)
     lrs, wds = parse_grid(cfg.lrs, "lrs"), parse_grid(cfg.wds, "wds")
-    train = datasets.load(cfg.dataset, "train", cfg.data_dir, subset=cfg.subset, seed=cfg.seed)
-    test = datasets.load(cfg.dataset, "test", cfg.data_dir)
+    device, parts = setup(cfg, subset=cfg.subset)
+    train, val_idx = parts.labelled()  # a train/val/test split: train + its validation part
+    test = parts.test
     backbone, desc = load_eval_backbone(cfg)
     norm = normalization(cfg, desc, train)
     # The pipeline normalises with data.mean/std: hand it the statistics the backbone expects.
     train_n, test_n = (replace(d, mean=tuple(norm["mean"]), std=tuple(norm["std"])) for d in (train, test))
-    backbone = backbone.to(device).to(memory_format=torch.channels_last)
     with console.status("extracting features"):
-        train_f, train_y = extract(backbone, train_n, device, cfg.feature_batch_size, cfg.resize, cfg.precision)
-        test_f, test_y = extract(backbone, test_n, device, cfg.feature_batch_size, cfg.resize, cfg.precision)
+        feats = features(on_device(backbone, device), {"train": train_n, "test": test_n}, device,
+                         cfg.feature_batch_size, cfg.resize, cfg.precision)
+    (train_f, train_y), (test_f, test_y) = feats["train"], feats["test"]
     del backbone
     t_features = time.perf_counter() - t0
-    val_idx = validation_indices(train.labels, cfg.val_fraction, cfg.seed)
+    val_idx = validation_indices(train.labels, cfg.val_fraction, cfg.seed) if val_idx is None else torch.as_tensor(val_idx)
 
     records = []
     from rich.progress import Progress
@@ -282,7 +290,7 @@ def evaluate(cfg: LinearConfig, argv=(), command="fastssl.linear") -> dict:
             "train_images": len(train.labels), "fit_images": len(train.labels) - len(val_idx),
             "val_images": len(val_idx), "test_images": len(test.labels), "classes": len(train.classes),
             "image_size": list(train.images.shape[1:3]), "subset": cfg.subset, "resize": cfg.resize,
-            "normalization": norm}
+            "normalization": norm, "split": cfg.split, "split_seed": parts.info()["split_seed"]}
     summary = {
         "protocol": "linear", "backbone": desc, "data": data,
         "test_top1": result["test"]["top1"], "test_top5": result["test"]["top5"],

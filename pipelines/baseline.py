@@ -9,7 +9,8 @@ float tensor, twice for SimCLR; the default collate stacks a batch, pinned memor
 copy move it to the device, where it is made channels_last. The transforms are the SimCLR CIFAR recipe
 (Chen et al. 2020, appendix B.9) with the parameters of `recipes.SimCLRRecipe`:
 RandomResizedCrop(size, scale, ratio, bilinear) -> RandomHorizontalFlip -> RandomApply(ColorJitter,
-0.8) -> RandomGrayscale(0.2) -> ToTensor -> Normalize. "supervised": RandomCrop(pad 4, reflect) +
+0.8) -> RandomGrayscale(0.2) [-> RandomApply(GaussianBlur(spec.blur_kernel, spec.blur_sigma), 0.5)
+above 32 px] -> ToTensor -> Normalize. "supervised": RandomCrop(pad 4, reflect) +
 flip; "eval": ToTensor + Normalize only, dataset order. This is the reference the other pipelines
 are checked against (recipe "simclr/pil": PIL rounds to 8 bits after the crop and each colour op).
 
@@ -25,7 +26,7 @@ import os
 import torch
 from PIL import Image
 
-from . import recipes
+from . import recipes, sources
 from .batch import Batch, check_per_process
 from .datasets import as_dataset
 from .errors import DataError
@@ -47,12 +48,15 @@ def transform(recipe, spec, mean, std, size):
     # ToTensor + Normalize, ending in a plain tensor (not a tv_tensors.Image) for the default collate
     finish = [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std), T.ToPureTensor()]
     if recipe == "simclr":
+        blur = [T.RandomApply([T.GaussianBlur(spec.blur_kernel, spec.blur_sigma)], p=spec.blur_prob)] \
+            if spec.blur_prob > 0 else []
         return T.Compose([
             T.RandomResizedCrop(spec.size, scale=spec.scale, ratio=spec.ratio,
                                 interpolation=InterpolationMode.BILINEAR, antialias=True),
             T.RandomHorizontalFlip(spec.flip_p),
             T.RandomApply([T.ColorJitter(*spec.jitter)], p=spec.jitter_p),
             T.RandomGrayscale(spec.gray_p),
+            *blur,
             *finish])
     if recipe == "supervised":
         return T.Compose([T.RandomCrop(size, padding=PAD, padding_mode="reflect"), T.RandomHorizontalFlip(spec.flip_p),
@@ -146,6 +150,10 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
         raise DataError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
     if int(batch_size) < 1 or int(world_size) < 1 or not 0 <= int(rank) < int(world_size):
         raise DataError(f"need batch_size >= 1 and 0 <= rank < world_size (got {batch_size}, {rank}, {world_size})")
+    if isinstance(data, sources.ConvertedDataset):
+        raise DataError(f"{data.path}: the torchvision pipeline reads in-memory datasets (an image folder with "
+                        f"--dataset imagefolder --data-dir DIR); a converted dataset streams through "
+                        f"--pipeline {data.format}")
     data = as_dataset(data)
     images, labels = data.images, data.labels
     batch_size, rank, world_size = int(batch_size), int(rank), int(world_size)

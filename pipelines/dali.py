@@ -38,12 +38,14 @@ drop_last, so every rank takes the same number of steps.
 """
 import math
 import os
+import tempfile
 import threading
+from dataclasses import replace
 
 import numpy as np
 import torch
 
-from . import augment, dali_format, recipes
+from . import augment, dali_format, recipes, sources
 from .batch import Batch
 from .datasets import as_dataset, fingerprint
 from .errors import DataError
@@ -109,13 +111,15 @@ class DALILoader:
     """Loader protocol (see batch.py) over a DALI pipeline rebuilt per epoch."""
 
     def __init__(self, source, info, *, batch_size, device, seed, recipe, spec, drop_last, shuffle, rank,
-                 world_size, workers, prefetch, mean, std, ahead):
+                 world_size, workers, prefetch, mean, std, ahead, cropped=False, keep=None):
         self.source, self.info, self.batch_size = source, info, batch_size
         self.device, self.seed, self.recipe, self.spec = device, seed, recipe, spec
         self.drop_last, self.shuffle, self.rank, self.world_size = drop_last, shuffle, rank, world_size
         self.workers, self.prefetch, self.mean, self.std = workers, prefetch, mean, std
         self.ahead, self._ahead = ahead, None  # (epoch, thread, result box) of a pipeline started early
         self.recipe_name = recipes.name("dali", recipe)  # what the trainer records in config.json
+        self.cropped = cropped  # images of their own sizes: the graph crops them (see build)
+        self._keep = keep  # temporary index files of a subset, removed with the loader
         self.epoch = 0
         n = info["count"]
         self.shard_count = (rank + 1) * n // world_size - rank * n // world_size  # DALI's shard split
@@ -149,7 +153,9 @@ class DALILoader:
                 shard_id=self.rank, num_shards=self.world_size, random_shuffle=self.shuffle,
                 initial_fill=self.initial_fill, pad_last_batch=not self.drop_last)
             images = dali_format.decode(encoded, info["encoding"], info["height"], info["width"], dev)
-            if self.recipe == "simclr":
+            if self.cropped:
+                views = self._cropped_views(images, dev)
+            elif self.recipe == "simclr":
                 views = [images]  # decoded HWC uint8: the views are made in torch (__iter__)
             elif self.recipe == "supervised":
                 views = [_supervised_view(images, dev, self.mean, self.std, info["height"], info["width"],
@@ -159,10 +165,27 @@ class DALILoader:
             pipe.set_outputs(*views, labels.gpu() if gpu else labels)
         return pipe
 
+    def _cropped_views(self, images, dev):
+        """Images of their own sizes -> fixed-size views inside the graph: simclr, two independent
+        random_resized_crop (the rest of each view is made in torch, __iter__); supervised, one
+        crop + flip + normalise; eval, shorter side to size / 0.875 + centre crop + normalise."""
+        size, spec = self.spec.size, self.spec
+        if self.recipe == "eval":
+            resized = fn.resize(images, device=dev, resize_shorter=round(size / sources.CENTRE_CROP))
+            return [_normalize(resized, dev, self.mean, self.std, crop=[size, size], pos=(0.5, 0.5))]
+
+        def crop():
+            return fn.random_resized_crop(images, device=dev, size=[size, size], random_area=list(spec.scale),
+                                          random_aspect_ratio=list(spec.ratio))
+
+        if self.recipe == "simclr":
+            return [crop(), crop()]
+        return [_normalize(crop(), dev, self.mean, self.std, mirror=fn.random.coin_flip(probability=spec.flip_p))]
+
     def _start(self, epoch):
         """Build epoch `epoch`'s pipeline and its iterator, which runs the first batches (and, when
         shuffling, fills the reader's shuffle buffer: ~1 s for CIFAR-10 on a small CPU)."""
-        names = ["view1", "labels"]
+        names = ["view1", "view2", "labels"] if self.cropped and self.recipe == "simclr" else ["view1", "labels"]
         policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
         try:
             return DALIGenericIterator(self.pipeline(epoch), names, reader_name="reader", last_batch_policy=policy)
@@ -206,17 +229,53 @@ class DALILoader:
         if self.recipe == "simclr":
             gen = torch.Generator(device=self.device)
             gen.manual_seed(derive_seed(self.seed, epoch, 1, self.rank))
-        for step, out in enumerate(it):
+        for step, out in enumerate(_reported(it, self.source)):
             if step == steps:  # a larger shard of an uneven split has extra batches: all ranks stop together
                 break
             d = out[0]
             # HWC -> (B, 3, H, W) channels_last as a view; DALI filled these tensors on the device.
             view, labels = d["view1"].permute(0, 3, 1, 2), d["labels"].view(-1)
-            if gen is None:
+            if "view2" in d:  # two crops made by the graph: flip and colour in torch
+                both = sources.cropped_view(torch.cat([view, d["view2"].permute(0, 3, 1, 2)]), self.spec, gen,
+                                            self.mean, self.std)
+                yield Batch(both[:len(labels)], both[len(labels):], labels)
+            elif gen is None:
                 yield Batch(view, None, labels)
             else:  # both views in one call: 2n independent draws, fresh tensors (none points into DALI's)
                 both = augment.simclr_view(torch.cat([view, view]), self.spec, gen, self.mean, self.std)
                 yield Batch(both[:len(labels)], both[len(labels):], labels)  # batch slices stay channels_last
+
+
+def _reported(it, source):
+    """Iterate a DALI iterator; a sample DALI cannot read or decode mid-epoch ends the run with one
+    DataError naming the dataset (the policy of sources.py), not a traceback."""
+    while True:
+        try:
+            out = next(it)
+        except StopIteration:
+            return
+        except RuntimeError as e:
+            raise DataError(f"{source}: DALI could not read or decode a sample mid-epoch "
+                            f"({' '.join(str(e).split())[:300]})") from None
+        yield out
+
+
+def _subset(path, info, indices, tmp):
+    """format.json's description restricted to samples `indices` (sorted): per shard, an index file
+    in `tmp` listing only those samples (DALI reads what its index lists)."""
+    shards = []
+    for shard in info["shards"]:
+        pick = indices[(indices >= shard["first"]) & (indices < shard["first"] + shard["count"])] - shard["first"]
+        if not len(pick):
+            continue
+        with open(os.path.join(path, shard["index"])) as f:
+            lines = f.read().splitlines()[1:]
+        index = os.path.join(tmp, shard["index"])
+        with open(index, "w") as f:
+            f.write(f"v1.2 {len(pick)}\n" + "\n".join(lines[i] for i in pick) + "\n")
+        shards.append({**shard, "index": index, "count": len(pick),
+                       "bytes": shard["bytes"] * len(pick) // shard["count"]})
+    return {**info, "count": len(indices), "shards": shards}
 
 
 def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=True, shuffle=True, rank=0,
@@ -225,9 +284,17 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
     source: a directory written by dali_format holding `data` (else the cached copy); cache_dir: where
     that copy lives; workers: DALI's CPU threads; prefetch: batches DALI prepares ahead;
     spec: SimCLR augmentation parameters (augment.SimCLRRecipe, default its defaults); ahead: start
-    epoch e+1's pipeline in a background thread as soon as epoch e starts (hides the start-up)."""
+    epoch e+1's pipeline in a background thread as soon as epoch e starts (hides the start-up).
+    `data` may be a sources.ConvertedDataset of a shard directory (streamed; its `indices` only, read
+    through temporary index files). When its images keep their own sizes the graph decodes them and
+    crops to data.image_size: simclr, two `random_resized_crop`s (spec.scale, spec.ratio; seeded by
+    the pipeline's seed, so they replay), the flip and colour then in torch; supervised, one crop +
+    flip; eval, resize the shorter side to size / 0.875 + centre crop."""
     dali_format.require()
-    data = as_dataset(data)
+    converted = isinstance(data, sources.ConvertedDataset)
+    if converted and data.format != "dali":
+        raise DataError(f"{data.path} is a .beton file: use --pipeline ffcv (dali reads shard directories)")
+    data = data if converted else as_dataset(data)
     if recipe not in RECIPES:
         raise DataError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
     if batch_size < 1 or not 0 <= rank < world_size:
@@ -238,8 +305,18 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
         raise DataError(f"DALI runs on cpu or cuda devices, not {device}")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    path = os.fspath(source) if source is not None else cached_source(data, cache_dir, workers)
-    info = dali_format.check(path)
+    keep, cropped = None, converted and data.variable
+    if converted:
+        path, info = data.path, dali_format.check(data.path)
+        if data.indices is not None:
+            keep = tempfile.TemporaryDirectory(prefix="fastssl-dali-subset-")
+            info = _subset(path, info, data.indices, keep.name)
+        if cropped:
+            data = data if data.image_size else sources.sized(data, None, None)
+            spec = replace(spec, size=data.image_size)
+    else:
+        path = os.fspath(source) if source is not None else cached_source(data, cache_dir, workers)
+        info = dali_format.check(path)
     if info["count"] != len(data.labels):
         raise DataError(f"{path}: holds {info['count']} samples, the dataset has {len(data.labels)}")
     if recipe == "eval":
@@ -247,7 +324,8 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
     loader = DALILoader(path, info, batch_size=int(batch_size), device=device, seed=int(seed), recipe=recipe, spec=spec,
                         drop_last=bool(drop_last), shuffle=bool(shuffle), rank=int(rank), world_size=int(world_size),
                         workers=max(1, int(workers)), prefetch=max(1, int(prefetch)),
-                        mean=tuple(map(float, data.mean)), std=tuple(map(float, data.std)), ahead=bool(ahead))
+                        mean=tuple(map(float, data.mean)), std=tuple(map(float, data.std)), ahead=bool(ahead),
+                        cropped=cropped, keep=keep)
     if len(loader) == 0:
         raise DataError(f"{len(data.labels)} images give no full batch of {batch_size} per rank "
                         f"(world_size={world_size}, drop_last={drop_last})")

@@ -34,6 +34,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import sources
 from .errors import DataError
 
 DATASETS = {
@@ -44,6 +45,16 @@ DATASETS = {
     "cifar10+cifar100": "pretraining on 100,000 images: CIFAR-10 train + CIFAR-100 train used without labels "
                         "(label -1); its test split is CIFAR-10's",
 }
+
+
+class Choices(list):
+    """The names of DATASETS as a command's --dataset choices, which also admit the path of a
+    converted dataset (a .beton file or DALI shard directory; see sources.py)."""
+
+    def __contains__(self, name):
+        return list.__contains__(self, name) or (isinstance(name, str) and sources.is_converted_path(name))
+
+
 UNLABELLED = -1  # label of images that carry none (the CIFAR-100 half of cifar10+cifar100)
 SPLITS = ("train", "test")
 DEFAULT_ROOT = os.path.join("~", ".cache", "fastssl", "data")
@@ -148,9 +159,16 @@ def load(name, split="train", data_dir=None, subset=None, seed=0, download=True,
     deterministic, so `seed` does not change it (the argument is accepted for callers that pass one).
     download: fetch the official CIFAR archive when the folder is absent.
     image_size: imagefolder only; resize the shorter side to this and centre-crop a square.
+    `name` may also be the path of a converted dataset: a sources.ConvertedDataset is returned (its
+    images stay in the file; image_size is then the side of the views made from it).
     """
+    if name not in DATASETS and sources.is_converted_path(name):  # streamed, see sources.py
+        data = sources.open_split(name, split)
+        data = data.take(first_per_class(data.labels, subset, len(data.classes))) if subset is not None else data
+        return sources.sized(data, image_size, None)
     if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+        raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}, or give the path of a "
+                        "converted dataset (.beton file or DALI shard directory)")
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     if image_size is not None and name != "imagefolder":
@@ -287,6 +305,8 @@ def pooled(name, data_dir=None, download=True) -> ArrayDataset:
 
 def take(data, idx) -> ArrayDataset:
     """The images `idx` of `data`, as an ArrayDataset with its classes and statistics."""
+    if isinstance(data, sources.ConvertedDataset):  # the same samples, still in their file
+        return data.take(idx)
     return ArrayDataset(data.images[idx], data.labels[idx], data.classes, data.name, data.mean, data.std)
 
 

@@ -33,8 +33,10 @@ import os
 import numpy as np
 import torch
 
-from . import augment, ffcv_format, recipes
-from .batch import Batch
+from dataclasses import replace
+
+from . import augment, ffcv_format, recipes, sources
+from .batch import Batch, check_per_process
 from .datasets import as_dataset, fingerprint
 from .errors import DataError
 from .recipes import PAD, RECIPES, SimCLRRecipe, derive_seed
@@ -46,9 +48,11 @@ _COMPILED = []  # see the end of build()
 
 try:
     with ffcv_format.torch_threads_kept():
-        from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
+        from ffcv.fields.decoders import (CenterCropRGBImageDecoder, IntDecoder, RandomResizedCropRGBImageDecoder,
+                                          SimpleRGBImageDecoder)
         from ffcv.loader import Loader as FFCVLoader
         from ffcv.loader import OrderOption
+        from ffcv.pipeline import PipelineSpec
         from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 except (ImportError, RuntimeError, OSError):  # reported by ffcv_format.require() with the install hint
     pass
@@ -68,19 +72,21 @@ def cached_beton(data, cache_dir=None, workers=None) -> str:
     return ffcv_format.write(data, path, encoding="raw", workers=workers, overwrite=True)
 
 
-def _image_ops(device):
-    """FFCV ops for the images: decode -> uint8 NCHW channels_last on `device` (augmented there)."""
-    return [SimpleRGBImageDecoder(), ToTensor(), ToDevice(device, non_blocking=True), ToTorchImage()]
+def _image_ops(device, decoder=None):
+    """FFCV ops for the images: decode (whole, or cropped by `decoder`) -> uint8 NCHW channels_last on
+    `device` (augmented there)."""
+    return [decoder or SimpleRGBImageDecoder(), ToTensor(), ToDevice(device, non_blocking=True), ToTorchImage()]
 
 
 class FFCVPipeline:
     """Loader protocol (see batch.py) over an FFCV Loader. `.ffcv` is that loader and `raw()` its
     batches before the device-side ops (uint8 views), to benchmark or inspect FFCV on its own."""
 
-    def __init__(self, ffcv_loader, names, recipe, spec, device, seed, rank, mean, std):
+    def __init__(self, ffcv_loader, names, recipe, spec, device, seed, rank, mean, std, cropped=False):
         self.ffcv, self.names, self.recipe, self.spec = ffcv_loader, names, recipe, spec
         self.device, self.seed, self.rank = device, seed, rank
         self.mean, self.std = mean, std
+        self.cropped = cropped  # images of their own sizes: FFCV's decoder crops them (see build)
         self.recipe_name = recipes.name("ffcv", recipe)  # what the trainer records in config.json
         self.epoch = 0
 
@@ -107,7 +113,16 @@ class FFCVPipeline:
             # Everything below makes fresh tensors (cat / clone), so nothing keeps pointing into
             # FFCV's buffers once the next batch is requested. No host sync: all queued on the device.
             labels, n = out["label"].clone(), out["label"].shape[0]
-            if self.recipe == "simclr":  # both views in one call: 2n independent draws, half the launches
+            if self.cropped and self.recipe == "eval":
+                yield Batch(augment.eval_view(out["image"], self.mean, self.std), None, labels)
+            elif self.cropped:  # already random-resized-cropped by FFCV: flip and colour here
+                views = sources.cropped_view(torch.cat([out["image"], out.get("image2", out["image"])]), self.spec,
+                                             gen, self.mean, self.std)
+                if self.recipe == "simclr":
+                    yield Batch(views[:n], views[n:], labels)
+                else:
+                    yield Batch(views[:n], None, labels)
+            elif self.recipe == "simclr":  # both views in one call: 2n independent draws, half the launches
                 views = augment.simclr_view(torch.cat([out["image"], out["image"]]), self.spec, gen,
                                             self.mean, self.std)
                 yield Batch(views[:n], views[n:], labels)  # batch slices stay channels_last
@@ -120,16 +135,26 @@ class FFCVPipeline:
 
 def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=True, shuffle=True,
           rank=0, world_size=1, source=None, cache_dir=None, workers=None, order="random",
-          spec=None) -> FFCVPipeline:
+          spec=None, os_cache=None) -> FFCVPipeline:
     """FFCV loader over `data` (ArrayDataset; its mean/std normalise). Backend keywords:
     source: an existing .beton of `data` (else the cached copy); cache_dir: where that copy lives;
     workers: FFCV's numba threads (default: all cores); order: "random" | "quasi_random"
     (the latter only helps when the file is larger than RAM; not with world_size > 1);
     spec: SimCLR augmentation parameters (recipes.SimCLRRecipe, default its defaults; simclr views
     come out spec.size x spec.size, the other recipes keep the images' own size; the supervised
-    recipe flips with spec.flip_p)."""
+    recipe flips with spec.flip_p); os_cache: FFCV's choice between memory-mapping the file (True,
+    FFCV's default) and reading the pages a batch needs into its own buffers (False).
+    `data` may be a sources.ConvertedDataset of a .beton (streamed from its file, its `indices` only).
+    When its images keep their own sizes, FFCV's decoder crops them while decoding: simclr and
+    supervised views come from RandomResizedCropRGBImageDecoder(data.image_size, spec.scale,
+    spec.ratio) (one decoder per view; FFCV draws these crops from numba's generator, which it does
+    not seed, so the crops, unlike order, flips and colour, do not replay on resume), eval from
+    CenterCropRGBImageDecoder(ratio 0.875): resize + centre crop."""
     ffcv_format.require()
-    data = as_dataset(data)
+    converted = isinstance(data, sources.ConvertedDataset)
+    if converted and data.format != "ffcv":
+        raise DataError(f"{data.path} is a DALI shard directory: use --pipeline dali (ffcv reads .beton files)")
+    data = data if converted else as_dataset(data)
     if recipe not in RECIPES:
         raise DataError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
     if order not in ORDERS:
@@ -148,40 +173,64 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
         if order == "quasi_random":
             raise DataError("FFCV 1.0.2 has no quasi_random order in distributed mode; use order='random'")
 
-    if recipe == "supervised" and min(data.images.shape[1:3]) <= PAD:
-        raise DataError(f"the supervised recipe pads by {PAD}: images of "
-                        f"{data.images.shape[1]}x{data.images.shape[2]} are too small")
+    cropped = converted and data.variable
+    shape = data.stored_shape if converted else data.images.shape[1:3]
+    if recipe == "supervised" and not cropped and min(shape) <= PAD:
+        raise DataError(f"the supervised recipe pads by {PAD}: images of {shape[0]}x{shape[1]} are too small")
 
-    path = os.fspath(source) if source is not None else cached_beton(data, cache_dir, workers)
+    if converted:
+        path, indices = data.path, data.indices
+    else:
+        path = os.fspath(source) if source is not None else cached_beton(data, cache_dir, workers)
+        indices = None
     info = ffcv_format.check_file(path)
-    if info["count"] != len(data.labels):
+    if not converted and info["count"] != len(data.labels):
         raise DataError(f"{path}: holds {info['count']} samples, the dataset has {len(data.labels)}")
+    if cropped:
+        data = data if data.image_size else sources.sized(data, None, None)
+        spec = replace(spec, size=data.image_size) if spec else SimCLRRecipe(size=data.image_size)
     spec = spec or SimCLRRecipe()
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
 
-    pipes = {"image": _image_ops(device),
-             "label": [IntDecoder(), ToTensor(), Squeeze(1), ToDevice(device, non_blocking=True)]}
+    label = [IntDecoder(), ToTensor(), Squeeze(1), ToDevice(device, non_blocking=True)]
+    if not cropped:
+        pipes = {"image": _image_ops(device), "label": label}
+    elif recipe == "eval":
+        pipes = {"image": _image_ops(device, CenterCropRGBImageDecoder((spec.size,) * 2, sources.CENTRE_CROP)),
+                 "label": label}
+    else:
+        def crop():
+            return RandomResizedCropRGBImageDecoder((spec.size,) * 2, scale=spec.scale, ratio=spec.ratio)
+
+        pipes = {"image": _image_ops(device, crop()), "label": label}
+        if recipe == "simclr":  # a second decoder of the same field: the second, independent crop
+            ops = _image_ops(device, crop())
+            pipes["image2"] = PipelineSpec("image", decoder=ops[0], transforms=ops[1:])
     if recipe == "eval" or not shuffle:
         ffcv_order = OrderOption.SEQUENTIAL
     else:
         ffcv_order = OrderOption.QUASI_RANDOM if order == "quasi_random" else OrderOption.RANDOM
     try:
         with ffcv_format.torch_threads_kept():
+            extra = {} if os_cache is None else {"os_cache": bool(os_cache)}
             loader = FFCVLoader(path, batch_size=batch_size, num_workers=workers, order=ffcv_order,
                                 distributed=distributed, seed=derive_seed(seed), drop_last=drop_last,
-                                pipelines=pipes)
+                                pipelines=pipes, indices=indices, **extra)
     except (ValueError, TypeError, AssertionError, NotImplementedError, MemoryError) as e:
         raise DataError(f"{path}: FFCV cannot load it ({type(e).__name__}: {e})") from None
     if len(loader) == 0:
         raise DataError(f"{len(data.labels)} images give no full batch of {batch_size} (drop_last={drop_last})")
+    if converted:
+        check_per_process(len(data.labels), batch_size, world_size, drop_last)
     names = list(loader.pipeline_specs)  # FFCV yields one output per pipeline, in this order
     # numba 0.68 raises (and prints) a harmless KeyError when it garbage-collects a decoder's
     # compiled code (imdecode specialised on literal arguments); keeping that code (kilobytes) until
     # interpreter exit, where numba skips the cleanup, keeps stderr clean.
     _COMPILED.append(loader.code)
-    return FFCVPipeline(loader, names, recipe, spec, device, seed, rank, tuple(data.mean), tuple(data.std))
+    return FFCVPipeline(loader, names, recipe, spec, device, seed, rank, tuple(data.mean), tuple(data.std),
+                        cropped=cropped)
 
 
 def _measure(argv=None):

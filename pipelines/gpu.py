@@ -23,7 +23,7 @@ epoch), so shards are disjoint and every rank runs the same number of steps.
 import numpy as np
 import torch
 
-from . import augment, datasets, recipes
+from . import augment, datasets, recipes, sources
 from .batch import Batch, check_per_process
 from .errors import DataError
 from .recipes import PAD, RECIPES, SimCLRRecipe, derive_seed
@@ -123,6 +123,8 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
         raise DataError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
     if int(batch_size) < 1 or int(world_size) < 1 or not 0 <= int(rank) < int(world_size):
         raise DataError(f"need batch_size >= 1 and 0 <= rank < world_size (got {batch_size}, {rank}, {world_size})")
+    if isinstance(data, sources.ConvertedDataset):  # decoded onto the device only when it fits there
+        data = sources.decode_for_device(data, device)
     data = datasets.as_dataset(data)  # the one validation every backend runs
     images, labels = data.images, data.labels
     batch_size, rank, world_size = int(batch_size), int(rank), int(world_size)

@@ -42,13 +42,14 @@ from .step import COMPILE_MODES
 @dataclass
 class PretrainConfig:
     # data
-    dataset: str = field(default="cifar10", metadata={"help": "training data; cifar10-sample is a 2,000-image CIFAR-10 sample shipped with fastssl", "choices": list(datasets.DATASETS)})
+    dataset: str = field(default="cifar10", metadata={"help": "training data: a name or the path of a converted dataset (.beton file or DALI shard directory written by fastssl.convert); cifar10-sample is a 2,000-image CIFAR-10 sample shipped with fastssl", "choices": datasets.Choices(datasets.DATASETS)})
     data_dir: str | None = field(default=None, metadata={"help": "where the dataset lives (else $FASTSSL_DATA)"})
     subset: int | None = field(default=None, metadata={"help": "use only the first N training images, class-balanced"})
     split: str = split_field()  # a train/val/test split: pretrain on its train part, monitor its validation part
     split_seed: int = split_seed_field()
     pipeline: str = field(default="gpu", metadata={"help": "data pipeline", "choices": list(pipelines.PIPELINES)})
     workers: int | None = field(default=None, metadata={"help": "loader worker processes/threads (torchvision, dali, ffcv)"})
+    image_size: int | None = field(default=None, metadata={"help": "side of the views in pixels (RandomResizedCrop output; evaluation: resize + centre crop). Default: 32 (the CIFAR recipe) for named datasets; for a converted dataset its stored side when all images share one, else 224 with --stem imagenet and 96 with the cifar stem (STL-10-like data)"})
     # method and model
     method: str = field(default="simclr", metadata={"help": "training method", "choices": list(METHODS)})
     backbone: str = field(default="resnet18", metadata={"help": "backbone network", "choices": list(BACKBONES)})
@@ -117,6 +118,8 @@ class PretrainConfig:
             raise ValueError("--ae-noise, --dim-alpha, --dim-beta and --dim-gamma must be >= 0")
         if self.method == "dim" and self.dim_alpha == self.dim_beta == 0:
             raise ValueError("--method dim needs --dim-alpha or --dim-beta > 0: there is no MI term to maximise")
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError(f"--image-size must be positive, got {self.image_size}")
         if self.workers is not None and self.workers < 0:
             raise ValueError("--workers must be >= 0")
         if self.resume and self.overwrite:

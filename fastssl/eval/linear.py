@@ -56,7 +56,7 @@ class LinearConfig:
     weights: str | None = field(default=None, metadata={"help": f"--backbone imagenet: local copy of {IMAGENET_URL} (else torch.hub's cache, else download)"})
     stem: str = field(default="cifar", metadata={"help": "stem of the 'random' backbone", "choices": ["cifar", "imagenet"]})
     # data
-    dataset: str = field(default="cifar100", metadata={"help": "labelled dataset to probe on", "choices": list(datasets.DATASETS)})
+    dataset: str = field(default="cifar100", metadata={"help": "labelled dataset to probe on: a name or the path of a converted dataset", "choices": datasets.Choices(datasets.DATASETS)})
     data_dir: str | None = field(default=None, metadata={"help": "dataset location (else $FASTSSL_DATA)"})
     subset: int | None = field(default=None, metadata={"help": "use only N training images, class-balanced (quick looks, tests)"})
     data_note: str | None = field(default=None, metadata={"help": "note shown after the dataset name in results (default: detected, e.g. 'JPEG-recompressed copy')"})
@@ -289,7 +289,7 @@ def evaluate(cfg: LinearConfig, argv=(), command="fastssl.linear") -> dict:
     data = {"dataset": cfg.dataset, **dataset_label(cfg.dataset, cfg.data_dir, cfg.data_note),
             "train_images": len(train.labels), "fit_images": len(train.labels) - len(val_idx),
             "val_images": len(val_idx), "test_images": len(test.labels), "classes": len(train.classes),
-            "image_size": list(train.images.shape[1:3]), "subset": cfg.subset, "resize": cfg.resize,
+            "image_size": list(train.images.shape[1:3]) if hasattr(train, "images") else [train.image_size] * 2, "subset": cfg.subset, "resize": cfg.resize,
             "normalization": norm, "split": cfg.split, "split_seed": parts.info()["split_seed"]}
     summary = {
         "protocol": "linear", "backbone": desc, "data": data,

@@ -57,6 +57,11 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)  # names and messages, not configs
 
 
+def _name(values: dict) -> str:
+    """Cell directory name from its grid values and seed ("80/10/10" -> "80-10-10": one path component)."""
+    return "_".join(f"{k}-{_fmt(v)}" for k, v in values.items()).replace("/", "-")
+
+
 def _argv(values: dict) -> list[str]:
     """Config dict -> command-line flags (so runs record a replayable command)."""
     out = []
@@ -81,6 +86,7 @@ def _train_size(dataset: str, data_dir) -> int:
 def load_plan(path: str) -> tuple[dict, list[Cell]]:
     """Read and check an experiment file; returns (plan, cells), every cell's configs validated."""
     from .linear import LinearConfig
+    from .setup import splits_conflict
     from ..pretrain import PretrainConfig
 
     plan = load_toml(path)
@@ -122,7 +128,7 @@ def load_plan(path: str) -> tuple[dict, list[Cell]]:
                     # A fraction of the pool [pretrain] draws from: its subset if it sets one, else the whole split.
                     pool = cfg.get("subset") or _train_size(cfg.get("dataset", "cifar10"), cfg.get("data_dir"))
                     cfg["subset"] = cfg.get("subset") if frac == 1 else max(1, round(frac * pool))
-                name = "_".join(f"{k}-{_fmt(v)}" for k, v in {**point, "seed": seed}.items())
+                name = _name({**point, "seed": seed})
                 if name in seen:
                     continue
                 seen.add(name)
@@ -130,10 +136,20 @@ def load_plan(path: str) -> tuple[dict, list[Cell]]:
                 pretrain = {**cfg, "out": os.path.join(cell_dir, "pretrain")}
                 lin = None if linear is None else {**linear, "backbone": pretrain["out"], "seed": seed,
                                                    "out": os.path.join(cell_dir, "linear")}
+                if lin is not None and lin.get("dataset", "cifar100") == cfg.get("dataset", "cifar10"):
+                    # probed on the pretraining dataset: its split, unless [linear] sets one (then checked)
+                    for k in ("split", "split_seed"):
+                        if k in cfg:
+                            lin.setdefault(k, cfg[k])
                 # Validate now, before any cell runs: a typo must not surface after hours of training.
-                parse(PretrainConfig, _argv(pretrain))
+                pre_cfg = parse(PretrainConfig, _argv(pretrain))
                 if lin is not None:
-                    parse(LinearConfig, _argv(lin))
+                    lin_cfg = parse(LinearConfig, _argv(lin))
+                    if splits_conflict(pre_cfg.dataset, pre_cfg.split, pre_cfg.split_seed,
+                                       lin_cfg.dataset, lin_cfg.split, lin_cfg.split_seed):
+                        raise ConfigError(f"{path}: cell {name} pretrains on {pre_cfg.dataset} --split {pre_cfg.split} "
+                                          f"but probes {lin_cfg.dataset} --split {lin_cfg.split}: the probe would test "
+                                          "pretraining images; give [linear] the same split and split_seed")
                 cells.append(Cell(name, {**point, "seed": seed}, pretrain, lin))
     return plan, cells
 
@@ -158,7 +174,9 @@ def _check_unchanged(run_dir: str, cls, values: dict) -> None:
         saved = json.load(f)["config"]
     want = asdict(parse(cls, _argv(values)))
     ignore = RESUMABLE_CHANGES | {"progress", "overwrite", "resume"}
-    changed = [k for k, v in want.items() if k not in ignore and saved.get(k) != v]
+    defaults = asdict(parse(cls, _argv({k: values[k] for k in ("backbone",) if k in values})))
+    # a key the saved run lacks was added since: it ran with that key's default
+    changed = [k for k, v in want.items() if k not in ignore and saved.get(k, defaults[k]) != v]
     if changed:
         raise ConfigError(f"{run_dir} was run with other settings ({', '.join(changed)}); "
                           "restore the plan or give the experiment a new 'out'")
@@ -215,7 +233,13 @@ def result_row(cell: Cell) -> dict:
             "monitor_knn_top1": pre.get("knn_top1"), "pretrain_time_s": pre.get("wall_time_s"),
             "img_per_s": pre.get("img_per_s"), "linear_top1": lin.get("test_top1"), "linear_top5": lin.get("test_top5"),
             "knn_top1": lin.get("knn_top1"), "knn_top5": lin.get("knn_top5"), "lr": lin.get("lr"),
-            "weight_decay": lin.get("weight_decay"), "eval_dataset": (lin.get("data") or {}).get("label")}
+            "weight_decay": lin.get("weight_decay"), "eval_dataset": eval_label(lin.get("data") or {})}
+
+
+def eval_label(data: dict) -> str | None:
+    """What a probe was scored on: the dataset label, and the split's test part when not the official one."""
+    label, split = data.get("label"), data.get("split", datasets.OFFICIAL)
+    return label if label is None or split == datasets.OFFICIAL else f"{label}, test part of {split}"
 
 
 def mean_std(values) -> str:
@@ -255,14 +279,14 @@ def write_results(plan: dict, cells: list[Cell]) -> list[dict]:
     w.writeheader()
     w.writerows(rows)
     ckpt.atomic_write_text(os.path.join(out, "results.csv"), buf.getvalue())
-    metrics = ["linear_top1", "linear_top5", "knn_top1", "monitor_knn_top1", "final_loss"]
-    eval_label = next((r["eval_dataset"] for r in rows if r.get("eval_dataset")), None)
+    metrics = ["linear_top1", "linear_top5", "knn_top1", "knn_top5", "monitor_knn_top1", "final_loss"]
+    evals = ", ".join(dict.fromkeys(r["eval_dataset"] for r in rows if r.get("eval_dataset")))
     md = [f"# {plan.get('description', os.path.basename(os.path.normpath(out)))}\n",
           f"{len(rows)} of {len(cells)} cells finished. Mean ± std over seeds (sample std); n = seeds.",
-          f"Linear probe and kNN on {eval_label}; monitor kNN = the training run's own kNN monitor.\n" if eval_label else "",
+          f"Linear probe and kNN on {evals}; monitor kNN = the training run's own kNN monitor.\n" if evals else "",
           markdown_table(aggregate(rows, keys, metrics), [*keys, "n", *metrics],
                          {"linear_top1": "linear top-1", "linear_top5": "linear top-5", "knn_top1": "kNN top-1",
-                          "monitor_knn_top1": "monitor kNN top-1", "final_loss": "final loss"})]
+                          "knn_top5": "kNN top-5", "monitor_knn_top1": "monitor kNN top-1", "final_loss": "final loss"})]
     ckpt.atomic_write_text(os.path.join(out, "results.md"), "\n".join(md))
     return rows
 

@@ -1,4 +1,4 @@
-"""PNG line plots for evaluation outputs (matplotlib, Agg canvas, no display needed).
+"""PNG line plots and bar charts for evaluation outputs (matplotlib, Agg canvas, no display needed).
 
     from fastssl.eval.plots import figure
     figure("curves.png", [{"title": "linear classifier", "xlabel": "epoch", "ylabel": "top-1 (%)",
@@ -46,6 +46,34 @@ def figure(path: str, panels: list[dict], title: str | None = None, width: float
             ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False)
     if title:
         fig.suptitle(title)
+    return _save(fig, path)
+
+
+def bars(path: str, panel: dict, width: float = 7.0, height: float = 4.0):
+    """Grouped bar chart: panel = {"title", "ylabel", "groups": [names], "series": [{"label",
+    "values": [one per group, None = no bar], optional "err", "hatch", "alpha"}]}. Writes a PNG atomically."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    n = len(panel["series"])
+    step = 0.8 / max(n, 1)
+    for i, s in enumerate(panel["series"]):
+        xs = [g + (i - (n - 1) / 2) * step for g in range(len(panel["groups"]))]
+        keep = [j for j, v in enumerate(s["values"]) if v is not None]
+        err = s.get("err")
+        ax.bar([xs[j] for j in keep], [s["values"][j] for j in keep], step * 0.95, label=s.get("label"),
+               yerr=None if err is None else [err[j] or 0 for j in keep], capsize=3, hatch=s.get("hatch"),
+               alpha=s.get("alpha", 1.0), edgecolor="black", linewidth=0.5)
+    ax.set_xticks(range(len(panel["groups"])), panel["groups"])
+    ax.set_title(panel.get("title", ""))
+    ax.set_ylabel(panel.get("ylabel", ""))
+    ax.grid(axis="y", alpha=0.3)
+    if n:
+        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False, ncol=2)
+    return _save(fig, path)
+
+
+def _save(fig, path: str) -> str:
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         fig.savefig(tmp, format="png", dpi=110)

@@ -10,6 +10,9 @@ self-contained report.html (PNGs embedded), and the PNGs:
   main table      every evaluated backbone (linear probe / kNN on frozen features, or supervised
                   from scratch), mean ± std over seeds (repeats with the same label)
   experiments     one table per grid of each fastssl.experiment directory (sweeps, data size)
+  families        an experiment varying `method`: measured top-1 / top-5 per family next to the
+                  quoted claims the study was requested with (labelled as such, not measured);
+                  families_loss.png  families_knn.png  families_accuracy.png (fastssl/eval/families.py)
   pretrain_loss.png  knn_curves.png  linear_curves.png  supervised_curves.png  data_size.png
 Dataset names come from the runs (e.g. "CIFAR-100 (JPEG-recompressed copy)"), never from flags.
 """
@@ -24,7 +27,8 @@ from dataclasses import dataclass, field
 
 from .. import checkpoint as ckpt
 from ..config import ConfigError, cli, parse
-from .experiment import aggregate
+from . import families
+from .experiment import aggregate, eval_label
 
 KIND_ORDER = {"simclr": 0, "imagenet": 1, "supervised": 2, "state_dict": 3, "random": 4}
 METRIC_NAMES = {"linear_top1": "linear top-1", "linear_top5": "linear top-5", "knn_top1": "kNN top-1",
@@ -96,12 +100,12 @@ def main_rows(found: dict) -> list[dict]:
         s = r["summary"]
         protocol = "linear probe, frozen" + (f", {s['data']['resize']} px" if s["data"].get("resize") else "")
         rows.append({"backbone": s["backbone"]["label"], "kind": s["backbone"]["kind"], "protocol": protocol,
-                     "data": s["data"]["label"], "top1": s["test_top1"], "top5": s["test_top5"],
+                     "data": eval_label(s["data"]), "top1": s["test_top1"], "top5": s["test_top5"],
                      "knn_top1": s.get("knn_top1")})
     for r in found["supervised"]:
         s = r["summary"]
         rows.append({"backbone": s["backbone"]["label"], "kind": "supervised", "protocol": "end-to-end, from scratch",
-                     "data": s["data"]["label"], "top1": s["test_top1"], "top5": s["test_top5"], "knn_top1": s.get("knn_top1")})
+                     "data": eval_label(s["data"]), "top1": s["test_top1"], "top5": s["test_top5"], "knn_top1": s.get("knn_top1")})
     keys = ["data", "kind", "backbone", "protocol"]
     top1 = {}
     for r in rows:
@@ -123,7 +127,7 @@ def run_rows(found: dict) -> list[dict]:
             s = r["summary"]
             seed = s["backbone"].get("seed")
             rows.append({"run": r["name"], "backbone": s["backbone"]["label"], "seed": seed if seed is not None else s.get("seed"),
-                         "data": s["data"]["label"], "top1": f"{s['test_top1']:.2f}", "top5": f"{s['test_top5']:.2f}",
+                         "data": eval_label(s["data"]), "top1": f"{s['test_top1']:.2f}", "top5": f"{s['test_top5']:.2f}",
                          "lr, wd": f"{s['lr']:g}, {s['weight_decay']:g}" if kind == "linear" else "-",
                          "val top-1": f"{s['val_top1']:.2f}" if kind == "linear" else "-",
                          "time (s)": f"{s['wall_time_s']:.0f}"})
@@ -258,7 +262,9 @@ def build(found: dict, cfg: ReportConfig, out: str) -> list[tuple]:
         blocks.append(("table", ["backbone", "protocol", "data", "top1", "top5", "knn_top1", "n"],
                        {"data": "evaluated on", "top1": "top-1", "top5": "top-5", "knn_top1": "kNN top-1"}, main))
     tables = []
-    for exp in found["experiment"]:
+    for i, exp in enumerate(found["experiment"]):
+        if families.is_families(exp):
+            blocks += families.blocks(found, {**exp, "index": i}, out)
         for t in experiment_tables(exp):
             tables.append((exp, t))
             what = " × ".join(t["keys"]) or "base settings"

@@ -106,6 +106,13 @@ def _split_key(dataset, split, split_seed):
     return ("official",) if datasets.parse_split(split) is None else (dataset, datasets.parse_split(split), split_seed)
 
 
+def splits_conflict(pre_dataset, pre_split, pre_seed, dataset, split, split_seed) -> bool:
+    """Would evaluating on (dataset, split) test images pretrained on with (pre_dataset, pre_split)?"""
+    if not IMAGES.get(pre_dataset, {pre_dataset}) & IMAGES.get(dataset, {dataset}):
+        return False
+    return _split_key(pre_dataset, pre_split, pre_seed) != _split_key(dataset, split, split_seed)
+
+
 def check_backbone_split(spec: str, cfg) -> None:
     """Refuse to score a fastssl backbone on images it was pretrained on: when its run's dataset
     shares images with cfg.dataset, both must use the official split or the same split (and seed)."""
@@ -118,11 +125,8 @@ def check_backbone_split(spec: str, cfg) -> None:
     if run is None:
         return
     c = run["config"]
-    pre = c.get("dataset")
-    pre_split, pre_seed = c.get("split", datasets.OFFICIAL), c.get("split_seed", 0)
-    if not IMAGES.get(pre, {pre}) & IMAGES.get(cfg.dataset, {cfg.dataset}):
-        return
-    if _split_key(pre, pre_split, pre_seed) != _split_key(cfg.dataset, cfg.split, cfg.split_seed):
+    pre, pre_split, pre_seed = c.get("dataset"), c.get("split", datasets.OFFICIAL), c.get("split_seed", 0)
+    if splits_conflict(pre, pre_split, pre_seed, cfg.dataset, cfg.split, cfg.split_seed):
         raise ConfigError(f"{spec} was pretrained on {pre} with --split {pre_split} (--split-seed {pre_seed}); scoring "
                           f"it on {cfg.dataset} with --split {cfg.split} (--split-seed {cfg.split_seed}) would test "
                           "images it was trained on: use the backbone's split")

@@ -7,8 +7,8 @@ A run directory holds:
                        signal or --save-every-steps also `position`: epoch, step and running sums
                        inside the epoch being trained)
     .lock              held by the one process writing the directory (fastssl/lock.py)
-    backbone.pt        plain `state_dict` of the backbone, torchvision `resnet18` key names
-                       (no `fc`: load into torchvision with strict=False or replace fc first)
+    backbone.pt        plain `state_dict` of the backbone, torchvision `resnet18`/`resnet50` key
+                       names (no `fc`: load into torchvision with strict=False or replace fc first)
 
 Every write goes to `<name>.tmp-<pid>` and is renamed into place; a dead writer's temporaries are
 removed by the next run (remove_dead_temporaries). Models are always saved unwrapped: no `_orig_mod.` (torch.compile) or `module.` (DDP) prefixes.
@@ -24,6 +24,8 @@ import torch
 
 from pipelines import DataError
 from pipelines.convert import pid_alive, remove_dead_temporaries  # noqa: F401  (one implementation, shared)
+
+from .models import BACKBONES, arch_of, load_torchvision_state_dict
 
 
 def _tmp_name(path: str) -> str:
@@ -115,8 +117,8 @@ def load(path: str, map_location="cpu") -> dict:
 
 def backbone_state_dict(path: str) -> tuple[dict, dict]:
     """Return (backbone state_dict, info) from any of: a run directory, a fastssl checkpoint
-    (last.pt / best.pt), an exported backbone.pt, or a torchvision-format ResNet-18 state_dict
-    (e.g. ImageNet-supervised weights). `info` says what was found (stem, source)."""
+    (last.pt / best.pt), an exported backbone.pt, or a torchvision-format ResNet-18 or ResNet-50
+    state_dict (e.g. ImageNet-supervised weights). `info` says what was found (arch, stem, source)."""
     if os.path.isdir(path):
         for name in ("backbone.pt", "last.pt"):
             if os.path.isfile(os.path.join(path, name)):
@@ -135,6 +137,9 @@ def backbone_state_dict(path: str) -> tuple[dict, dict]:
         info = {"source": path, "kind": "state_dict", "stem": stem}
     if "conv1.weight" not in sd and not any(k.endswith("conv1.weight") for k in sd):
         raise DataError(f"{path} does not contain a ResNet backbone (no conv1.weight)")
+    info["arch"] = arch_of(sd)
+    if info["arch"] is None:
+        raise DataError(f"{path} holds a ResNet of another depth; supported: {', '.join(BACKBONES)}")
     return sd, info
 
 
@@ -192,15 +197,17 @@ def load_training_state(path: str) -> dict:
     return state
 
 
-def load_backbone(path: str, stem: str | None = None):
-    """(ResNet-18 backbone with fc = Identity, info) from anything `backbone_state_dict` accepts,
-    or path == "random" for a randomly initialised control (seed it with torch.manual_seed)."""
-    from .models import load_torchvision_state_dict, resnet18
-
+def load_backbone(path: str, stem: str | None = None, arch: str = "resnet18"):
+    """(ResNet-18 or ResNet-50 backbone with fc = Identity, info) from anything
+    `backbone_state_dict` accepts (the architecture is read from the weights), or path == "random"
+    for a randomly initialised `arch` control (seed it with torch.manual_seed)."""
     if path == "random":
-        return resnet18(stem=stem or "cifar"), {"source": "random", "kind": "random", "stem": stem or "cifar"}
+        if arch not in BACKBONES:
+            raise DataError(f"unknown backbone {arch!r}; choose from {', '.join(BACKBONES)}")
+        return BACKBONES[arch](stem=stem or "cifar"), {"source": "random", "kind": "random",
+                                                        "stem": stem or "cifar", "arch": arch}
     sd, info = backbone_state_dict(path)
-    model = resnet18(stem=stem or info["stem"])
+    model = BACKBONES[info["arch"]](stem=stem or info["stem"])
     try:
         load_torchvision_state_dict(model, sd)
     except (ValueError, RuntimeError) as e:

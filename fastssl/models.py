@@ -1,13 +1,14 @@
-"""ResNet-18 with torchvision's parameter names, two stems, the SimCLR projection head and the
-autoencoder's decoder.
+"""ResNet-18 and ResNet-50 with torchvision's parameter names, two stems, the SimCLR projection
+head and the autoencoder's decoder.
 
-The backbone is torchvision's `resnet18` rewritten in one screen: the same modules created in the
-same order with the same initialisation, so every parameter and buffer name (conv1, bn1,
-layer1.0.conv1, ..., layer2.0.downsample.0, fc) and its shape match. Weights move both ways with
-`load_state_dict(strict=True)`:
+The backbones are torchvision's `resnet18` (BasicBlock, [2, 2, 2, 2]) and `resnet50` (Bottleneck,
+[3, 4, 6, 3], stride on the 3x3 conv as torchvision's "v1.5") rewritten in one screen: the same
+modules created in the same order with the same initialisation, so every parameter and buffer name
+(conv1, bn1, layer1.0.conv1, ..., layer2.0.downsample.0, fc) and its shape match. Weights move both
+ways with `load_state_dict(strict=True)`:
 
-    ours = resnet18(stem="imagenet", num_classes=1000)
-    ours.load_state_dict(torchvision.models.resnet18().state_dict())        # and the reverse
+    ours = resnet50(stem="imagenet", num_classes=1000)
+    ours.load_state_dict(torchvision.models.resnet50().state_dict())        # and the reverse
 
 Stems:
     "imagenet"  conv1 7x7 stride 2 + 3x3/2 max-pool (torchvision; 224px inputs -> 7x7 final map)
@@ -18,7 +19,9 @@ not fit torchvision's (64, 3, 7, 7) conv1: load it into `resnet18(stem="cifar")`
 torchvision after replacing its conv1/maxpool the same way.
 
 With num_classes=0 (the default, for self-supervised training) `fc` is nn.Identity and forward
-returns the pooled features (B, 512); with num_classes > 0, `fc` is nn.Linear(512, num_classes).
+returns the pooled features (B, feature_dim): 512 for ResNet-18, 2048 for ResNet-50; with
+num_classes > 0, `fc` is nn.Linear(feature_dim, num_classes). `arch_of(state_dict)` tells which
+of the two a torchvision-named state_dict holds.
 """
 import torch
 from torch import nn
@@ -26,8 +29,17 @@ from torch import nn
 STEMS = ("cifar", "imagenet")
 
 
+def _downsample(in_channels: int, out_channels: int, stride: int):
+    """The 1x1 conv + BN shortcut of a block whose shape changes, or None (identity)."""
+    if stride == 1 and in_channels == out_channels:
+        return None
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels))
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs + identity (or 1x1 conv + BN `downsample`) shortcut. (B,Cin,H,W) -> (B,C,H/s,W/s)."""
+
+    expansion = 1
 
     def __init__(self, in_channels: int, channels: int, stride: int = 1):
         super().__init__()
@@ -36,10 +48,7 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(channels)
-        self.downsample = None
-        if stride != 1 or in_channels != channels:
-            self.downsample = nn.Sequential(nn.Conv2d(in_channels, channels, 1, stride, bias=False),
-                                            nn.BatchNorm2d(channels))
+        self.downsample = _downsample(in_channels, channels, stride)
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
@@ -48,19 +57,47 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet(nn.Module):
-    """torchvision's ResNet (BasicBlock only). (B,3,H,W) -> (B,512) features, or (B,num_classes)."""
+class Bottleneck(nn.Module):
+    """1x1 reduce -> 3x3 (carries the stride) -> 1x1 expand to 4C, + shortcut. (B,Cin,H,W) -> (B,4C,H/s,W/s)."""
 
-    feature_dim = 512
+    expansion = 4
+
+    def __init__(self, in_channels: int, channels: int, stride: int = 1):
+        super().__init__()
+        out_channels = channels * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, channels, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.conv3 = nn.Conv2d(channels, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _downsample(in_channels, out_channels, stride)
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Module):
+    """torchvision's ResNet. (B,3,H,W) -> (B,feature_dim) features, or (B,num_classes).
+
+    feature_dim (512 x block.expansion) and layer3_channels (256 x block.expansion) are attributes,
+    so heads, decoders and critics size themselves from the backbone they are given."""
 
     def __init__(self, layers=(2, 2, 2, 2), stem: str = "cifar", num_classes: int = 0,
-                 zero_init_residual: bool = False):
+                 zero_init_residual: bool = False, block=BasicBlock):
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"unknown stem {stem!r}; choose from {list(STEMS)}")
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
         self.stem = stem
+        self.feature_dim = 512 * block.expansion
+        self.layer3_channels = 256 * block.expansion
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
             self.maxpool = nn.MaxPool2d(3, 2, 1)
@@ -74,11 +111,12 @@ class ResNet(nn.Module):
         in_ch = 64
         for i, (channels, blocks) in enumerate(zip((64, 128, 256, 512), layers)):
             stride = 1 if i == 0 else 2
-            stage = [BasicBlock(in_ch, channels, stride)] + [BasicBlock(channels, channels) for _ in range(blocks - 1)]
+            stage = [block(in_ch, channels, stride)]
+            in_ch = channels * block.expansion
+            stage += [block(in_ch, channels) for _ in range(blocks - 1)]
             setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
-            in_ch = channels
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(512, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = nn.Linear(self.feature_dim, num_classes) if num_classes > 0 else nn.Identity()
 
         # torchvision's initialisation (He et al. 2015, fan_out), BN as identity.
         for m in self.modules():
@@ -87,14 +125,15 @@ class ResNet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        if zero_init_residual:  # each block starts as the identity (Goyal et al. 2017)
+        if zero_init_residual:  # each block starts as the identity (Goyal et al. 2017): its last BN is 0
             for m in self.modules():
-                if isinstance(m, BasicBlock):
-                    nn.init.zeros_(m.bn2.weight)
+                if isinstance(m, (BasicBlock, Bottleneck)):
+                    nn.init.zeros_(m.bn3.weight if isinstance(m, Bottleneck) else m.bn2.weight)
 
     def forward_layer3(self, x):
-        """(B,3,H,W) -> (layer3 map (B,256,H/4,W/4) for the CIFAR stem, H/16 for the ImageNet stem;
-        pooled features (B,512) before fc). Deep InfoMax scores the map against the vector."""
+        """(B,3,H,W) -> (layer3 map (B,layer3_channels,H/4,W/4) for the CIFAR stem, H/16 for the
+        ImageNet stem; pooled features (B,feature_dim) before fc). Deep InfoMax scores the map
+        against the vector."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         c3 = self.layer3(self.layer2(self.layer1(x)))
         return c3, torch.flatten(self.avgpool(self.layer4(c3)), 1)
@@ -108,10 +147,31 @@ def resnet18(stem: str = "cifar", num_classes: int = 0, zero_init_residual: bool
 
     Parameters: 11,689,512 with the ImageNet stem and a 1000-class fc (= torchvision's),
     11,168,832 for the SimCLR backbone (CIFAR stem, no fc)."""
-    return ResNet((2, 2, 2, 2), stem, num_classes, zero_init_residual)
+    return ResNet((2, 2, 2, 2), stem, num_classes, zero_init_residual, BasicBlock)
 
 
-BACKBONES = {"resnet18": resnet18}
+def resnet50(stem: str = "cifar", num_classes: int = 0, zero_init_residual: bool = False) -> ResNet:
+    """ResNet-50 (Bottleneck, [3, 4, 6, 3]). (B,3,H,W) -> (B,2048) or (B,num_classes).
+
+    Parameters: 25,557,032 with the ImageNet stem and a 1000-class fc (= torchvision's),
+    23,500,352 for the SimCLR backbone (CIFAR stem, no fc)."""
+    return ResNet((3, 4, 6, 3), stem, num_classes, zero_init_residual, Bottleneck)
+
+
+BACKBONES = {"resnet18": resnet18, "resnet50": resnet50}
+# What tells the architectures apart in a torchvision-named state_dict: the block type (a
+# Bottleneck has conv3) and the number of blocks per stage.
+ARCHS = {"resnet18": (False, (2, 2, 2, 2)), "resnet50": (True, (3, 4, 6, 3))}
+
+
+def arch_of(state_dict: dict) -> str | None:
+    """The BACKBONES name whose layout a torchvision-named ResNet state_dict has (prefixes such as
+    `module.`/`backbone.` stripped first), or None when it is neither."""
+    keys = {strip_prefixes(k) for k in state_dict}
+    blocks = tuple(len({k.split(".")[1] for k in keys if k.startswith(f"layer{i}.") and k.endswith(".conv1.weight")})
+                   for i in range(1, 5))
+    bottleneck = "layer1.0.conv3.weight" in keys
+    return next((name for name, layout in ARCHS.items() if layout == (bottleneck, blocks)), None)
 
 
 class ProjectionHead(nn.Module):

@@ -52,8 +52,8 @@ METHOD_NAMES = {"simclr": "SimCLR", "supervised": "supervised"}
 
 @dataclass
 class LinearConfig:
-    backbone: str | None = field(default=None, metadata={"help": "run directory, checkpoint, backbone.pt, torchvision-format ResNet-18 state_dict, 'imagenet' (torchvision IMAGENET1K_V1) or 'random' (untrained control)"})
-    weights: str | None = field(default=None, metadata={"help": f"--backbone imagenet: local copy of {IMAGENET_URL} (else torch.hub's cache, else download)"})
+    backbone: str | None = field(default=None, metadata={"help": "run directory, checkpoint, backbone.pt, torchvision-format ResNet-18 or ResNet-50 state_dict, 'imagenet' (torchvision ImageNet weights: resnet18 IMAGENET1K_V1, or the resnet18/resnet50 file given by --weights) or 'random' (untrained ResNet-18 control)"})
+    weights: str | None = field(default=None, metadata={"help": f"--backbone imagenet: local copy of {IMAGENET_URL} or of torchvision's resnet50 weights (else torch.hub's cache, else download the resnet18 file)"})
     stem: str = field(default="cifar", metadata={"help": "stem of the 'random' backbone", "choices": ["cifar", "imagenet"]})
     # data
     dataset: str = field(default="cifar100", metadata={"help": "labelled dataset to probe on: a name or the path of a converted dataset", "choices": datasets.Choices(datasets.DATASETS)})
@@ -167,18 +167,21 @@ def describe_backbone(spec: str, info: dict) -> dict:
     `label` names what was trained on what, without the seed: results with equal labels are
     repeats of one setting and the report averages them."""
     if spec == "imagenet":
-        return {"kind": "imagenet", "label": "ImageNet-supervised (torchvision IMAGENET1K_V1)", "seed": None, **info}
+        weights = "IMAGENET1K_V1" if info.get("arch", "resnet18") == "resnet18" else info["arch"]
+        return {"kind": "imagenet", "label": f"ImageNet-supervised (torchvision {weights})", "seed": None, **info}
     if spec == "random":
         return {"kind": "random", "label": f"random init ({info['stem']} stem)", "seed": None, **info}
     run = run_info(spec)
     if run is None:
         name = os.path.basename(os.path.normpath(spec))
-        return {"kind": "state_dict", "label": f"ResNet-18 state_dict {name} ({info['stem']} stem)", "seed": None, **info}
+        arch = {"resnet50": "ResNet-50"}.get(info.get("arch"), "ResNet-18")
+        return {"kind": "state_dict", "label": f"{arch} state_dict {name} ({info['stem']} stem)", "seed": None, **info}
     c = run["config"]
     data = dataset_label(c.get("dataset", "?"), c.get("data_dir"))["label"]
     images = f", {c['subset']:,} images" if c.get("subset") else ""
     extra = f", batch {c.get('batch_size')}, τ {c.get('temperature'):g}" if c.get("method") == "simclr" else ""
-    label = f"{METHOD_NAMES.get(c.get('method'), c.get('method'))} ({data}{images}, {c.get('epochs')} ep{extra})"
+    arch = "" if c.get("backbone", "resnet18") == "resnet18" else f" {c['backbone']}"  # runs of two depths never average
+    label = f"{METHOD_NAMES.get(c.get('method'), c.get('method'))}{arch} ({data}{images}, {c.get('epochs')} ep{extra})"
     pretrain = {k: c.get(k) for k in ("method", "dataset", "subset", "epochs", "batch_size", "temperature", "lr", "seed")}
     pretrain["train_images"] = run.get("train_images")
     return {"kind": c.get("method", "run"), "label": label, "seed": c.get("seed"), "pretrain": pretrain, **info}
@@ -187,8 +190,8 @@ def describe_backbone(spec: str, info: dict) -> dict:
 # ---- backbones -----------------------------------------------------------------------------
 
 def imagenet_state_dict(weights: str | None) -> tuple[dict, str]:
-    """torchvision's ImageNet ResNet-18 state_dict: from `weights`, else torch.hub's cache, else
-    downloaded. Offline without a file: one DataError that says what to fetch and where to put it."""
+    """torchvision's ImageNet ResNet state_dict: from `weights` (resnet18 or resnet50), else the
+    ResNet-18 from torch.hub's cache, else downloaded. Offline without a file: one DataError that says what to fetch and where to put it."""
     if weights is not None:
         sd = ckpt.load(weights)
         return sd.get("state_dict", sd), os.path.abspath(weights)
@@ -202,20 +205,21 @@ def imagenet_state_dict(weights: str | None) -> tuple[dict, str]:
 
 def load_eval_backbone(cfg: LinearConfig):
     """(frozen backbone in eval mode, description dict) for --backbone / --weights."""
-    from ..models import load_torchvision_state_dict, resnet18
+    from ..models import BACKBONES, arch_of, load_torchvision_state_dict
 
     if cfg.backbone == "imagenet":
         sd, source = imagenet_state_dict(cfg.weights)
-        model = resnet18(stem="imagenet")
+        arch = arch_of(sd) or "resnet18"  # neither: the load below names what does not fit
+        model = BACKBONES[arch](stem="imagenet")
         try:
             load_torchvision_state_dict(model, {k: v for k, v in sd.items() if not k.startswith("fc.")})
         except (ValueError, RuntimeError) as e:
-            raise DataError(f"{source}: not a torchvision ResNet-18 state_dict: {str(e).splitlines()[0][:200]}") from None
-        info = {"source": source, "stem": "imagenet"}
+            raise DataError(f"{source}: not a torchvision ResNet-18/50 state_dict: {str(e).splitlines()[0][:200]}") from None
+        info = {"source": source, "stem": "imagenet", "arch": arch}
     else:
         torch.manual_seed(cfg.seed)  # the 'random' control's initialisation
         model, info = ckpt.load_backbone(cfg.backbone, stem=cfg.stem if cfg.backbone == "random" else None)
-        info = {"source": info["source"], "stem": info["stem"]}
+        info = {"source": info["source"], "stem": info["stem"], "arch": info["arch"]}
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval(), describe_backbone(cfg.backbone, info)

@@ -1,4 +1,5 @@
-"""Autoencoder: one crop+flip view -> backbone -> pooled 512-d features -> Decoder -> the view again.
+"""Autoencoder: one crop+flip view -> backbone -> pooled features (512-d for ResNet-18, 2048-d for
+ResNet-50) -> Decoder -> the view again.
 
 Loss: mean squared error between the reconstruction and the normalised input view. With
 `--ae-noise S` > 0 it is a denoising autoencoder (Vincent et al. 2008): the encoder sees the view

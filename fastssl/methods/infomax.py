@@ -1,7 +1,8 @@
 """Deep InfoMax (Hjelm et al. 2019, ICLR): maximise the mutual information between an image's
 global feature vector and every position of an intermediate feature map of the same image.
 
-    view (crop+flip) -> backbone: layer3 map c (B,256,h,w) and pooled features y (B,512)
+    view (crop+flip) -> backbone: layer3 map c (B,C3,h,w) and pooled features y (B,D); C3, D =
+                        256, 512 for ResNet-18 and 1024, 2048 for ResNet-50 (read from the backbone)
     local MI   (beta)   T(y_i, c_{j,p}) = phi_g(y_i) . phi_l(c_{j,p}) / sqrt(512) at every position p of layer3
                         (8x8 for the CIFAR stem, 2x2 for the ImageNet stem on 32px); other images of
                         the batch are the negatives; estimator --dim-estimator jsd | infonce
@@ -32,7 +33,6 @@ EMBED = 512      # width of the critic's embeddings (the paper's CIFAR local cri
 # first step; scaled they start near 0.5. The critic can learn any scale back.
 SCORE_SCALE = 1 / math.sqrt(EMBED)
 PRIOR_DIM = 64   # size of the prior-matched code (the paper's Y)
-LAYER3 = 256     # ResNet-18 layer3 channels
 
 
 class ConvEmbed(nn.Module):
@@ -81,11 +81,11 @@ class DeepInfoMax(nn.Module):
         self.backbone = BACKBONES[cfg.backbone](stem=cfg.stem)
         self.estimator = DIM_ESTIMATORS[cfg.dim_estimator]
         self.alpha, self.beta, self.gamma = cfg.dim_alpha, cfg.dim_beta, cfg.dim_gamma
-        feat = self.backbone.feature_dim
+        feat, layer3 = self.backbone.feature_dim, self.backbone.layer3_channels
         if self.beta > 0:
-            self.local_c, self.local_y = ConvEmbed(LAYER3), LinearEmbed(feat)
+            self.local_c, self.local_y = ConvEmbed(layer3), LinearEmbed(feat)
         if self.alpha > 0:
-            self.global_c, self.global_y = MapEmbed(LAYER3), LinearEmbed(feat)
+            self.global_c, self.global_y = MapEmbed(layer3), LinearEmbed(feat)
         if self.gamma > 0:
             self.prior_code = nn.Linear(feat, PRIOR_DIM)
             self.discriminator = nn.Sequential(nn.Linear(PRIOR_DIM, 1000), nn.ReLU(inplace=True),

@@ -49,3 +49,23 @@ def test_exported_backbone_loads_into_torchvision(tmp_path):
     ckpt.export_backbone(resnet18(stem="imagenet"), path)
     missing, unexpected = tv.models.resnet18().load_state_dict(torch.load(path), strict=False)
     assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected
+
+
+def test_resnet50_weights_are_recognised(tmp_path):
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    src = tv.models.resnet50()  # an ImageNet-format state_dict, 1000-class fc included
+    path = str(tmp_path / "tv50.pt")
+    torch.save(src.state_dict(), path)
+    net, info = ckpt.load_backbone(path)
+    assert info["arch"] == "resnet50" and info["stem"] == "imagenet" and net.feature_dim == 2048
+    src.fc = torch.nn.Identity()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(net.eval()(x), src.eval()(x))
+    net, info = ckpt.load_backbone("random", stem="cifar", arch="resnet50")
+    assert info["arch"] == "resnet50" and net.feature_dim == 2048 and net.conv1.kernel_size == (3, 3)
+    with pytest.raises(DataError, match="unknown backbone"):
+        ckpt.load_backbone("random", arch="resnet34")
+    torch.save(tv.models.resnet34().state_dict(), str(tmp_path / "tv34.pt"))
+    with pytest.raises(DataError, match="another depth; supported: resnet18, resnet50"):
+        ckpt.load_backbone(str(tmp_path / "tv34.pt"))

@@ -9,7 +9,7 @@ from fastssl import checkpoint as ckpt
 from fastssl.config import parse
 from fastssl.dim_losses import infonce_mi, jsd_mi, prior_matching_loss
 from fastssl.methods import METHODS
-from fastssl.models import Decoder, resnet18
+from fastssl.models import Decoder, resnet18, resnet50
 from fastssl.pretrain import PretrainConfig, main
 from fastssl.train import train
 
@@ -126,3 +126,44 @@ def test_loss_goes_down_on_a_tiny_real_run(tmp_path, monkeypatch, flags):
     epochs = [r for r in ckpt.read_jsonl(tmp_path / "run" / "metrics.jsonl") if r.get("summary")]
     assert len(epochs) == 2 and epochs[1]["epoch_loss"] < epochs[0]["epoch_loss"]
     assert (tmp_path / "run" / "backbone.pt").is_file()
+
+
+@pytest.mark.parametrize("method", ["simclr", "supervised", "autoencoder", "dim"])
+def test_heads_size_themselves_from_a_resnet50(method):
+    """Projector, classifier, decoder and DIM critics read 2048 / 1024 from the backbone; one
+    training step on 16px images updates every parameter."""
+    m = make("--method", method, "--backbone", "resnet50", "--stem", "imagenet", "--dim-alpha", "1")
+    first = {"simclr": lambda: m.head.net[0], "supervised": lambda: m.classifier,
+             "autoencoder": lambda: m.decoder.fc, "dim": lambda: m.local_y.net[0]}[method]()
+    assert isinstance(m.backbone, type(resnet50())) and m.backbone.layer4[0].conv3.out_channels == 2048
+    assert first.in_features == 2048
+    if method == "dim":
+        assert m.local_c.net[0].in_channels == m.global_c.conv[0].in_channels == 1024
+    b = batch(n=4, size=16)
+    b.labels = torch.arange(4)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in m.parameters()]
+    loss, _ = m(b)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+    moved = [not torch.equal(p0, p) for p0, p in zip(before, m.parameters())]
+    assert all(moved), [n for (n, _), mv in zip(m.named_parameters(), moved) if not mv][:3]
+
+
+def test_resnet50_run_round_trips_through_its_checkpoints(tmp_path, monkeypatch):
+    tv = pytest.importorskip("torchvision")
+    monkeypatch.delenv("FASTSSL_DATA", raising=False)
+    out = tmp_path / "run"
+    argv = TINY + ["--subset", "32", "--batch-size", "16", "--epochs", "1", "--backbone", "resnet50",
+                   "--proj-hidden-dim", "64", "--out", str(out)]  # later flags override TINY's
+    train(parse(PretrainConfig, argv), argv)
+    state = ckpt.load_training_state(str(out / "last.pt"))
+    assert state["config"]["backbone"] == "resnet50"
+    for path in (out, out / "last.pt", out / "backbone.pt"):
+        net, info = ckpt.load_backbone(str(path))
+        assert info["arch"] == "resnet50" and info["stem"] == "imagenet" and net.feature_dim == 2048
+        want = {k[len("backbone."):]: v for k, v in state["model"].items() if k.startswith("backbone.")}
+        assert net.state_dict().keys() == want.keys() and all(torch.equal(net.state_dict()[k], want[k]) for k in want)
+    missing, unexpected = tv.models.resnet50().load_state_dict(torch.load(out / "backbone.pt"), strict=False)
+    assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected

@@ -1,59 +1,77 @@
-"""ResNet-18 against torchvision's: names, shapes, initialisation, weights both ways, outputs."""
+"""ResNet-18 and ResNet-50 against torchvision's: names, shapes, initialisation, weights both ways, outputs."""
 import pytest
 import torch
 from torch import nn
 
-from fastssl.models import BACKBONES, ProjectionHead, load_torchvision_state_dict, resnet18
+from fastssl.models import BACKBONES, ProjectionHead, arch_of, load_torchvision_state_dict, resnet18, resnet50
+
+
+ARCHS = ["resnet18", "resnet50"]
+# Published parameter counts of torchvision's ImageNet models (1000-class fc): 11.69M and 25.56M.
+TV_PARAMS = {"resnet18": 11_689_512, "resnet50": 25_557_032}
+FEATURES = {"resnet18": (512, 256), "resnet50": (2048, 1024)}  # pooled features, layer3 channels
+
+
+def tv_model(arch, **kw):
+    return getattr(pytest.importorskip("torchvision").models, arch)(**kw)
 
 
 def tv_resnet18(**kw):
-    return pytest.importorskip("torchvision").models.resnet18(**kw)
+    return tv_model("resnet18", **kw)
 
 
 def n_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("stem", ["cifar", "imagenet"])
-def test_output_shapes(stem):
+def test_output_shapes(stem, arch):
     torch.manual_seed(0)
-    features, classifier = resnet18(stem=stem).eval(), resnet18(stem=stem, num_classes=10).eval()
-    assert isinstance(features.fc, nn.Identity) and features.feature_dim == 512
-    assert isinstance(classifier.fc, nn.Linear) and classifier.fc.in_features == 512
+    dim, c3 = FEATURES[arch]
+    features, classifier = BACKBONES[arch](stem=stem).eval(), BACKBONES[arch](stem=stem, num_classes=10).eval()
+    assert isinstance(features.fc, nn.Identity) and features.feature_dim == dim and features.layer3_channels == c3
+    assert isinstance(classifier.fc, nn.Linear) and classifier.fc.in_features == dim
     with torch.no_grad():
         for size in [32, 64]:
             x = torch.randn(2, 3, size, size)
-            assert features(x).shape == (2, 512)
+            c, y = features.forward_layer3(x)  # what forward returns, with the layer3 map DIM uses
+            side = size // 4 if stem == "cifar" else size // 16
+            assert c.shape == (2, c3, side, side) and y.shape == (2, dim)
             assert classifier(x).shape == (2, 10)
+    assert torch.equal(features(x), y)
 
 
 def test_registry_and_bad_arguments():
-    assert BACKBONES["resnet18"] is resnet18
-    with pytest.raises(ValueError, match="stem"):
-        resnet18(stem="tiny")
-    with pytest.raises(ValueError, match="num_classes"):
-        resnet18(num_classes=-1)
+    assert BACKBONES == {"resnet18": resnet18, "resnet50": resnet50}
+    for arch in BACKBONES.values():
+        with pytest.raises(ValueError, match="stem"):
+            arch(stem="tiny")
+        with pytest.raises(ValueError, match="num_classes"):
+            arch(num_classes=-1)
 
 
-def test_names_shapes_and_count_match_torchvision():
-    tv = tv_resnet18().state_dict()
-    assert n_params(tv_resnet18()) == n_params(resnet18("imagenet", 1000)) == 11_689_512
-    ours = resnet18("imagenet", 1000).state_dict()
+@pytest.mark.parametrize("arch", ARCHS)
+def test_names_shapes_and_count_match_torchvision(arch):
+    tv = tv_model(arch).state_dict()
+    assert n_params(tv_model(arch)) == n_params(BACKBONES[arch]("imagenet", 1000)) == TV_PARAMS[arch]
+    ours = BACKBONES[arch]("imagenet", 1000).state_dict()
     assert list(ours) == list(tv)  # parameters and BN buffers, same order
     assert all(ours[k].shape == tv[k].shape for k in tv)
-    cifar = resnet18("cifar", 1000).state_dict()
+    cifar = BACKBONES[arch]("cifar", 1000).state_dict()
     assert list(cifar) == list(tv)
     assert [k for k in tv if cifar[k].shape != tv[k].shape] == ["conv1.weight"]
     assert cifar["conv1.weight"].shape == (64, 3, 3, 3)
     # The SimCLR backbone: fc = Identity has no parameters.
-    assert list(resnet18("cifar").state_dict()) == [k for k in tv if not k.startswith("fc.")]
+    assert list(BACKBONES[arch]("cifar").state_dict()) == [k for k in tv if not k.startswith("fc.")]
 
 
-def test_seeded_initialisation_equals_torchvision():
+@pytest.mark.parametrize("arch", ARCHS)
+def test_seeded_initialisation_equals_torchvision(arch):
     torch.manual_seed(3)
-    tv = tv_resnet18().state_dict()
+    tv = tv_model(arch).state_dict()
     torch.manual_seed(3)
-    ours = resnet18("imagenet", 1000).state_dict()
+    ours = BACKBONES[arch]("imagenet", 1000).state_dict()
     assert all(torch.equal(ours[k], tv[k]) for k in tv)
     conv = ours["layer3.1.conv2.weight"]  # kaiming_normal fan_out: std = sqrt(2 / (256 * 3 * 3))
     assert abs(conv.std().item() / (2 / (256 * 9)) ** 0.5 - 1) < 0.02
@@ -64,20 +82,42 @@ def test_zero_init_residual():
     net = resnet18(zero_init_residual=True)
     assert all((net.get_submodule(f"layer{i}.{j}").bn2.weight == 0).all() for i in range(1, 5) for j in range(2))
     assert (resnet18().layer1[0].bn2.weight == 1).all()
+    # ResNet-50: the last BN of each Bottleneck (bn3), as torchvision's zero_init_residual
+    net, blocks = resnet50(zero_init_residual=True), (3, 4, 6, 3)
+    assert all((net.get_submodule(f"layer{i + 1}.{j}").bn3.weight == 0).all() for i in range(4) for j in range(blocks[i]))
+    assert (net.layer1[0].bn2.weight == 1).all() and (resnet50().layer4[2].bn3.weight == 1).all()
+    tv = tv_model("resnet50", zero_init_residual=True).state_dict()
+    ours = net.state_dict()
+    assert [k for k in tv if k.endswith("weight") and (tv[k] == 0).all()] == \
+        [k for k in ours if k.endswith("weight") and (ours[k] == 0).all()]
 
 
-def test_weights_load_both_ways_with_identical_outputs():
+@pytest.mark.parametrize("arch", ARCHS)
+def test_weights_load_both_ways_with_identical_outputs(arch):
     torch.manual_seed(0)
-    tv, ours = tv_resnet18(), resnet18("imagenet", 1000)
+    tv, ours = tv_model(arch), BACKBONES[arch]("imagenet", 1000)
     ours.load_state_dict(tv.state_dict(), strict=True)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(ours.eval()(x), tv.eval()(x))
         torch.manual_seed(1)
-        ours, tv = resnet18("imagenet", 1000), tv_resnet18()
+        ours, tv = BACKBONES[arch]("imagenet", 1000), tv_model(arch)
         ours.train()(torch.randn(4, 3, 32, 32))  # non-trivial BN statistics, so eval mode uses the buffers
         tv.load_state_dict(ours.state_dict(), strict=True)
         assert torch.equal(ours.eval()(x), tv.eval()(x))
+
+
+def test_arch_is_read_from_the_weights():
+    for arch in ARCHS:
+        sd = tv_model(arch).state_dict()
+        assert arch_of(sd) == arch
+        assert arch_of({f"module.backbone.{k}": v for k, v in sd.items()}) == arch
+        assert arch_of(BACKBONES[arch]("cifar").state_dict()) == arch  # no fc, other stem
+    assert arch_of(tv_model("resnet34").state_dict()) is None  # BasicBlock, [3, 4, 6, 3]
+    assert arch_of(tv_model("resnet101").state_dict()) is None  # Bottleneck, [3, 4, 23, 3]
+    # weights of one depth never go into the other
+    with pytest.raises(ValueError, match="missing keys|incompatible shapes"):
+        load_torchvision_state_dict(resnet18("imagenet"), resnet50("imagenet").state_dict())
 
 
 def test_cifar_conv1_does_not_fit_torchvision():

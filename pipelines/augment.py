@@ -8,7 +8,8 @@
 
 SimCLR's CIFAR augmentation (Chen et al. 2020, appendix B.9) as torchvision writes it:
 RandomResizedCrop(32) -> RandomHorizontalFlip -> RandomApply(ColorJitter(0.4, 0.4, 0.4, 0.1), 0.8)
--> RandomGrayscale(0.2) -> Normalize. Here every random choice is a per-sample tensor drawn from the
+-> RandomGrayscale(0.2) -> Normalize; above 32 px also RandomApply(GaussianBlur, 0.5) before
+Normalize (the ImageNet recipe, see recipes.py). Here every random choice is a per-sample tensor drawn from the
 caller's `torch.Generator` (on the data's device), and each op, given those parameters, computes what
 torchvision's tensor kernel (`transforms.v2.functional`) computes for that one image; the tests check
 it op by op. A batch is processed with no Python loop over samples and no host-device sync:
@@ -45,6 +46,8 @@ class AugParams:
     gray: torch.Tensor  # (N,) bool: converted to grayscale
     boxes: Optional[torch.Tensor] = None  # (N, 4) int64: crop top, left, height, width (None: no crop)
     flip: Optional[torch.Tensor] = None  # (N,) bool: mirrored left-right (None: no flip)
+    blur: Optional[torch.Tensor] = None  # (N,) bool: Gaussian-blurred (None: the recipe has no blur)
+    sigma: Optional[torch.Tensor] = None  # (N,) float32: the blur's standard deviation, pixels
 
 
 # ---------------------------------------------------------------------------------------- samplers
@@ -120,12 +123,18 @@ def sample_orders(n, generator) -> torch.Tensor:
 
 
 def sample_color_params(n, recipe, generator) -> AugParams:
-    """Colour jitter (apply mask, factors, order) and grayscale draws for n views; no crop, no flip."""
+    """Colour jitter (apply mask, factors, order), grayscale and, when the recipe blurs, blur (mask,
+    sigma ~ U[blur_sigma]) draws for n views; no crop, no flip. Without blur nothing more is drawn,
+    so the CIFAR recipe's random stream is unchanged."""
     jitter = sample_mask(n, recipe.jitter_p, generator)
     factors = sample_jitter_factors(n, recipe.jitter, generator)
     order = sample_orders(n, generator)
     gray = sample_mask(n, recipe.gray_p, generator)
-    return AugParams(jitter=jitter, factors=factors, order=order, gray=gray)
+    params = AugParams(jitter=jitter, factors=factors, order=order, gray=gray)
+    if recipe.blur_prob > 0:
+        params.blur = sample_mask(n, recipe.blur_prob, generator)
+        params.sigma = _uniform(n, *recipe.blur_sigma, generator)
+    return params
 
 
 def sample_params(n, height, width, recipe, generator) -> AugParams:
@@ -298,6 +307,34 @@ def color_jitter(x, params: AugParams) -> torch.Tensor:
     return x
 
 
+# -------------------------------------------------------------------------------------------- blur
+
+
+def gaussian_kernels(sigma, kernel_size) -> torch.Tensor:
+    """(N, K) normalised 1-D Gaussian kernels, one per sigma (N,), at the offsets -(K-1)/2 .. (K-1)/2:
+    torchvision's `_get_gaussian_kernel1d`."""
+    half = (kernel_size - 1) * 0.5
+    offsets = torch.linspace(-half, half, kernel_size, device=sigma.device)
+    pdf = torch.exp(-0.5 * (offsets / sigma[:, None]) ** 2)
+    return pdf / pdf.sum(1, keepdim=True)
+
+
+def gaussian_blur(x, sigma, kernel_size, mask=None) -> torch.Tensor:
+    """Blur x (N, C, H, W) float with an isotropic Gaussian of per-sample sigma (N,) on a
+    kernel_size x kernel_size (odd) support, reflect padding (the edge pixel is not repeated), as
+    torchvision's `gaussian_blur`; where mask (N,) bool is False the image is returned unchanged.
+    Separable: a horizontal then a vertical pass, each one grouped conv over all N * C planes."""
+    n, c, height, width = x.shape
+    radius = kernel_size // 2
+    if not radius < min(height, width):
+        raise DataError(f"a {kernel_size}x{kernel_size} blur needs images larger than {radius} pixels, got {height}x{width}")
+    k = gaussian_kernels(sigma.to(torch.float32), kernel_size).repeat_interleave(c, 0)  # (N * C, K)
+    y = F.pad(x.reshape(1, n * c, height, width), (radius,) * 4, mode="reflect")
+    y = F.conv2d(y, k.view(n * c, 1, 1, kernel_size).to(y.dtype), groups=n * c)
+    y = F.conv2d(y, k.view(n * c, 1, kernel_size, 1).to(y.dtype), groups=n * c).view(n, c, height, width)
+    return y if mask is None else torch.where(_per_sample(mask), y, x)
+
+
 @functools.lru_cache(maxsize=32)
 def _channel_constants(mean, std, device):
     """(1, 3, 1, 1) mean and std tensors, copied to the device once per process (not per batch)."""
@@ -321,18 +358,21 @@ def to_unit(images) -> torch.Tensor:
 
 
 def apply_color(x, params: AugParams, recipe) -> torch.Tensor:
-    """Colour jitter then grayscale on x (N, 3, H, W) float in [0, 1]. Ops whose probability in
-    `recipe` is 0 are skipped (a config-level choice: no data is inspected)."""
+    """Colour jitter, grayscale, then Gaussian blur (the recipe's kernel, params.sigma) on x
+    (N, 3, H, W) float in [0, 1]. Ops whose probability in `recipe` is 0 are skipped (a
+    config-level choice: no data is inspected)."""
     if recipe.jitter_p > 0 and any(recipe.jitter):
         x = color_jitter(x, params)
     if recipe.gray_p > 0:
         x = grayscale(x, params.gray)
+    if recipe.blur_prob > 0:
+        x = gaussian_blur(x, params.sigma, recipe.blur_kernel, params.blur)
     return x
 
 
 def apply_params(images, params: AugParams, recipe, mean, std) -> torch.Tensor:
     """One SimCLR view of images (N, 3, H, W) uint8 (or float in [0, 1]) given its parameters:
-    crop + flip -> colour jitter -> grayscale -> normalise. Returns float32 (N, 3, size, size), channels_last."""
+    crop + flip -> colour jitter -> grayscale -> blur (above 32 px) -> normalise. Returns float32 (N, 3, size, size), channels_last."""
     x = resized_crop(images.float(), params.boxes, recipe.size, flip=params.flip)
     if images.dtype == torch.uint8:
         x = x.div_(255)
@@ -348,7 +388,8 @@ def simclr_view(images, recipe, generator, mean, std) -> torch.Tensor:
 
 def color_and_normalize(x, recipe, generator, mean, std) -> torch.Tensor:
     """Colour part of a SimCLR view for x (N, 3, H, W) float32 in [0, 1], already cropped and flipped:
-    colour jitter (probability recipe.jitter_p, random op order per sample) -> grayscale -> normalise.
+    colour jitter (probability recipe.jitter_p, random op order per sample) -> grayscale -> blur
+    (when the recipe blurs; its kernel is sized for recipe.size views) -> normalise.
     Returns float32 (N, 3, H, W), channels_last."""
     params = sample_color_params(x.shape[0], recipe, generator)
     return normalize(apply_color(x.float(), params, recipe), mean, std)

@@ -2,6 +2,7 @@
 
     from pipelines import recipes
     recipes.SimCLRRecipe()                      # SimCLR's CIFAR parameters (augment.SimCLRRecipe is this)
+    recipes.SimCLRRecipe(size=224).blur_prob    # 0.5: above 32 px the ImageNet recipe's blur is on
     recipes.name("dali", "simclr")              # "simclr/torch", what a run writes into config.json
     recipes.derive_seed(seed, epoch, rank)      # one seed per (seed, epoch, rank), never aliasing
 
@@ -10,6 +11,10 @@ RandomResizedCrop(size, scale, ratio, bilinear) -> RandomHorizontalFlip(flip_p) 
 RandomApply(ColorJitter(brightness, contrast, saturation, hue), jitter_p) -> RandomGrayscale(gray_p)
 -> Normalize. ColorJitter applies its four ops in a random order per sample, contrast blends with the
 image's mean grey and hue rotates in HSV; grayscale views are exactly grey (R = G = B).
+Above 32 px the views follow SimCLR's ImageNet recipe (appendix A): after grayscale,
+RandomApply(GaussianBlur(kernel, sigma ~ U[0.1, 2.0]), p = 0.5), the kernel 10% of the side made odd
+(`blur_kernel_size`: 23 at 224 px, 9 at 96 px), reflect padding at the borders as torchvision's
+GaussianBlur (SimCLR's TensorFlow code pads with zeros); at 32 px, the CIFAR recipe, there is no blur.
 All four pipelines draw views from this one distribution; what still differs between them is how
 the same ops are computed (PIL with 8-bit rounding after each op, or float32 throughout), recorded
 per pipeline in VARIANTS and checked statistically by
@@ -26,6 +31,9 @@ RECIPES = ("simclr", "supervised", "eval")  # two SimCLR views / crop+flip / no 
 PAD = 4  # the supervised recipe's reflect padding, pixels
 CROP_TRIES = 10  # torchvision's RandomResizedCrop tries 10 boxes before its central fallback
 LUMA = (0.2989, 0.587, 0.114)  # torchvision's rounding of the ITU-R 601-2 luma weights
+BLUR_P = 0.5  # SimCLR's ImageNet recipe: probability of the Gaussian blur
+BLUR_SIGMA = (0.1, 2.0)  # its standard deviation, drawn uniformly per view, pixels
+BLUR_ABOVE = 32  # blur is part of the recipe for output sides above this (CIFAR's 32 px: none)
 
 # pipeline -> how it computes the SimCLR recipe (same distribution, different arithmetic):
 VARIANTS = {
@@ -46,6 +54,12 @@ def name(pipeline, recipe) -> str:
     return f"{recipe}/{VARIANTS[pipeline]}" if recipe == "simclr" else recipe
 
 
+def blur_kernel_size(size: int) -> int:
+    """Side of the Gaussian blur kernel for size x size views: 10% of the side, made odd the way
+    SimCLR's code does (radius = (size // 10) // 2, kernel = 2 * radius + 1): 23 at 224, 9 at 96."""
+    return 2 * (size // 10 // 2) + 1
+
+
 def derive_seed(*parts, bits=63) -> int:
     """A well-mixed `bits`-bit seed (bits <= 64) from integers, so (seed, epoch, rank) tuples never
     alias as seed + epoch would. DALI wants seeds below 2**31: it passes bits=31."""
@@ -64,6 +78,19 @@ class SimCLRRecipe:
     jitter: tuple = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue strengths
     jitter_p: float = 0.8  # probability that colour jitter is applied at all
     gray_p: float = 0.2
+    blur_p: float | None = None  # Gaussian blur probability; None: BLUR_P above BLUR_ABOVE px, else 0
+    blur_sigma: tuple = BLUR_SIGMA  # blur standard deviation range, pixels, sampled uniformly
+
+    @property
+    def blur_prob(self) -> float:
+        """The blur probability in force: blur_p when given, else the size's default."""
+        if self.blur_p is not None:
+            return self.blur_p
+        return BLUR_P if self.size > BLUR_ABOVE else 0.0
+
+    @property
+    def blur_kernel(self) -> int:
+        return blur_kernel_size(self.size)
 
     def __post_init__(self):
         def floats(name, k):
@@ -83,11 +110,16 @@ class SimCLRRecipe:
             lo, hi = floats(name, 2)
             if not 0 < lo <= hi:
                 raise DataError(f"SimCLRRecipe.{name} must satisfy 0 < low <= high, got {(lo, hi)}")
+        lo, hi = floats("blur_sigma", 2)
+        if not 0 < lo <= hi:
+            raise DataError(f"SimCLRRecipe.blur_sigma must satisfy 0 < low <= high, got {(lo, hi)}")
         jitter = floats("jitter", 4)
         if min(jitter) < 0 or jitter[3] > 0.5:
             raise DataError(f"SimCLRRecipe.jitter must be >= 0 with hue <= 0.5, got {jitter}")
-        for name in ("flip_p", "jitter_p", "gray_p"):
+        for name in ("flip_p", "jitter_p", "gray_p", "blur_p"):
             p = getattr(self, name)
+            if p is None and name == "blur_p":
+                continue
             if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
                 raise DataError(f"SimCLRRecipe.{name} must be a probability in [0, 1], got {p!r}")
             setattr(self, name, float(p))

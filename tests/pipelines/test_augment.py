@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import DataError, augment
+from pipelines import DataError, augment, recipes
 from pipelines.augment import SimCLRRecipe
 
 N = 20_000  # parameter draws per statistical test
@@ -172,6 +172,41 @@ def test_jitter_factors_are_uniform_on_torchvision_ranges(jitter):
         assert ok, (k, detail)
 
 
+def test_blur_is_drawn_above_32_px_at_half_rate_with_uniform_sigma():
+    """SimCLR's ImageNet blur: applied with p = 0.5, sigma ~ U[0.1, 2.0] (KS against numpy's
+    uniform sampler), drawn independently of the colour draws; none at all at 32 px."""
+    for size in (33, 96, 224):
+        recipe = SimCLRRecipe(size=size)
+        assert recipe.blur_prob == 0.5 and recipe.blur_sigma == (0.1, 2.0)
+    p = augment.sample_params(N, 224, 224, SimCLRRecipe(size=224), gen(22))
+    assert p.blur.dtype == torch.bool and p.blur.shape == (N,) and p.sigma.dtype == torch.float32
+    ok, detail = binomial_ok(p.blur.numpy(), 0.5)
+    assert ok, detail
+    ok, detail = binomial_ok((p.blur & p.gray).numpy(), 0.5 * 0.2)  # independent of grayscale
+    assert ok, detail
+    sigma = p.sigma.numpy().astype(np.float64)
+    assert 0.1 <= sigma.min() and sigma.max() <= 2.0
+    ok, detail = same_law(sigma, np.random.default_rng(0).uniform(0.1, 2.0, N))
+    assert ok, detail
+    ok, detail = same_law(sigma[:N // 2], sigma[N // 2:] * 0.5 + 0.05)  # the test can fail: U[0.1, 1.05]
+    assert not ok, detail
+    # The CIFAR recipe: no blur parameters, and the colour draws consume the stream as before.
+    cifar = augment.sample_params(64, 32, 32, SimCLRRecipe(), gen(23))
+    assert SimCLRRecipe().blur_prob == 0.0 and cifar.blur is None and cifar.sigma is None
+    blurred = augment.sample_params(64, 32, 32, SimCLRRecipe(blur_p=0.5), gen(23))
+    for name in ("boxes", "flip", "jitter", "factors", "order", "gray"):
+        assert torch.equal(getattr(cifar, name), getattr(blurred, name)), name  # blur draws come last
+    assert SimCLRRecipe(size=224, blur_p=0.0).blur_prob == 0.0 and SimCLRRecipe(blur_p=1).blur_prob == 1.0
+
+
+def test_blur_kernel_is_the_odd_tenth_of_the_side():
+    assert [recipes.blur_kernel_size(s) for s in (224, 160, 96, 64, 40)] == [23, 17, 9, 7, 5]
+    for size in range(33, 600):
+        k = recipes.blur_kernel_size(size)
+        assert k % 2 == 1 and abs(k - size / 10) <= 2 and k // 2 < size, size
+        assert SimCLRRecipe(size=size).blur_kernel == k
+
+
 def test_translations_cover_the_padding_uniformly():
     t = augment.sample_translations(N, 4, gen(8)).numpy()
     assert t.min() == 0 and t.max() == 8
@@ -196,7 +231,9 @@ def test_recipe_validation():
     assert r.scale == (0.2, 1.0) and r.jitter == (0.1, 0.1, 0.1, 0.05)
     for bad in [dict(size=0), dict(size=32.0), dict(scale=(0.5, 0.2)), dict(scale=(0.0, 1.0)), dict(ratio=(1.0,)),
                 dict(flip_p=1.5), dict(gray_p=-0.1), dict(jitter=(0.4, 0.4, 0.4, 0.6)),
-                dict(jitter=(-0.1, 0.4, 0.4, 0.1)), dict(jitter="strong"), dict(jitter_p=True)]:
+                dict(jitter=(-0.1, 0.4, 0.4, 0.1)), dict(jitter="strong"), dict(jitter_p=True),
+                dict(blur_p=1.2), dict(blur_p="half"), dict(blur_sigma=(0.0, 2.0)), dict(blur_sigma=(2.0, 0.1)),
+                dict(blur_sigma=(0.1,))]:
         with pytest.raises(DataError, match="SimCLRRecipe"):
             SimCLRRecipe(**bad)
 
@@ -292,6 +329,43 @@ def test_reflect_crop_matches_torchvision_pad_crop_flip():
         assert torch.equal(got[i], TF.horizontal_flip(want) if flip[i] else want), i
 
 
+def reference_blur(image, sigma, kernel_size, mode="reflect"):
+    """Gaussian blur of one (C, H, W) image in float64 numpy, written from the definition: weights
+    exp(-t^2 / (2 sigma^2)) at t = -r..r normalised to sum 1, padding by numpy's `mode` ("reflect":
+    mirrored about the edge pixel, which is not repeated: torchvision's), rows then columns."""
+    r = kernel_size // 2
+    t = np.arange(-r, r + 1, dtype=np.float64)
+    w = np.exp(-t ** 2 / (2 * sigma ** 2))
+    w /= w.sum()
+    x = np.pad(np.asarray(image, np.float64), ((0, 0), (r, r), (r, r)), mode=mode)
+    h, wd = image.shape[1:]
+    x = sum(w[j] * x[:, :, j:j + wd] for j in range(kernel_size))  # along width
+    return sum(w[j] * x[:, j:j + h, :] for j in range(kernel_size))  # along height
+
+
+@pytest.mark.parametrize("kernel_size", [5, 9, 23])
+def test_gaussian_blur_matches_float64_reference_and_torchvision(kernel_size):
+    x = sample_images(n=8, height=30, width=26)
+    x[6] = 0.0
+    x[6, :, 1, 1] = 1.0  # one pixel next to the corner: each padding rule mirrors it differently
+    sigma = torch.tensor([0.1, 0.5, 1.0, 2.0, 1.3, 0.7, 2.0, 0.25])
+    mask = torch.tensor([True] * 7 + [False])
+    got = augment.gaussian_blur(x, sigma, kernel_size, mask)
+    assert got.shape == x.shape and torch.equal(got[7], x[7]), "mask False: unchanged, exactly"
+    for i in range(7):
+        want = reference_blur(x[i].numpy(), float(sigma[i]), kernel_size)
+        assert np.abs(got[i].double().numpy() - want).max() <= 1e-6, i
+    for other in ("constant", "edge", "symmetric"):  # zero, replicate, edge-repeating mirror: all differ at the corner
+        assert np.abs(got[6].double().numpy() - reference_blur(x[6].numpy(), 2.0, kernel_size, other)).max() > 1e-3
+    TF = _tv()
+    for i in range(7):
+        want = TF.gaussian_blur(x[i], [kernel_size, kernel_size], [float(sigma[i])] * 2)
+        assert (got[i] - want).abs().max() <= 1e-5, i
+    assert torch.equal(augment.gaussian_blur(x, sigma, 1), x)  # a 1-tap kernel is the identity
+    with pytest.raises(DataError, match="blur"):
+        augment.gaussian_blur(x[:, :, :4, :4], sigma, 9)
+
+
 def _torchvision_view(TF, image, p, i, size, mean, std):
     """One SimCLR view the torchvision way, with sample i's parameters."""
     x = TF.to_dtype(image, torch.float32, scale=True)
@@ -302,6 +376,9 @@ def _torchvision_view(TF, image, p, i, size, mean, std):
         for k in p.order[i].tolist():
             x = ops[k](x, float(p.factors[i, k]))
     x = TF.rgb_to_grayscale(x, num_output_channels=3) if p.gray[i] else x
+    if p.blur is not None and p.blur[i]:
+        k = recipes.blur_kernel_size(size)
+        x = TF.gaussian_blur(x, [k, k], [float(p.sigma[i])] * 2)
     return TF.normalize(x, mean, std)
 
 
@@ -324,16 +401,18 @@ def test_color_jitter_applies_ops_in_each_samples_order():
     assert not p.jitter.all()
 
 
-def test_simclr_view_equals_torchvision_chain_per_sample():
+@pytest.mark.parametrize("size", [24, 40], ids=["cifar-no-blur", "40px-blur"])
+def test_simclr_view_equals_torchvision_chain_per_sample(size):
     TF = _tv()
-    images = (sample_images(n=48, height=28, width=30) * 255).round().to(torch.uint8)
-    recipe, mean, std = SimCLRRecipe(size=24), (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    images = (sample_images(n=48, height=size + 4, width=size + 6) * 255).round().to(torch.uint8)
+    recipe, mean, std = SimCLRRecipe(size=size), (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
     view = augment.simclr_view(images, recipe, gen(16), mean, std)
-    p = augment.sample_params(48, 28, 30, recipe, gen(16))  # the same draws
-    assert view.shape == (48, 3, 24, 24) and view.dtype == torch.float32
+    p = augment.sample_params(48, size + 4, size + 6, recipe, gen(16))  # the same draws
+    assert (p.blur is not None) == (size > 32) and (size < 32 or 0 < p.blur.sum() < 48)
+    assert view.shape == (48, 3, size, size) and view.dtype == torch.float32
     assert view.is_contiguous(memory_format=torch.channels_last)
     for i in range(48):
-        want = _torchvision_view(TF, images[i], p, i, 24, mean, std)
+        want = _torchvision_view(TF, images[i], p, i, size, mean, std)
         assert (view[i] - want).abs().max() <= 1e-4 / min(std), i  # 1e-4 in [0, 1] pixel units
 
 
@@ -384,6 +463,11 @@ def test_cuda_matches_cpu_and_never_syncs():
         view = augment.simclr_view(images, recipe, g, mean, std)
         view = augment.color_and_normalize(x.cuda(), recipe, g, mean, std)
         augment.crop_flip_view(images, g, mean, std)
+        blurred = augment.simclr_view(images, SimCLRRecipe(size=64), g, mean, std)  # with the blur
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert view.device.type == "cuda" and view.is_contiguous(memory_format=torch.channels_last)
+    assert blurred.shape == (256, 3, 64, 64) and blurred.device.type == "cuda"
+    sigma = torch.rand(256, generator=gen(24)) * 1.9 + 0.1
+    torch.testing.assert_close(augment.gaussian_blur(x.cuda(), sigma.cuda(), 7).cpu(),
+                               augment.gaussian_blur(x, sigma, 7), atol=1e-5, rtol=0)

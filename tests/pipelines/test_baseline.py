@@ -166,3 +166,21 @@ def test_output_statistics_match_gpu_pipeline():
                    gpu.build(real, batch_size=100, device="cpu", seed=3)):
         views.append(torch.cat([torch.cat([b.view1, b.view2]) for b in epoch(loader, 0)]))
     assert_same_channel_moments(*views)
+
+
+def test_blur_is_in_the_recipe_above_32_px_only():
+    """torchvision's own GaussianBlur does the baseline's blur: RandomApply(p = 0.5) with the recipe's
+    kernel and sigma range above 32 px, absent from the CIFAR recipe (its statistics against the
+    torch op: test_recipe_parity.py)."""
+    from torchvision.transforms import v2 as T
+
+    def blurs(spec):
+        chain = baseline.transform("simclr", spec, (0.5,) * 3, (0.25,) * 3, (spec.size, spec.size)).transforms
+        return [(t.p, b) for t in chain if isinstance(t, T.RandomApply) for b in t.transforms
+                if isinstance(b, T.GaussianBlur)]
+
+    assert blurs(augment.SimCLRRecipe()) == []
+    [(p, blur)] = blurs(augment.SimCLRRecipe(size=96))
+    assert p == 0.5 and list(blur.kernel_size) == [9, 9] and list(blur.sigma) == [0.1, 2.0]
+    [(p, blur)] = blurs(augment.SimCLRRecipe(size=224, blur_sigma=(0.5, 1.5)))
+    assert list(blur.kernel_size) == [23, 23] and list(blur.sigma) == [0.5, 1.5]

@@ -4,6 +4,7 @@
     python -m benchmarks.suite --data-dir data --stages step,throughput,nt_xent --out results/a
     python -m benchmarks.suite --data-dir data --stages time_to_accuracy --rates-from results/a/suite.json --out results/b
     python -m benchmarks.suite --smoke --out /tmp/suite              # every stage's code path on a CPU
+    python -m benchmarks.suite --data-dir data --stages families --rates-from results/a/suite.json --out results/c
 
 It prints its plan (stages and estimated seconds) first, runs the stages in order, each under its
 own deadline (the estimates add up to --budget; time a stage leaves unused passes to the next),
@@ -12,7 +13,8 @@ of time stops starting new work, keeps what it measured and is reported as "cut"
 runs past its deadline plus a grace period is interrupted and reported as "cut" too. Stages:
 environment (+ measured bf16 matmul peak), step ablation, throughput per pipeline, NT-Xent, time
 to accuracy (SimCLR on CIFAR-10, kNN every 10 epochs against wall-clock time, then the linear
-probe on CIFAR-10 and the transfer probe on CIFAR-100). Outputs, all in --out: suite.json,
+probe on CIFAR-10 and the transfer probe on CIFAR-100); optional, only when named in --stages:
+families (autoencoder, SimCLR, Deep InfoMax on CIFAR-10 80/10/10, one seed, at the stage's budget). Outputs, all in --out: suite.json,
 suite.md, throughput.png, step.png, knn.png. Training runs and probes write into --work-dir
 (default: a temporary folder, removed at the end unless --keep-work).
 """
@@ -52,14 +54,16 @@ SMOKE = dict(FULL, matmul_n=128, step_batch=2, image_size=8, step_steps=1, step_
              probe_extra=["--lrs", "0.1", "--wds", "0", "--feature-batch-size", "500"],
              probe_reserve_s=0.0, compile_overhead_s=0.0)
 # Estimated seconds per stage on one H100/H200 (the plan; shares of --budget) and for --smoke on a CPU.
-ESTIMATES = {"environment": 15, "step": 120, "throughput": 100, "nt_xent": 50, "time_to_accuracy": 255}
-SMOKE_ESTIMATES = {"environment": 5, "step": 30, "throughput": 30, "nt_xent": 15, "time_to_accuracy": 70}
+ESTIMATES = {"environment": 15, "step": 120, "throughput": 100, "nt_xent": 50, "time_to_accuracy": 255,
+             "families": 500}
+SMOKE_ESTIMATES = {"environment": 5, "step": 30, "throughput": 30, "nt_xent": 15, "time_to_accuracy": 70,
+                   "families": 100}
 
 
 @dataclass
 class SuiteConfig:
     budget: float | None = field(default=None, metadata={"help": "seconds for the whole suite (default 540: one 10-minute call with margin; --smoke 180)"})
-    stages: str = field(default=",".join(stages.STAGES), metadata={"help": "comma-separated stages to run, in this order: " + ", ".join(stages.STAGES)})
+    stages: str = field(default=",".join(stages.STAGES), metadata={"help": "comma-separated stages to run, in this order: " + ", ".join(stages.ALL) + " (families: only when named)"})
     data_dir: str | None = field(default=None, metadata={"help": "where CIFAR-10 / CIFAR-100 live (else $FASTSSL_DATA); nothing is downloaded"})
     throughput_dataset: str | None = field(default=None, metadata={"help": "data of the throughput stage (default cifar10; cifar10-sample, shipped, before CIFAR-10 is staged; --smoke: the sample)", "choices": ["cifar10", "cifar10-sample"]})
     rates_from: str | None = field(default=None, metadata={"help": "suite.json of an earlier run on the same GPU whose throughput/step stage gives the epoch time (when this run skips those stages)"})
@@ -87,12 +91,12 @@ class SuiteConfig:
         if self.epochs is not None and self.epochs <= 0:
             raise ValueError(f"--epochs must be positive, got {self.epochs}")
         self.stage_list = [s.strip() for s in self.stages.split(",") if s.strip()]
-        bad = [s for s in self.stage_list if s not in stages.STAGES]
+        bad = [s for s in self.stage_list if s not in stages.ALL]
         if bad or not self.stage_list:
-            raise ValueError(f"--stages: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(stages.STAGES)}")
+            raise ValueError(f"--stages: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(stages.ALL)}")
         # Always in the suite's order, and always with the environment first: every result carries
         # the GPU it ran on and its measured matmul peak.
-        self.stage_list = [s for s in stages.STAGES if s in self.stage_list or s == "environment"]
+        self.stage_list = [s for s in stages.ALL if s in self.stage_list or s == "environment"]
 
 
 class StageTimeout(Exception):
@@ -132,7 +136,7 @@ def plan(cfg) -> list:
 
 def run_stage(ctx, name, deadline, grace) -> dict:
     """One stage under its deadline: {status, reason, seconds, result}."""
-    fn = stages.STAGES[name][0]
+    fn = stages.ALL[name][0]
     ctx.deadline = deadline
     t0 = time.monotonic()
     rec = {"stage": name, "status": "ok", "reason": "", "deadline_s": deadline - t0}

@@ -10,12 +10,12 @@ OPTIMIZER_SHARE = 0.05
 
 
 def print_plan(steps, cfg, env, out) -> None:
-    from .suite_stages import STAGES
+    from .suite_stages import ALL
 
     print(f"benchmarks.suite on {env['gpu'] or env['cpu']} (torch {env['torch']}), budget {cfg.budget:.0f} s"
           f"{', smoke' if cfg.smoke else ''}; results in {out}")
     for i, (name, est) in enumerate(steps, 1):
-        print(f"  {i}. {name:<17} ~{est:5.0f} s  {STAGES[name][1]}")
+        print(f"  {i}. {name:<17} ~{est:5.0f} s  {ALL[name][1]}")
     sys.stdout.flush()
 
 
@@ -94,6 +94,22 @@ def tta_section(res) -> str:
     return "\n".join(lines) + "\n"
 
 
+def families_section(res) -> str:
+    """One row per family: its epochs, loss, kNN monitor, and the probe on the split's test part."""
+    rows = []
+    for method, r in res["families"].items():
+        p = r.get("probe") or {}
+        rows.append([method, str(r.get("epochs", "-")), common.fmt(r.get("final_loss"), ".4f"),
+                     common.fmt(r.get("val_knn_top1"), ".2f"), common.fmt(r.get("knn_top1"), ".2f"),
+                     common.fmt(p.get("test_top1"), ".2f"), common.fmt(p.get("test_top5"), ".2f"),
+                     p.get("status", r.get("status", "-"))])
+    return (f"Each family pretrained on the train part of {res['dataset']} {res['split']} (split seed 0), the linear "
+            "probe tuned on its validation part and scored once on its test part; kNN top-1 on the test part "
+            "(train + validation vote). Commands in suite.json.\n\n" + common.markdown_table(
+                ["family", "epochs", "final loss", "val kNN top-1", "kNN top-1", "linear top-1", "linear top-5", "probe"],
+                rows))
+
+
 def markdown(report) -> str:
     env = report["environment"]
     _, envres = stage(report, "environment")
@@ -113,7 +129,8 @@ def markdown(report) -> str:
     sections = [("step", "## Step ablation\n", step_table),
                 ("throughput", "## Throughput\n", throughput.render),
                 ("nt_xent", "## NT-Xent\n", nt_xent.render),
-                ("time_to_accuracy", "## Time to accuracy\n", tta_section)]
+                ("time_to_accuracy", "## Time to accuracy\n", tta_section),
+                ("families", "## Families (CIFAR-10 80/10/10, one seed)\n", families_section)]
     for name, title, render in sections:
         rec, res = stage(report, name)
         if rec is None:

@@ -304,14 +304,14 @@ def knn_curve(path: str) -> list:
     return curve
 
 
-def probe(ctx, run: str, dataset: str, key: str) -> dict:
+def probe(ctx, run: str, dataset: str, key: str, extra=()) -> dict:
     """fastssl.linear's protocol on the run's backbone; the dataset label says which copy it was."""
     from fastssl.eval.linear import LinearConfig, evaluate
     from pipelines import DataError
 
     s = ctx.sizes
     argv = ["--backbone", run, "--dataset", dataset, "--epochs", str(s["probe_epochs"]), "--device", str(ctx.device),
-            "--out", os.path.join(ctx.work, key), "--overwrite", "--no-progress", *s["probe_extra"]]
+            "--out", os.path.join(ctx.work, key), "--overwrite", "--no-progress", *s["probe_extra"], *extra]
     if ctx.cfg.data_dir:
         argv += ["--data-dir", ctx.cfg.data_dir]
     if s.get("probe_subset"):
@@ -326,6 +326,48 @@ def probe(ctx, run: str, dataset: str, key: str) -> dict:
             "train_images": summary["data"]["train_images"], "test_images": summary["data"]["test_images"]}
 
 
+# ----------------------------------------------------------------------------- 6. families (optional)
+
+FAMILY_METHODS = ("autoencoder", "simclr", "dim")
+FAMILY_SPLIT = "80/10/10"
+
+
+def families_stage(ctx, expired) -> dict:
+    """experiments/families.toml at the stage's budget: each family pretrained once (seed --seed) on
+    the train part of CIFAR-10's 80/10/10 split for the epochs its share of the deadline allows
+    (planned from SimCLR's measured epoch time, the costliest of the three: two views), then
+    probed on the same split (tuned on validation, test part scored once)."""
+    from fastssl.pretrain import PretrainConfig
+    from fastssl.train import train
+
+    s = ctx.sizes
+    from pipelines import DataError, datasets
+    try:
+        datasets.find_cifar("cifar10", ctx.cfg.data_dir, download=False) if s["train_dataset"] == "cifar10" else None
+    except DataError as e:
+        raise Skip(f"CIFAR-10 not found: {e}") from None
+    split = ["--split", FAMILY_SPLIT, "--split-seed", "0"]
+    result = {"split": FAMILY_SPLIT, "dataset": s["train_dataset"], "families": {}, "cut": False}
+    ctx.partial["families"] = result
+    for i, method in enumerate(FAMILY_METHODS):
+        if expired():
+            result["families"][method] = {"status": "cut: out of time before it started"}
+            result["cut"] = True
+            continue
+        share = (ctx.deadline - time.monotonic()) / (len(FAMILY_METHODS) - i)
+        epochs, plan = plan_epochs(ctx, share)
+        run = os.path.join(ctx.work, f"family_{method}")
+        argv = pretrain_argv(ctx, epochs, run) + ["--method", method, *split]
+        log(f"families: {method}, {epochs} epochs; python -m fastssl.pretrain {' '.join(argv)}")
+        rec = {"epochs": epochs, "plan": plan, "command": "python -m fastssl.pretrain " + " ".join(argv)}
+        result["families"][method] = rec
+        summary = train(parse(PretrainConfig, argv), argv)
+        rec.update(final_loss=summary["final_loss"], val_knn_top1=summary["val_knn_top1"],
+                   knn_top1=summary["knn_top1"], knn_top5=summary["knn_top5"], pretrain_wall_s=summary["wall_time_s"])
+        rec["probe"] = probe(ctx, run, s["train_dataset"], f"family_{method}_linear", split)
+    return result
+
+
 STAGES = {  # name -> (function, what it measures)
     "environment": (environment, "GPU, driver, versions, commit, command; measured bf16 matmul peak"),
     "step": (step_ablation, "step ablation: eager fp32 -> channels_last -> bf16 -> compile -> fast optimiser -> CUDA graphs"),
@@ -333,3 +375,8 @@ STAGES = {  # name -> (function, what it measures)
     "nt_xent": (nt_xent_stage, "NT-Xent forward+backward, eager / compiled / chunked"),
     "time_to_accuracy": (time_to_accuracy, "SimCLR on CIFAR-10 with kNN every 10 epochs, then linear and transfer probes"),
 }
+# Run only when named in --stages (a GPU call of its own: three pretrainings and probes).
+OPTIONAL = {
+    "families": (families_stage, "autoencoder, SimCLR, Deep InfoMax on CIFAR-10 80/10/10 at the stage's budget, each probed on the split"),
+}
+ALL = {**STAGES, **OPTIONAL}

@@ -47,7 +47,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CIFAR100_MD5 = {"train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae62326f3e7ffdfab6717acfc"}
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "cifar10-sample": "CIFAR-10 sample",
                  "imagefolder": "image folder", "cifar10+cifar100": "CIFAR-10 + CIFAR-100 (no labels)"}
-METHOD_NAMES = {"simclr": "SimCLR", "supervised": "supervised"}
+METHOD_NAMES = {"simclr": "SimCLR", "supervised": "supervised", "autoencoder": "autoencoder", "dim": "Deep InfoMax"}
 
 
 @dataclass
@@ -184,6 +184,9 @@ def describe_backbone(spec: str, info: dict) -> dict:
     label = f"{METHOD_NAMES.get(c.get('method'), c.get('method'))}{arch} ({data}{images}, {c.get('epochs')} ep{extra})"
     pretrain = {k: c.get(k) for k in ("method", "dataset", "subset", "epochs", "batch_size", "temperature", "lr", "seed")}
     pretrain["train_images"] = run.get("train_images")
+    pretrain["split"] = c.get("split", datasets.OFFICIAL)
+    if pretrain["split"] != datasets.OFFICIAL:  # runs on two splits never average
+        label = f"{label[:-1]}, split {pretrain['split']})"
     return {"kind": c.get("method", "run"), "label": label, "seed": c.get("seed"), "pretrain": pretrain, **info}
 
 

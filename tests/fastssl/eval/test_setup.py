@@ -9,7 +9,6 @@ import pytest
 from fastssl import pretrain
 from fastssl.eval import knn, linear
 from fastssl.eval.setup import load_data
-from pipelines import datasets
 
 BAD = ["80/10", "50/50/50", "80/-10/30", "-80/90/90", "eighty/10/10"]
 PRE = ["--dataset", "imagefolder", "--stem", "imagenet", "--batch-size", "16", "--epochs", "1", "--warmup-epochs", "0",
@@ -20,16 +19,9 @@ PRE = ["--dataset", "imagefolder", "--stem", "imagenet", "--batch-size", "16", "
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """--data-dir of a 4-class image folder, 10 train + 5 test images per class (15 pooled: 11/2/2 at 80/10/10)."""
-    from PIL import Image
+    from test_experiment import image_folder  # the experiment tests' folder maker (same directory)
 
-    root = tmp_path_factory.mktemp("data")
-    for split, n in (("train", 10), ("test", 5)):
-        data = datasets.load("cifar10-sample", split)
-        for c in range(4):
-            (root / split / data.classes[c]).mkdir(parents=True)
-            for i, j in enumerate(np.flatnonzero(data.labels == c)[:n]):
-                Image.fromarray(data.images[j]).save(root / split / data.classes[c] / f"{i}.png")
-    return str(root)
+    return str(image_folder(tmp_path_factory.mktemp("data"), train_per_class=10, test_per_class=5))
 
 
 @pytest.mark.parametrize("text", BAD)

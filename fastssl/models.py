@@ -50,6 +50,10 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(channels)
         self.downsample = _downsample(in_channels, channels, stride)
 
+    @property
+    def last_bn(self):  # a property, not a second registration: the key names stay torchvision's
+        return self.bn2
+
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
@@ -74,12 +78,20 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = _downsample(in_channels, out_channels, stride)
 
+    @property
+    def last_bn(self):
+        return self.bn3
+
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         return self.relu(out + identity)
+
+
+# name -> (block, blocks per stage): what builds each backbone and what tells their weights apart
+LAYOUTS = {"resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet50": (Bottleneck, (3, 4, 6, 3))}
 
 
 class ResNet(nn.Module):
@@ -127,8 +139,8 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
         if zero_init_residual:  # each block starts as the identity (Goyal et al. 2017): its last BN is 0
             for m in self.modules():
-                if isinstance(m, (BasicBlock, Bottleneck)):
-                    nn.init.zeros_(m.bn3.weight if isinstance(m, Bottleneck) else m.bn2.weight)
+                if isinstance(m, block):
+                    nn.init.zeros_(m.last_bn.weight)
 
     def forward_layer3(self, x):
         """(B,3,H,W) -> (layer3 map (B,layer3_channels,H/4,W/4) for the CIFAR stem, H/16 for the
@@ -147,7 +159,7 @@ def resnet18(stem: str = "cifar", num_classes: int = 0, zero_init_residual: bool
 
     Parameters: 11,689,512 with the ImageNet stem and a 1000-class fc (= torchvision's),
     11,168,832 for the SimCLR backbone (CIFAR stem, no fc)."""
-    return ResNet((2, 2, 2, 2), stem, num_classes, zero_init_residual, BasicBlock)
+    return ResNet(LAYOUTS["resnet18"][1], stem, num_classes, zero_init_residual, LAYOUTS["resnet18"][0])
 
 
 def resnet50(stem: str = "cifar", num_classes: int = 0, zero_init_residual: bool = False) -> ResNet:
@@ -155,13 +167,10 @@ def resnet50(stem: str = "cifar", num_classes: int = 0, zero_init_residual: bool
 
     Parameters: 25,557,032 with the ImageNet stem and a 1000-class fc (= torchvision's),
     23,500,352 for the SimCLR backbone (CIFAR stem, no fc)."""
-    return ResNet((3, 4, 6, 3), stem, num_classes, zero_init_residual, Bottleneck)
+    return ResNet(LAYOUTS["resnet50"][1], stem, num_classes, zero_init_residual, LAYOUTS["resnet50"][0])
 
 
 BACKBONES = {"resnet18": resnet18, "resnet50": resnet50}
-# What tells the architectures apart in a torchvision-named state_dict: the block type (a
-# Bottleneck has conv3) and the number of blocks per stage.
-ARCHS = {"resnet18": (False, (2, 2, 2, 2)), "resnet50": (True, (3, 4, 6, 3))}
 
 
 def arch_of(state_dict: dict) -> str | None:
@@ -170,8 +179,8 @@ def arch_of(state_dict: dict) -> str | None:
     keys = {strip_prefixes(k) for k in state_dict}
     blocks = tuple(len({k.split(".")[1] for k in keys if k.startswith(f"layer{i}.") and k.endswith(".conv1.weight")})
                    for i in range(1, 5))
-    bottleneck = "layer1.0.conv3.weight" in keys
-    return next((name for name, layout in ARCHS.items() if layout == (bottleneck, blocks)), None)
+    block = Bottleneck if "layer1.0.conv3.weight" in keys else BasicBlock  # only a Bottleneck has conv3
+    return next((name for name, layout in LAYOUTS.items() if layout == (block, blocks)), None)
 
 
 class ProjectionHead(nn.Module):

@@ -30,7 +30,9 @@ def tables(exp: dict) -> list[tuple[str, list[dict]]]:
     by_eval = {}
     for r in exp["rows"]:
         if r.get("method"):
-            by_eval.setdefault(r.get("eval_dataset") or "-", []).append(r)
+            label = r.get("eval_dataset") or "-"
+            label = label if "test part of" in label or label == "-" else f"{label} (official test split)"
+            by_eval.setdefault(label, []).append(r)
     out = []
     order = list(FAMILIES)
     for label, rows in by_eval.items():

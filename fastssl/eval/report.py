@@ -257,8 +257,9 @@ def build(found: dict, cfg: ReportConfig, out: str) -> list[tuple]:
         blocks.append(("h2", "Main comparison"))
         blocks.append(("p", "Test-set accuracy (%). Linear probe: frozen backbone, features extracted once, "
                             "learning rate and weight decay chosen on a stratified 10% validation split, retrained on the full "
-                            "training set, test scored once. kNN: weighted 200-NN on the same features. Mean ± std over "
-                            "repeats (seeds); n = repeats."))
+                            "training set, test scored once (\"test part of A/B/C\": a train/val/test split of the pooled "
+                            "images, tuned on its validation part, refit on train + validation). kNN: weighted 200-NN on "
+                            "the same features. Mean ± std over repeats (seeds); n = repeats."))
         blocks.append(("table", ["backbone", "protocol", "data", "top1", "top5", "knn_top1", "n"],
                        {"data": "evaluated on", "top1": "top-1", "top5": "top-5", "knn_top1": "kNN top-1"}, main))
     tables = []

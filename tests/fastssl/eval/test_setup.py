@@ -83,3 +83,15 @@ def test_pretrain_probe_and_knn_on_one_split(tmp_path, folder, capsys):
             knn.main(["--backbone", str(run), "--dataset", "imagefolder", "--data-dir", folder, "--device", "cpu", *argv])
         err = capsys.readouterr().err.strip()
         assert e.value.code == 2 and len(err.splitlines()) == 1 and "would test images it was trained on" in err
+
+
+def test_supervised_trains_on_the_train_part_and_scores_the_test_part(tmp_path, folder):
+    from fastssl import supervised
+
+    out = tmp_path / "scratch"
+    assert supervised.main(["--dataset", "imagefolder", "--data-dir", folder, "--split", "80/10/10", "--stem", "imagenet",
+                            "--epochs", "1", "--batch-size", "16", "--warmup-epochs", "0", "--knn-every", "0",
+                            "--log-interval", "1", "--no-compile", "--device", "cpu", "--no-progress",
+                            "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["data"]["split"] == "80/10/10" and s["data"]["train_images"] == 44 and s["data"]["test_images"] == 8

@@ -296,6 +296,8 @@ def pooled(name, data_dir=None, download=True) -> ArrayDataset:
     if name == "cifar10+cifar100":
         raise DataError("a train/val/test split needs labels for every image; cifar10+cifar100 has unlabelled ones")
     train = load(name, "train", data_dir, download=download)
+    if not isinstance(train, ArrayDataset):  # a converted file streams its images: nothing to pool
+        raise DataError(f"a train/val/test split pools images in memory; {name} is a converted dataset, use its name")
     if name == "imagefolder" and not os.path.isdir(os.path.join(_root(data_dir), "train")):
         return train
     test = load(name, "test", data_dir, download=download)

@@ -1,9 +1,9 @@
 """Evaluation setup, the one path every evaluation command takes: splits -> device -> backbone -> features.
 
     from fastssl.eval.setup import setup, on_device, features
-    device, data = setup(cfg)                 # cfg has device, dataset, data_dir, split, split_seed
-    backbone = on_device(backbone, device)
-    feats = features(backbone, data, device)  # {"train": (f, y), "test": (f, y)}
+    device, data = setup(cfg)          # cfg has device, dataset, data_dir, split, split_seed
+    bank, val_idx = data.labelled()    # what classifiers learn from; val_idx: the split's validation images
+    feats = features(on_device(backbone, device), {"train": bank, "test": data.test}, device)  # name -> (f, y)
 
 Splits (`--split`): "official" is the dataset's own train/test split; "80/10/10" pools every
 labelled image (train + test split) and divides it into train / validation / test percentages,

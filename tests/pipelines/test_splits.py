@@ -71,3 +71,12 @@ def test_load_split_pools_train_and_test(monkeypatch):
 def test_load_split_refuses_unlabelled_union():
     with pytest.raises(DataError, match="unlabelled"):
         datasets.load_split("cifar10+cifar100", "80/10/10")
+
+
+def test_load_split_refuses_a_streamed_dataset(monkeypatch):
+    class Streamed:  # what load() gives for a converted file: images stay in it
+        labels = np.zeros(10, np.int64)
+
+    monkeypatch.setattr(datasets, "load", lambda *a, **k: Streamed())
+    with pytest.raises(DataError, match="converted dataset"):
+        datasets.load_split("/data/c10_train.beton", "80/10/10")

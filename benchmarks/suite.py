@@ -63,7 +63,7 @@ SMOKE_ESTIMATES = {"environment": 5, "step": 30, "throughput": 30, "nt_xent": 15
 @dataclass
 class SuiteConfig:
     budget: float | None = field(default=None, metadata={"help": "seconds for the whole suite (default 540: one 10-minute call with margin; --smoke 180)"})
-    stages: str = field(default=",".join(stages.STAGES), metadata={"help": "comma-separated stages to run, in this order: " + ", ".join(stages.ALL) + " (families: only when named)"})
+    stages: str = field(default=",".join(stages.STAGES), metadata={"help": "comma-separated stages to run, in this order: " + ", ".join(stages.all_stages()) + " (families: only when named)"})
     data_dir: str | None = field(default=None, metadata={"help": "where CIFAR-10 / CIFAR-100 live (else $FASTSSL_DATA); nothing is downloaded"})
     throughput_dataset: str | None = field(default=None, metadata={"help": "data of the throughput stage (default cifar10; cifar10-sample, shipped, before CIFAR-10 is staged; --smoke: the sample)", "choices": ["cifar10", "cifar10-sample"]})
     rates_from: str | None = field(default=None, metadata={"help": "suite.json of an earlier run on the same GPU whose throughput/step stage gives the epoch time (when this run skips those stages)"})
@@ -91,12 +91,13 @@ class SuiteConfig:
         if self.epochs is not None and self.epochs <= 0:
             raise ValueError(f"--epochs must be positive, got {self.epochs}")
         self.stage_list = [s.strip() for s in self.stages.split(",") if s.strip()]
-        bad = [s for s in self.stage_list if s not in stages.ALL]
+        known = stages.all_stages()
+        bad = [s for s in self.stage_list if s not in known]
         if bad or not self.stage_list:
-            raise ValueError(f"--stages: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(stages.ALL)}")
+            raise ValueError(f"--stages: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(known)}")
         # Always in the suite's order, and always with the environment first: every result carries
         # the GPU it ran on and its measured matmul peak.
-        self.stage_list = [s for s in stages.ALL if s in self.stage_list or s == "environment"]
+        self.stage_list = [s for s in known if s in self.stage_list or s == "environment"]
 
 
 class StageTimeout(Exception):
@@ -136,7 +137,7 @@ def plan(cfg) -> list:
 
 def run_stage(ctx, name, deadline, grace) -> dict:
     """One stage under its deadline: {status, reason, seconds, result}."""
-    fn = stages.ALL[name][0]
+    fn = stages.all_stages()[name][0]
     ctx.deadline = deadline
     t0 = time.monotonic()
     rec = {"stage": name, "status": "ok", "reason": "", "deadline_s": deadline - t0}

@@ -10,12 +10,12 @@ OPTIMIZER_SHARE = 0.05
 
 
 def print_plan(steps, cfg, env, out) -> None:
-    from .suite_stages import ALL
+    from .suite_stages import all_stages
 
     print(f"benchmarks.suite on {env['gpu'] or env['cpu']} (torch {env['torch']}), budget {cfg.budget:.0f} s"
           f"{', smoke' if cfg.smoke else ''}; results in {out}")
     for i, (name, est) in enumerate(steps, 1):
-        print(f"  {i}. {name:<17} ~{est:5.0f} s  {ALL[name][1]}")
+        print(f"  {i}. {name:<17} ~{est:5.0f} s  {all_stages()[name][1]}")
     sys.stdout.flush()
 
 

@@ -7,7 +7,8 @@ import typing
 
 import pytest
 
-from fastssl import convert, knn, linear, pretrain
+from fastssl import convert, pretrain
+from fastssl.eval import knn, linear  # the commands' code (fastssl.knn, fastssl.linear are entry points)
 from fastssl.config import _base_type
 
 COMMANDS = {  # command -> (main, config class, flags a valid command line needs)

@@ -92,7 +92,7 @@ def main(argv=None):
     bank, _ = data.labelled()  # with a train/val/test split the validation images vote too: nothing is tuned
     acc = knn_eval(on_device(backbone, device), bank, data.test, device, cfg.k, cfg.t, cfg.batch_size)
     print(json.dumps({"backbone": info["source"], "dataset": cfg.dataset, "k": cfg.k, "t": cfg.t, **acc,
-                      **data.info()}))
+                      **data.info(), "voting_images": int((bank.labels >= 0).sum())}))
     return 0
 
 

@@ -2,6 +2,7 @@
 cell's split, a probe on another split is refused before anything runs, and the report shows the
 measured table beside the quoted claims (labelled as not measured) with its three plots."""
 import csv
+import dataclasses
 import json
 import os
 import statistics
@@ -9,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from fastssl.config import ConfigError
+from fastssl.config import ConfigError, parse
 from fastssl.eval import families, report
-from fastssl.eval.experiment import load_plan
+from fastssl.eval.experiment import _argv, load_plan, state
+from fastssl.pretrain import PretrainConfig
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -35,6 +37,28 @@ def test_probe_on_another_split_is_refused(tmp_path):
     path.write_text(text.replace('[linear]\n', '[linear]\nsplit = "official"\n'))
     with pytest.raises(ConfigError, match="would test pretraining images"):
         load_plan(str(path))
+
+
+def test_runs_saved_before_the_split_existed_still_match(tmp_path):
+    """A cell directory whose config.json predates the split fields ran with their defaults."""
+    text = (REPO / "experiments" / "families_cpu.toml").read_text()
+    path = tmp_path / "plan.toml"
+    path.write_text(text.replace('out = "runs/families_cpu"', f'out = "{tmp_path / "exp"}"'))
+    _, cells = load_plan(str(path))
+    cell = next(c for c in cells if c.values["split"] == "official")
+    saved = dataclasses.asdict(parse(PretrainConfig, _argv(cell.pretrain)))
+    del saved["split"], saved["split_seed"]
+    os.makedirs(cell.pretrain["out"])
+    with open(os.path.join(cell.pretrain["out"], "config.json"), "w") as f:
+        json.dump({"config": saved}, f)
+    assert state(cell) == "new"
+    other = next(c for c in cells if c.values["split"] == "80/10/10" and c.values["seed"] == cell.values["seed"]
+                 and c.values["method"] == cell.values["method"])
+    os.makedirs(other.pretrain["out"])
+    with open(os.path.join(other.pretrain["out"], "config.json"), "w") as f:
+        json.dump({"config": saved}, f)  # an official-split run where the plan wants 80/10/10
+    with pytest.raises(ConfigError, match="split"):
+        state(other)
 
 
 def _fake_experiment(root: Path):

@@ -73,7 +73,7 @@ def test_pretrain_probe_and_knn_on_one_split(tmp_path, folder, capsys):
     assert knn.main(["--backbone", str(run), "--dataset", "imagefolder", "--data-dir", folder, "--split", "80/10/10",
                      "--k", "5", "--device", "cpu"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["test_images"] == 8 and out["split"] == "80/10/10"
+    assert out["test_images"] == 8 and out["split"] == "80/10/10" and out["voting_images"] == 44 + 8
     # kNN from the command = the pretraining run's final test score (same bank, same queries)
     assert out["top1"] == pytest.approx(summary["knn_top1"])
 

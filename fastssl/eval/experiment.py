@@ -77,10 +77,14 @@ def _argv(values: dict) -> list[str]:
 _sizes = {}
 
 
-def _train_size(dataset: str, data_dir) -> int:
-    if (dataset, data_dir) not in _sizes:
-        _sizes[dataset, data_dir] = len(datasets.load(dataset, "train", data_dir).labels)
-    return _sizes[dataset, data_dir]
+def _train_size(dataset: str, data_dir, split=datasets.OFFICIAL, split_seed=0) -> int:
+    """Images pretraining draws from: the training split, or the train part of a train/val/test split."""
+    from .setup import load_data
+
+    key = (dataset, data_dir, split, split_seed)
+    if key not in _sizes:
+        _sizes[key] = len(load_data(dataset, data_dir, split, split_seed, test="skip").train)
+    return _sizes[key]
 
 
 def load_plan(path: str) -> tuple[dict, list[Cell]]:
@@ -126,7 +130,8 @@ def load_plan(path: str) -> tuple[dict, list[Cell]]:
                     if not (isinstance(frac, (int, float)) and 0 < frac <= 1):
                         raise ConfigError(f"{path}: data_fraction must be in (0, 1], got {frac!r}")
                     # A fraction of the pool [pretrain] draws from: its subset if it sets one, else the whole split.
-                    pool = cfg.get("subset") or _train_size(cfg.get("dataset", "cifar10"), cfg.get("data_dir"))
+                    pool = cfg.get("subset") or _train_size(cfg.get("dataset", "cifar10"), cfg.get("data_dir"),
+                                                            cfg.get("split", datasets.OFFICIAL), cfg.get("split_seed", 0))
                     cfg["subset"] = cfg.get("subset") if frac == 1 else max(1, round(frac * pool))
                 name = _name({**point, "seed": seed})
                 if name in seen:

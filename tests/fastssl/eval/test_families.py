@@ -104,3 +104,14 @@ def test_report_families_section(tmp_path):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png in md
     assert families.QUOTED_CLAIMS == {"autoencoder": (63.4, 85.6), "simclr": (68.2, 91.3), "dim": (72.1, 94.5)}
     assert not [p for p in os.listdir(out) if ".tmp-" in p]
+
+
+def test_data_fraction_is_of_the_split_train_part(tmp_path):
+    text = (REPO / "experiments" / "families_cpu.toml").read_text()
+    text = text.replace('out = "runs/families_cpu"', f'out = "{tmp_path / "exp"}"').replace("subset = 64\n", "")
+    text = text.replace('split = ["80/10/10", "official"]', 'split = ["80/10/10", "official"]\ndata_fraction = [0.5]')
+    path = tmp_path / "plan.toml"
+    path.write_text(text)
+    _, cells = load_plan(str(path))
+    subsets = {c.values["split"]: c.pretrain["subset"] for c in cells}
+    assert subsets == {"80/10/10": 1200, "official": 1000}  # half of 2,400 (train part) and of 2,000 (train split)

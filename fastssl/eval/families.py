@@ -83,14 +83,16 @@ def plots(found: dict, exp: dict, out: str, stem: str) -> list[tuple[str, str]]:
         made.append((f"{stem}_loss.png", "Pretraining loss per family (each family's own loss: reconstruction MSE, "
                                           "NT-Xent, Deep InfoMax objective), one line per split and seed."))
     knn = []
-    for i, m in enumerate(methods):
-        for s in series(m, "val_knn_top1"):
-            knn.append({**s, "label": f"{m}: {s['label']}", "style": f"C{i}-"})
+    for i, m in enumerate(methods):  # one colour and one legend entry per family; dashed: official split
+        for j, s in enumerate(series(m, "val_knn_top1")):
+            dashes = "--" if s["label"].startswith("official") else "-"
+            knn.append({**s, "label": FAMILIES[m] if j == 0 else None, "style": f"C{i}{dashes}", "alpha": 0.8})
     if knn:
         figure(os.path.join(out, f"{stem}_knn.png"), [{"title": "kNN monitor (validation images)", "xlabel": "epoch",
                                                        "ylabel": "kNN top-1 (%)", "series": knn}])
         made.append((f"{stem}_knn.png", "kNN top-1 of each pretraining run's monitor per epoch, on validation images "
-                                         "(the split's validation part, or a part held out of the official training split)."))
+                                         "(solid: the split's validation part; dashed: official split, a part held out "
+                                         "of its training images); one line per run, one colour per family."))
     for j, (label, rows) in enumerate(tables(exp)):
         groups = [r["family"] for r in rows]
         series_ = [{"label": f"measured {k}", "values": [r["numbers"][f"linear_{k}"][0] for r in rows],

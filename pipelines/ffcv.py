@@ -16,7 +16,8 @@ pipeline (~10-20 s on a small CPU). supervised: the reflect-pad crop + flip runs
 
 Reproducibility (FFCV 1.0.2, checked against its source):
 - order: a pure function of (seed, epoch, rank). FFCV draws epoch e's permutation from
-  `np.random.default_rng(ffcv_seed + e)` (quasi_random: `ffcv_seed * 912300 + e`; distributed:
+  `np.random.default_rng(ffcv_seed + e)` (quasi_random: `ffcv_seed * 912300 + e`, with a 31-bit
+  ffcv_seed so that this fits numba's int64; distributed:
   torch's `DistributedSampler(seed=ffcv_seed).set_epoch(e)`), ffcv_seed = derive_seed(seed).
 - augmentation: a pure function of (seed, epoch, rank), drawn from one torch generator per epoch on
   the device, so every recipe replays bit for bit on resume. (FFCV's own random decoders could not:
@@ -215,8 +216,10 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
     try:
         with ffcv_format.torch_threads_kept():
             extra = {} if os_cache is None else {"os_cache": bool(os_cache)}
+            # quasi_random seeds numba with ffcv_seed * 912300 + epoch, an int64: a 31-bit seed fits
+            ffcv_seed = derive_seed(seed, bits=31 if ffcv_order == OrderOption.QUASI_RANDOM else 63)
             loader = FFCVLoader(path, batch_size=batch_size, num_workers=workers, order=ffcv_order,
-                                distributed=distributed, seed=derive_seed(seed), drop_last=drop_last,
+                                distributed=distributed, seed=ffcv_seed, drop_last=drop_last,
                                 pipelines=pipes, indices=indices, **extra)
     except (ValueError, TypeError, AssertionError, NotImplementedError, MemoryError) as e:
         raise DataError(f"{path}: FFCV cannot load it ({type(e).__name__}: {e})") from None

@@ -185,12 +185,14 @@ def _write_bounded(path, fields, samples, workers, name):
         if proc.exitcode != 0:
             raise DataError(f"cannot write {name}: {_last_error(_read(err.name)) or 'an FFCV writer process died'}")
     finally:
-        if proc.exitcode is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            proc.join(10)
+        # The whole group, also after a clean exit: FFCV never joins its workers, and a worker
+        # forked from a process with many threads (DALI's, torch's) can hang on a lock it inherited
+        # locked, holding our stdout open forever.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.join(10)
         os.remove(err.name)
 
 

@@ -1,0 +1,236 @@
+"""Converted datasets opened by path: an image folder of mixed sizes converted at its own sizes, read
+back with exact counts, labels, classes, statistics and stored sizes (each computed here from the
+files themselves), streamed by ffcv and dali in every recipe, and every kind of bad input ending
+in one DataError naming the file."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("nvidia.dali")
+pytest.importorskip("ffcv")
+import pipelines  # noqa: E402
+from benchmarks.memory import make_folder  # noqa: E402
+from pipelines import DataError, convert, dali_format, datasets, ffcv_format, imagefiles, sources  # noqa: E402
+from PIL import Image  # noqa: E402
+
+CAP = 100  # --max-resolution of these conversions
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("photos")
+    folder = make_folder(str(root / "photos"), 42, 12, sides=(40, 130), seed=3)
+    out = {}
+    for split in ("train", "test"):
+        files = imagefiles.scan(folder, split, max_resolution=CAP)
+        for to, path, opts in (("ffcv", root / f"p_{split}.beton", {}), ("dali", root / "dali" / split, {"shard_size": 10})):
+            convert.convert(files, to, str(path), workers=2, progress=False, source={"split": split}, **opts)
+            out[to, split] = str(path)
+    return folder, out
+
+
+def reference(folder, split):
+    """(labels, stored shapes, mean, std) computed straight from the files: classes are the sorted
+    folder names, images sorted by name, shrunk so the longer side is at most CAP."""
+    classes = sorted(os.listdir(os.path.join(folder, "train")))
+    labels, shapes, pixels = [], [], []
+    for c, name in enumerate(classes):
+        for f in sorted(os.listdir(os.path.join(folder, split, name))):
+            img = Image.open(os.path.join(folder, split, name, f)).convert("RGB")
+            w, h = img.size
+            if max(w, h) > CAP:
+                s = CAP / max(w, h)
+                img = img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.BOX)
+            a = np.asarray(img)
+            labels.append(c)
+            shapes.append(a.shape[:2])
+            pixels.append(a.reshape(-1, 3) / 255.0)
+    pixels = np.concatenate(pixels)
+    return np.array(labels), shapes, pixels.mean(0), pixels.std(0), classes
+
+
+@pytest.mark.parametrize("to", ["ffcv", "dali"])
+def test_open_gives_exact_counts_labels_statistics_and_own_sizes(converted, to):
+    folder, out = converted
+    labels, shapes, mean, std, classes = reference(folder, "train")
+    data = datasets.load(out[to, "train"], "train")
+    assert isinstance(data, sources.ConvertedDataset) and not hasattr(data, "images")  # nothing decoded
+    assert len(data) == 42 and data.classes == classes and data.split == "train" and data.format == to
+    np.testing.assert_array_equal(data.labels, labels)
+    np.testing.assert_allclose(data.mean, mean, atol=1e-9)
+    np.testing.assert_allclose(data.std, std, atol=1e-9)
+    assert data.variable and data.stored_shape == (max(h for h, _ in shapes), max(w for _, w in shapes))
+    if to == "ffcv":
+        stored = [ffcv_format._decode(b).shape[:2] for b in ffcv_format.encoded(out[to, "train"], range(42))]
+    else:
+        stored = [im.shape[:2] for im in dali_format.read(out[to, "train"])[0]]
+    assert stored == shapes and len(set(shapes)) > 10  # each image kept its own (capped) size
+    test = datasets.load(out[to, "train"], "test")  # the sibling split, normalised as train
+    test_labels, *_ = reference(folder, "test")
+    np.testing.assert_array_equal(test.labels, test_labels)
+    assert test.split == "test" and test.mean == data.mean and test.path == out[to, "test"]
+
+
+@pytest.mark.parametrize("to", ["ffcv", "dali"])
+def test_pipelines_stream_every_recipe_at_the_view_size(converted, to):
+    _, out = converted
+    data = datasets.load(out[to, "train"], "train", image_size=40)
+    for recipe in ("simclr", "supervised", "eval"):
+        loader = pipelines.build(to, data, batch_size=8, recipe=recipe, drop_last=recipe != "eval", workers=2)
+        loader.set_epoch(0)
+        batches = [b.check() for b in loader]
+        assert all(b.view1.shape[1:] == (3, 40, 40) for b in batches)
+        got = torch.cat([b.labels for b in batches]).numpy()
+        if recipe == "eval":  # in file order, every image once
+            np.testing.assert_array_equal(got, data.labels)
+        else:
+            assert len(got) == 40 and np.bincount(got, minlength=3).max() <= 14
+        if recipe == "simclr":
+            assert not torch.equal(batches[0].view1, batches[0].view2)
+    part = data.take([3, 10, 11, 40])  # a subset: FFCV indices / DALI temporary index files
+    loader = pipelines.build(to, part, batch_size=4, recipe="eval", drop_last=False, workers=1)
+    np.testing.assert_array_equal(torch.cat([b.labels for b in loader]).numpy(), data.labels[[3, 10, 11, 40]])
+
+
+def test_eval_views_are_resize_and_centre_crop(converted):
+    """Both pipelines' eval view of image 0 against PIL: shorter side to 40 / 0.875, centre 40x40."""
+    folder, out = converted
+    first = imagefiles.scan(folder, "train", CAP).image(0)
+    h, w = first.shape[:2]
+    short = round(40 / sources.CENTRE_CROP)
+    img = Image.fromarray(first).resize((round(w * short / min(h, w)), round(h * short / min(h, w))),
+                                        Image.Resampling.BILINEAR)
+    top, left = (img.size[1] - 40) // 2, (img.size[0] - 40) // 2
+    want = np.asarray(img.crop((left, top, left + 40, top + 40))) / 255.0
+    for to in ("ffcv", "dali"):
+        data = datasets.load(out[to, "train"], "train", image_size=40).take([0])
+        batch = next(iter(pipelines.build(to, data, batch_size=1, recipe="eval", drop_last=False, workers=1)))
+        got = (batch.view1[0].permute(1, 2, 0).numpy() * np.array(data.std) + np.array(data.mean))
+        assert np.abs(got - want).mean() < 0.03, to  # resizers differ by a few levels; a wrong crop by far more
+
+
+def copy_of(path, tmp_path):
+    dst = str(tmp_path / os.path.basename(path))
+    if os.path.isdir(path):
+        shutil.copytree(path, dst)
+    else:
+        shutil.copy(path, dst)
+        shutil.copy(path + ".manifest.json", dst + ".manifest.json")
+    return dst
+
+
+def one_line(match, path, split="train"):
+    with pytest.raises(DataError, match=match) as e:
+        datasets.load(path, split)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_bad_beton_files_are_named(converted, tmp_path):
+    _, out = converted
+    bad = copy_of(out["ffcv", "train"], tmp_path)
+    with open(bad, "r+b") as f:
+        f.truncate(os.path.getsize(bad) // 2)
+    assert bad in one_line("truncated|corrupt|not a readable", bad)
+    foreign = str(tmp_path / "foreign.beton")
+    with open(foreign, "wb") as f:
+        f.write(os.urandom(5000))
+    shutil.copy(out["ffcv", "train"] + ".manifest.json", foreign + ".manifest.json")
+    assert foreign in one_line("not a readable|truncated|corrupt", foreign)
+    os.makedirs(tmp_path / "x")
+    flipped = copy_of(out["ffcv", "train"], tmp_path / "x")
+    with open(flipped, "r+b") as f:
+        f.seek(os.path.getsize(flipped) // 3)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    assert flipped in one_line("checksum differs", flipped)
+    os.remove(flipped + ".manifest.json")
+    one_line("no manifest", flipped)
+    one_line("no such converted dataset", str(tmp_path / "absent.beton"))
+
+
+def test_bad_shard_directories_and_manifests_are_named(converted, tmp_path):
+    _, out = converted
+    d = copy_of(out["dali", "train"], tmp_path)
+    os.remove(os.path.join(d, "shard-00002.tar"))
+    assert os.path.join(d, "shard-00002.tar") in one_line("missing shard", d)
+    d = copy_of(out["dali", "train"], tmp_path / "idx")
+    idx = os.path.join(d, "shard-00001.idx")
+    with open(idx) as f:
+        lines = f.read().splitlines()
+    with open(idx, "w") as f:
+        f.write("\n".join(lines[:1] + lines[2:] + lines[1:2]) + "\n")  # samples out of order
+    assert idx in one_line("corrupt index", d)
+    d = copy_of(out["dali", "train"], tmp_path / "sum")
+    tar = os.path.join(d, "shard-00000.tar")
+    with open(tar, "r+b") as f:
+        f.seek(700)
+        f.write(b"\x00\x01")
+    assert tar in one_line("checksum differs", d)
+    d = copy_of(out["dali", "train"], tmp_path / "ver")
+    meta = os.path.join(d, "manifest.json")
+    with open(meta) as f:
+        m = json.load(f)
+    with open(meta, "w") as f:
+        json.dump({**m, "manifest_version": 1}, f)
+    assert meta in one_line("manifest version 1", d)
+    with open(meta, "w") as f:
+        json.dump({**m, "labels_sha256": "0" * 64}, f)
+    one_line("labels differ", d)
+    lone = copy_of(out["dali", "train"], tmp_path / "lone")
+    assert "does not exist" in one_line("its test split would be at", lone, "test")
+
+
+def test_a_jpeg_that_fails_to_decode_mid_epoch_is_one_data_error(converted, tmp_path):
+    """The policy of sources.py: DALI's decoder error becomes one DataError naming the dataset.
+    The damaged sample's manifest and format.json checksums are rewritten, so it passes opening."""
+    _, out = converted
+    d = copy_of(out["dali", "train"], tmp_path)
+    info = dali_format.check(d)
+    shard = info["shards"][3]
+    offsets, sizes = dali_format._parse_index(os.path.join(d, shard["index"]), shard, info)
+    tar = os.path.join(d, shard["tar"])
+    with open(tar, "r+b") as f:
+        f.seek(int(offsets[4, 0]))
+        f.write(b"\x00" * int(sizes[4, 0]))  # sample 34's JPEG bytes zeroed: not a JPEG any more
+    info["shards"][3]["sha256"] = convert.sha256(tar)
+    with open(os.path.join(d, "format.json"), "w") as f:
+        json.dump(info, f)
+    with open(os.path.join(d, "manifest.json")) as f:
+        m = json.load(f)
+    m["sha256"].update({name: convert.sha256(os.path.join(d, name)) for name in (shard["tar"], "format.json")})
+    with open(os.path.join(d, "manifest.json"), "w") as f:
+        json.dump(m, f)
+    data = datasets.load(d, "train", image_size=32)  # opens: structure and checksums agree
+    loader = pipelines.build("dali", data, batch_size=8, recipe="eval", drop_last=False, workers=1)
+    with pytest.raises(DataError, match="mid-epoch") as e:
+        list(loader)
+    assert d in str(e.value) and "\n" not in str(e.value)
+
+
+def test_gpu_pipeline_decodes_fixed_size_data_that_fits_and_refuses_the_rest(converted, tmp_path, monkeypatch):
+    _, out = converted
+    rng = np.random.default_rng(0)
+    small = datasets.ArrayDataset(rng.integers(0, 256, (30, 16, 16, 3), dtype=np.uint8), np.arange(30) % 3,
+                                  ["a", "b", "c"], "random", (0.5,) * 3, (0.25,) * 3)
+    path = str(tmp_path / "fixed_train.beton")
+    convert.convert(small, "ffcv", path, workers=1, progress=False)
+    data = datasets.load(path, "train")
+    assert data.image_size == 16 and not data.variable
+    batch = next(iter(pipelines.build("gpu", data, batch_size=30, recipe="eval", drop_last=False)))
+    want = (torch.from_numpy(small.images).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25
+    torch.testing.assert_close(batch.view1, want)  # raw pixels, bit-exact through the file
+    monkeypatch.setattr(sources, "device_budget", lambda device: 1000)
+    with pytest.raises(DataError, match="use --pipeline ffcv, which streams it"):
+        pipelines.build("gpu", data, batch_size=8)
+    with pytest.raises(DataError, match="use --pipeline dali"):
+        pipelines.build("gpu", datasets.load(out["dali", "train"], "train"), batch_size=8)
+    with pytest.raises(DataError, match="torchvision pipeline reads in-memory"):
+        pipelines.build("torchvision", data, batch_size=8)
+    with pytest.raises(DataError, match="use --pipeline ffcv"):
+        pipelines.build("dali", data, batch_size=8)

@@ -21,6 +21,8 @@ from dataclasses import asdict, field, fields, make_dataclass
 
 import torch
 
+from pipelines import sources
+
 from . import checkpoint as ckpt
 from .config import cli, from_dict, parse
 from .pretrain import PretrainConfig
@@ -62,6 +64,7 @@ def test_accuracy(cfg, out: str, device) -> dict:
     from .methods import METHODS
 
     test = load_data(cfg.dataset, cfg.data_dir, cfg.split, cfg.split_seed).test
+    test = sources.sized(test, cfg.image_size, cfg.stem)  # a converted split: eval crops as in training
     state = ckpt.load(os.path.join(out, "last.pt"))
     method = METHODS["supervised"](cfg, len(test.classes))
     method.load_state_dict(state["model"])

@@ -17,7 +17,8 @@ import torch
 import torch.distributed as dist
 
 import pipelines
-from pipelines import datasets
+from pipelines import datasets, sources
+from pipelines.recipes import SimCLRRecipe
 
 from . import checkpoint as ckpt
 from .config import ConfigError, from_dict, parse
@@ -140,6 +141,8 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
     parts = load_data(cfg.dataset, cfg.data_dir, cfg.split, cfg.split_seed, subset=cfg.subset, seed=cfg.seed,
                       test="optional" if cfg.knn_every else "skip")
     train_data, test_data, monitor, bank = parts.train, parts.test, None, parts.train
+    # A converted dataset's views (and evaluation crops) get their side here (pipelines.sources.sized).
+    train_data, test_data, bank = (sources.sized(d, cfg.image_size, cfg.stem) for d in (train_data, test_data, bank))
     if cfg.knn_every:
         if parts.val is None:
             monitor = monitor_split(train_data, cfg.knn_val_fraction, cfg.seed)
@@ -147,6 +150,9 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
             monitor = (train_data, parts.val)  # train + validation, as for fastssl.knn
             bank, _ = parts.labelled()
     extra = {"workers": cfg.workers} if cfg.workers is not None and cfg.pipeline != "gpu" else {}
+    size = getattr(train_data, "image_size", None) or getattr(cfg, "image_size", None)
+    if size is not None:  # else the recipe's default side (32)
+        extra["spec"] = SimCLRRecipe(size=size)
     loader = pipelines.build(cfg.pipeline, train_data, batch_size=cfg.batch_size // world, device=device,
                              seed=cfg.seed, recipe=method_cls.recipe, rank=rank, world_size=world, **extra)
 
@@ -357,7 +363,7 @@ def monitor_split(data, fraction: float, seed: int):
     bank, val = datasets.stratified_split(data.labels[labelled], fraction, seed)
     def part(idx):
         idx = labelled[idx]
-        return datasets.ArrayDataset(data.images[idx], data.labels[idx], data.classes, data.name, data.mean, data.std)
+        return datasets.take(data, idx)
     return part(bank), part(val)
 
 

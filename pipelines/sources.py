@@ -185,6 +185,11 @@ def open_split(path, split="train") -> ConvertedDataset:
             raise DataError(f"{path}: expected the {split} split with classes {first['classes']}, its manifest "
                             f"says {m['split']} with {m['classes']}")
     labels = _check(fmt, path, m)
+    if train_stats is None and m["split"] != "train":  # a held-out split opened by its own path
+        other = _sibling(path, m["split"], "train")
+        if other is not None and os.path.exists(other):
+            train = _manifest(_format_of(other), other)
+            train_stats = (train["mean"], train["std"]) if train["classes"] == m["classes"] else None
     mean, std = train_stats or (m["mean"], m["std"])
     return ConvertedDataset(path, fmt, labels, list(m["classes"]), m.get("name") or os.path.basename(path),
                             tuple(map(float, mean)), tuple(map(float, std)), split, m)

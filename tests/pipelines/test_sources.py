@@ -73,6 +73,7 @@ def test_open_gives_exact_counts_labels_statistics_and_own_sizes(converted, to):
     test_labels, *_ = reference(folder, "test")
     np.testing.assert_array_equal(test.labels, test_labels)
     assert test.split == "test" and test.mean == data.mean and test.path == out[to, "test"]
+    assert datasets.load(out[to, "test"], "test").mean == data.mean  # opened by its own path: still train's
 
 
 @pytest.mark.parametrize("to", ["ffcv", "dali"])

@@ -5,7 +5,7 @@
 starting new ones and return what they have with `"cut": True`. A stage that cannot run at all
 raises `Skip(reason)`. The measuring code is the benchmarks' own (benchmarks.throughput.measure,
 benchmarks.nt_xent.measure, benchmarks.step.TrainStep) and fastssl's own training and probes
-(fastssl.train.train, fastssl.linear.evaluate): nothing here re-implements a loop it reports on.
+(fastssl.train.train, fastssl.eval.linear.evaluate): nothing here re-implements a loop it reports on.
 """
 import json
 import os
@@ -333,10 +333,12 @@ FAMILY_SPLIT = "80/10/10"
 
 
 def families_stage(ctx, expired) -> dict:
-    """experiments/families.toml at the stage's budget: each family pretrained once (seed --seed) on
-    the train part of CIFAR-10's 80/10/10 split for the epochs its share of the deadline allows
-    (planned from SimCLR's measured epoch time, the costliest of the three: two views), then
-    probed on the same split (tuned on validation, test part scored once)."""
+    """A one-seed, 80/10/10-only version of the families study (methods and split fixed here, not
+    read from experiments/families.toml): each family pretrained once (seed --seed) on the train
+    part of CIFAR-10's 80/10/10 split for the same number of epochs, a third of the stage's deadline
+    each (planned from SimCLR's measured epoch time, the costliest of the three: two views), then
+    probed on the same split (tuned on validation, test part scored once). Time a cheaper family
+    leaves unused is not handed on: the budget per family stays equal."""
     from fastssl.pretrain import PretrainConfig
     from fastssl.train import train
 
@@ -349,13 +351,14 @@ def families_stage(ctx, expired) -> dict:
     split = ["--split", FAMILY_SPLIT, "--split-seed", "0"]
     result = {"split": FAMILY_SPLIT, "dataset": s["train_dataset"], "families": {}, "cut": False}
     ctx.partial["families"] = result
-    for i, method in enumerate(FAMILY_METHODS):
+    # One epoch count for all three: "same budget per family" means epochs and batch, not seconds.
+    epochs, plan = plan_epochs(ctx, (ctx.deadline - time.monotonic()) / len(FAMILY_METHODS))
+    result.update(epochs=epochs, plan=plan)
+    for method in FAMILY_METHODS:
         if expired():
             result["families"][method] = {"status": "cut: out of time before it started"}
             result["cut"] = True
             continue
-        share = (ctx.deadline - time.monotonic()) / (len(FAMILY_METHODS) - i)
-        epochs, plan = plan_epochs(ctx, share)
         run = os.path.join(ctx.work, f"family_{method}")
         argv = pretrain_argv(ctx, epochs, run) + ["--method", method, *split]
         log(f"families: {method}, {epochs} epochs; python -m fastssl.pretrain {' '.join(argv)}")

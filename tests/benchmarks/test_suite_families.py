@@ -29,3 +29,27 @@ def test_families_smoke(tmp_path, monkeypatch):
         assert r["probe"]["test_images"] == 300
     md = (out / "suite.md").read_text()
     assert "## Families (CIFAR-10 80/10/10, one seed)" in md and "| dim |" in md
+
+
+def test_families_get_one_epoch_count(tmp_path, monkeypatch):
+    """Same budget per family: a family that finishes early does not hand its time to the next."""
+    import fastssl.train
+
+    monkeypatch.delenv("FASTSSL_DATA", raising=False)
+    shares = []
+
+    def plan(ctx, seconds_left):
+        shares.append(seconds_left)
+        return len(shares) * 7, {"source": "stub"}  # a second call would plan different epochs
+
+    def instant_train(cfg, argv):
+        return {"final_loss": 1.0, "val_knn_top1": 0.0, "knn_top1": 0.0, "knn_top5": 0.0, "wall_time_s": 0.0}
+
+    monkeypatch.setattr(suite_stages, "plan_epochs", plan)
+    monkeypatch.setattr(fastssl.train, "train", instant_train)
+    monkeypatch.setattr(suite_stages, "probe", lambda *a, **k: {"status": "ok"})
+    out = tmp_path / "res"
+    suite.main(["--smoke", "--stages", "families", "--out", str(out), "--work-dir", str(tmp_path / "work")])
+    rec = {r["stage"]: r for r in json.loads((out / "suite.json").read_text())["stages"]}["families"]
+    assert rec["status"] == "ok", rec["reason"]
+    assert len(shares) == 1 and {r["epochs"] for r in rec["result"]["families"].values()} == {7}

@@ -97,6 +97,22 @@ def test_pipelines_stream_every_recipe_at_the_view_size(converted, to):
     np.testing.assert_array_equal(torch.cat([b.labels for b in loader]).numpy(), data.labels[[3, 10, 11, 40]])
 
 
+def test_dali_crops_replay_and_change_per_epoch(converted):
+    """DALI's crops are seeded by the pipeline (seed, epoch, rank): an epoch iterated again, by a new
+    loader as after --resume, gives the same views; the next epoch gives other ones."""
+    _, out = converted
+    data = datasets.load(out["dali", "train"], "train", image_size=32)
+
+    def epoch(e):
+        loader = pipelines.build("dali", data, batch_size=8, workers=2, seed=5, ahead=False)
+        loader.set_epoch(e)
+        return [b.view1 for b in loader]
+
+    first, again, other = epoch(1), epoch(1), epoch(2)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[0], other[0])
+
+
 def test_eval_views_are_resize_and_centre_crop(converted):
     """Both pipelines' eval view of image 0 against PIL: shorter side to 40 / 0.875, centre 40x40."""
     folder, out = converted

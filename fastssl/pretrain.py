@@ -20,6 +20,8 @@
     # 80/10/10 of the 60,000 pooled CIFAR-10 images: pretrain on the 48,000 train images (no labels),
     # kNN monitor on the 6,000 validation images, the 6,000 test images scored once at the end
     python -m fastssl.pretrain --dataset cifar10 --data-dir data --split 80/10/10 --out runs/simclr_split
+    # a converted image folder (python -m fastssl.convert ... --to ffcv), streamed, views of 224 px
+    python -m fastssl.pretrain --dataset data/photos_train.beton --pipeline ffcv --stem imagenet --out runs/photos
     # settings from a file, flags override it
     python -m fastssl.pretrain --config simclr.toml --temperature 0.5
 

@@ -28,7 +28,9 @@ PIPELINES = {
 
 
 def build(name: str, data, **kwargs) -> Loader:
-    """Build pipeline `name` over `data` (a datasets.ArrayDataset). Common keyword arguments:
+    """Build pipeline `name` over `data`: a datasets.ArrayDataset, or a sources.ConvertedDataset
+    (streamed from its file by ffcv / dali, whichever wrote it; gpu decodes it onto the device only
+    when it fits; torchvision refuses it). Common keyword arguments:
     batch_size, device, seed, recipe (one of RECIPES), drop_last, shuffle, rank, world_size.
     Backend-specific ones (workers, cache_dir, ...) are documented in each module."""
     if name not in PIPELINES:

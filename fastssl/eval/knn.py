@@ -2,6 +2,8 @@
 
     python -m fastssl.knn --backbone runs/simclr --dataset cifar10 --data-dir data
     python -m fastssl.knn --backbone runs/simclr/backbone.pt --dataset cifar10-sample --k 200 --t 0.1
+    # a converted dataset: its train split votes, the sibling test split (photos_test.beton) is scored
+    python -m fastssl.knn --backbone runs/photos --dataset data/photos_train.beton
     # a backbone pretrained with --split 80/10/10: the same split's test part (60,000 pooled CIFAR-10 images)
     python -m fastssl.knn --backbone runs/simclr_split --dataset cifar10 --split 80/10/10
 

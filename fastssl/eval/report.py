@@ -11,7 +11,7 @@ self-contained report.html (PNGs embedded), and the PNGs:
                   from scratch), mean ± std over seeds (repeats with the same label)
   experiments     one table per grid of each fastssl.experiment directory (sweeps, data size)
   families        an experiment varying `method`: measured top-1 / top-5 per family next to the
-                  quoted claims the study was requested with (labelled as such, not measured);
+                  figures quoted elsewhere for this comparison (labelled as such, not measured);
                   families_loss.png  families_knn.png  families_accuracy.png (fastssl/eval/families.py)
   pretrain_loss.png  knn_curves.png  linear_curves.png  supervised_curves.png  data_size.png
 Dataset names come from the runs (e.g. "CIFAR-100 (JPEG-recompressed copy)"), never from flags.
@@ -271,8 +271,8 @@ def build(found: dict, cfg: ReportConfig, out: str) -> list[tuple]:
             what = " × ".join(t["keys"]) or "base settings"
             kind = "Pretraining data size" if {"data_fraction", "subset"} & set(t["keys"]) else "Sweep"
             blocks.append(("h2", f"{kind}: {what} ({exp['name']})"))
-            blocks.append(("p", f"Linear probe and kNN on {t['eval'] or '-'}; monitor kNN = the pretraining run's own "
-                                "kNN monitor on its dataset's test split. Mean ± std over seeds; n = seeds."))
+            blocks.append(("p", f"Linear probe and kNN on {t['eval'] or '-'}; monitor kNN = the pretraining run's final "
+                                "kNN on the evaluated test set (the official test split, or the split's test part). Mean ± std over seeds; n = seeds."))
             blocks.append(("table", [*t["keys"], "n", *t["metrics"]], METRIC_NAMES, t["rows"]))
     plots = make_plots(found, tables, out)
     if plots:

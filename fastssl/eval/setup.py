@@ -35,6 +35,8 @@ def split_seed_field():
 def check_split(cfg) -> None:
     """__post_init__ check of the split fields (one DataError line for a bad --split)."""
     datasets.parse_split(cfg.split)
+    if cfg.split_seed < 0:
+        raise ValueError("--split-seed must be >= 0")
 
 
 @dataclass

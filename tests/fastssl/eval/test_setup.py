@@ -95,3 +95,14 @@ def test_supervised_trains_on_the_train_part_and_scores_the_test_part(tmp_path, 
                             "--out", str(out)]) == 0
     s = json.loads((out / "summary.json").read_text())
     assert s["data"]["split"] == "80/10/10" and s["data"]["train_images"] == 44 and s["data"]["test_images"] == 8
+
+
+@pytest.mark.parametrize("command, extra", [(knn.main, ["--backbone", "random"]),
+                                            (linear.main, ["--backbone", "random", "--out", "x"]), (pretrain.main, ["--out", "x"])])
+def test_negative_split_seed_exits_2_with_one_line(tmp_path, capsys, monkeypatch, command, extra):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        command([*extra, "--dataset", "cifar10-sample", "--split", "80/10/10", "--split-seed", "-1"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "--split-seed" in err, err
+    assert not (tmp_path / "x").exists()

@@ -88,7 +88,8 @@ def run(cfg, argv=(), command="fastssl.supervised") -> dict:
     images = f", {cfg.subset:,} images" if cfg.subset else ""
     summary = {**result, "protocol": "supervised", "test_top1": acc["top1"], "test_top5": acc["top5"],
                "data": {"dataset": cfg.dataset, **data, "train_images": saved.get("train_images"),
-                        "test_images": acc["test_images"], "split": cfg.split},
+                        "test_images": acc["test_images"], "split": cfg.split,
+                        "split_seed": cfg.split_seed},
                "backbone": {"kind": "supervised", "label": f"supervised from scratch ({data['label']}{images}, {cfg.epochs} ep)",
                             "seed": cfg.seed, "source": os.path.abspath(out)},
                "evaluated_epoch": acc["epoch"]}

@@ -345,7 +345,7 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
               "img_per_s": (sum(h["epoch_img_per_s"] for h in history) / len(history)) if history else None,
               "knn_top1": knn["knn_top1"] if knn else None, "knn_top5": knn["knn_top5"] if knn else None,
               "val_knn_top1": val["val_knn_top1"] if val else None, "val_knn_top5": val["val_knn_top5"] if val else None,
-              "split": cfg.split}
+              "split": cfg.split, "split_seed": cfg.split_seed}
     if main_rank:
         ckpt.export_backbone(method.backbone, os.path.join(out, "backbone.pt"))
         ckpt.atomic_write_text(os.path.join(out, "summary.json"), json.dumps(result, indent=2))

@@ -185,8 +185,9 @@ def describe_backbone(spec: str, info: dict) -> dict:
     pretrain = {k: c.get(k) for k in ("method", "dataset", "subset", "epochs", "batch_size", "temperature", "lr", "seed")}
     pretrain["train_images"] = run.get("train_images")
     pretrain["split"] = c.get("split", datasets.OFFICIAL)
-    if pretrain["split"] != datasets.OFFICIAL:  # runs on two splits never average
-        label = f"{label[:-1]}, split {pretrain['split']})"
+    pretrain["split_seed"] = c.get("split_seed") if pretrain["split"] != datasets.OFFICIAL else None
+    if pretrain["split"] != datasets.OFFICIAL:  # runs on two splits (or two draws of one) never average
+        label = f"{label[:-1]}, split {pretrain['split']} seed {pretrain['split_seed']})"
     return {"kind": c.get("method", "run"), "label": label, "seed": c.get("seed"), "pretrain": pretrain, **info}
 
 

@@ -144,3 +144,16 @@ def test_existing_out_is_refused(tmp_path, folder, capsys):
         main(FAST + folder + ["--backbone", "random", "--out", str(out)])
     assert e.value.code == 2 and "--overwrite" in capsys.readouterr().err
     assert (out / "precious.txt").read_text() == "keep"
+
+
+def test_label_names_split_and_its_seed(tmp_path):
+    """Backbones pretrained on two draws of one split are different settings: never averaged."""
+    labels = []
+    for split, seed in (("80/10/10", 0), ("80/10/10", 1), ("official", 0)):
+        run = tmp_path / f"{split.replace('/', '-')}_{seed}"
+        run.mkdir()
+        cfg = {"method": "simclr", "dataset": "cifar10", "epochs": 1, "batch_size": 8, "temperature": 0.2,
+               "seed": 0, "split": split, "split_seed": seed}
+        (run / "config.json").write_text(json.dumps({"config": cfg}))
+        labels.append(linear.describe_backbone(str(run), {"source": str(run), "stem": "cifar"})["label"])
+    assert len(set(labels)) == 3 and "split 80/10/10 seed 1" in labels[1] and "split" not in labels[2], labels

@@ -27,16 +27,22 @@ loaders start none), and the file-backed / anonymous split of its RSS at the end
 The converter's peak is reported the same way (its FFCV writer forks: the sampled column counts them).
 
 RSS independent of dataset size: per pipeline and view side, the peak at the largest size must be
-within --margin (a fraction) of the peak at the smallest. For scale the table gives what holding
-the data would add: the growth of the stored file, and of the decoded views (N x side^2 x 3 bytes).
+within --margin-mib (default 64 MiB, half of what the stored file grows by from 10,000 to 20,000
+images here; a fraction of a ~1 GiB peak would hide a loader that holds the file) of the peak at the
+smallest. For scale the table gives what holding the data would add: the growth of the stored file,
+and of the decoded views (N x side^2 x 3 bytes).
 FFCV page cache: with os_cache=True (FFCV's default, and what fastssl.pretrain's ffcv pipeline
-uses) FFCV memory-maps the .beton and every page it touches is file-backed RSS of the process, up to
-the whole file after one epoch. The `ffcv` rows therefore use os_cache=False with order
-quasi_random (FFCV reads the pages a batch needs into a bounded pool of its own; quasi_random
-shuffles within runs of contiguous pages so those reads stay sequential; the pipeline's other
-choice, random, would read scattered pages); `ffcv_os_cache` measures FFCV's default (os_cache=True,
-order random) for comparison. DALI reads through its webdataset reader with its shuffle buffer
-(pipelines.dali: the whole dataset up to SHUFFLE_BUFFER_BYTES of encoded samples).
+uses) FFCV memory-maps the .beton and every page it touches stays file-backed RSS of the process,
+up to the whole file after one epoch. The `ffcv` rows therefore use os_cache=False with order
+quasi_random: FFCV then reads the 8 MiB pages a batch needs into slots of its own and frees a slot
+when its page's last sample is used; with order random a page's samples are spread over the whole
+epoch, so nearly every page stays resident, while quasi_random draws samples from a window of
+2 x batch_size pages (FFCV 1.0.2, traversal_order/quasi_random.py) and so bounds the pool at
+about 2 x batch_size x 8 MiB (1 GiB at batch 64): a smaller file is held whole even so.
+`ffcv_os_cache` measures FFCV's default (os_cache=True, order random) for comparison. DALI reads
+its shards through memory-mapped files into the reader's shuffle buffer, which pipelines.dali sizes
+to the whole dataset up to SHUFFLE_BUFFER_BYTES (1 GiB) of encoded samples, with a second one while
+the next epoch's pipeline is started ahead.
 """
 import json
 import os
@@ -78,7 +84,7 @@ class MemoryConfig:
     warmup: int | None = field(default=None, metadata={"help": "untimed SimCLR batches first (numba compilation, pipeline start) (default 3; --quick 1)"})
     repeats: int | None = field(default=None, metadata={"help": "timed windows of SimCLR batches (default 5; >= 5 unless --quick)"})
     loader_steps: int | None = field(default=None, metadata={"help": "SimCLR batches per timed window (default 2; --quick 1)"})
-    margin: float = field(default=0.15, metadata={"help": "allowed peak-RSS growth from the smallest to the largest size, as a fraction"})
+    margin_mib: float = field(default=64.0, metadata={"help": "allowed peak-RSS growth from the smallest to the largest size, MiB"})
     device: str = field(default="cpu", metadata={"help": "where the views are made (cpu: DALI's CPU graph)", "choices": ["cpu", "cuda"]})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads in each case (default: torch's own; --quick 1)"})
     seed: int = field(default=0, metadata={"help": "seed of the images, data order and augmentation"})
@@ -115,8 +121,8 @@ class MemoryConfig:
                 raise ValueError(f"--{k.replace('_', '-')} must be positive, got {getattr(self, k)}")
         if self.repeats < 5 and not q:
             raise ValueError(f"--repeats must be >= 5 for a reported benchmark (got {self.repeats}); --quick allows fewer")
-        if not 0 < self.margin < 1:
-            raise ValueError(f"--margin is a fraction in (0, 1), got {self.margin}")
+        if self.margin_mib <= 0:
+            raise ValueError(f"--margin-mib must be positive, got {self.margin_mib}")
         need = self.warmup + self.repeats * self.loader_steps
         if min(self.size_list) < need * self.batch_size:
             raise ValueError(f"the smallest size must hold {need} batches of {self.batch_size} "
@@ -284,25 +290,32 @@ class TreeSampler:
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
-    def _rss(self):
+    def _sample(self):
         import psutil
 
         total = self.proc.memory_info().rss
-        for child in self.proc.children(recursive=True):
+        try:
+            children = self.proc.children(recursive=True)
+        except psutil.Error:  # a child exited while being listed: next sample
+            return
+        for child in children:
             try:
                 total += child.memory_info().rss
             except psutil.Error:  # exited meanwhile
                 pass
-        return total / 2**20
+        self.peak = max(self.peak or 0.0, total / 2**20)
 
     def _run(self):
         while not self.stop.wait(self.every):
-            self.peak = max(self.peak or 0.0, self._rss())
+            self._sample()
 
     def close(self):
+        """The peak (MiB), one last sample included; None without psutil."""
+        if not hasattr(self, "proc"):
+            return None
         self.stop.set()
-        if self.peak is not None:
-            self.thread.join()
+        self.thread.join()
+        self._sample()
         return self.peak
 
 
@@ -384,12 +397,12 @@ def measure(cfg, env, work) -> dict:
                       + (f", peak RSS {rec['peak_rss_mib']:.0f} MiB" if rec["status"] == "ok" else ""), file=sys.stderr)
     settings = {k: v for k, v in asdict(cfg).items()} | {"work_dir": work if cfg.keep_work or cfg.work_dir else None}
     return {"benchmark": STEM, "environment": env, "settings": settings, "datasets": datasets_, "records": records,
-            "checks": checks(records, datasets_, cfg.margin)}
+            "checks": checks(records, datasets_, cfg.margin_mib)}
 
 
-def checks(records, datasets_, margin) -> list:
+def checks(records, datasets_, margin_mib) -> list:
     """Per (pipeline, view): peak RSS at the smallest and the largest size, their ratio, and whether
-    the growth is within `margin`; beside it, what holding the data would have added."""
+    the growth is within `margin_mib`; beside it, what holding the data would have added."""
     by_n = {d["images"]: d for d in datasets_}
     out = []
     for key in dict.fromkeys((r["pipeline"], r["view"]) for r in records):
@@ -403,10 +416,10 @@ def checks(records, datasets_, margin) -> list:
         growth = hi["peak_rss_mib"] - lo["peak_rss_mib"]
         out.append({"pipeline": key[0], "view": key[1], "images": [lo["images"], hi["images"]],
                     "peak_rss_mib": [lo["peak_rss_mib"], hi["peak_rss_mib"]], "ratio": hi["peak_rss_mib"] / lo["peak_rss_mib"],
-                    "growth_mib": growth, "allowed_mib": margin * lo["peak_rss_mib"],
+                    "growth_mib": growth, "allowed_mib": margin_mib,
                     "stored_growth_mib": (by_n[hi["images"]]["stored_bytes"][fmt] - by_n[lo["images"]]["stored_bytes"][fmt]) / 2**20,
                     "decoded_growth_mib": (hi["images"] - lo["images"]) * key[1] ** 2 * 3 / 2**20,
-                    "status": "pass" if growth <= margin * lo["peak_rss_mib"] else "fail"})
+                    "status": "pass" if growth <= margin_mib else "fail"})
     return out
 
 
@@ -415,7 +428,7 @@ def render(result) -> str:
     head = (f"loader-only SimCLR views then one streamed eval epoch per case, each case a fresh process; batch "
             f"{s['batch_size']}, {s['workers']} loader threads, torch threads {s['threads'] or 'default'}, device "
             f"{s['device']}; images: sides {s['side_min']}-{s['side_max']} px, converted with --max-resolution "
-            f"{s['max_resolution']}; RSS margin {s['margin']:.0%}\n\n")
+            f"{s['max_resolution']}; allowed peak-RSS growth {s['margin_mib']:,.0f} MiB\n\n")
     def per_format(d, key, spec, inner=None):
         return ", ".join(x if isinstance(x, str) else format(x if inner is None else x[inner], spec)
                          for x in d[key].values())

@@ -37,7 +37,7 @@ from pipelines import DataError, datasets
 
 from .. import checkpoint as ckpt
 from ..config import ConfigError, cli, parse
-from .setup import check_split, split_field, split_seed_field
+from .setup import check_split, run_info, split_field, split_seed_field
 
 # torchvision's ResNet18_Weights.IMAGENET1K_V1 (69.758% ImageNet top-1); the name ends in the
 # first 8 hex digits of its SHA-256, which torch.hub verifies.
@@ -149,17 +149,6 @@ def dataset_label(name: str, data_dir: str | None = None, note: str | None = Non
             note = None if official else "JPEG-recompressed copy"
     base = DATASET_NAMES.get(name, name)
     return {"label": f"{base} ({note})" if note else base, "official_files": official}
-
-
-def run_info(path: str) -> dict | None:
-    """config.json of the fastssl run that `path` (a run directory or a file inside one) belongs to."""
-    d = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    p = os.path.join(d, "config.json")
-    if not os.path.isfile(p):
-        return None
-    with open(p) as f:
-        info = json.load(f)
-    return info if isinstance(info, dict) and "config" in info else None
 
 
 def describe_backbone(spec: str, info: dict) -> dict:

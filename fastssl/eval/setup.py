@@ -12,6 +12,8 @@ learns from the train part; classifiers (linear probe, kNN) learn from train + v
 validation part held out for every choice; the test part is scored once. A backbone and its
 evaluation must use the same split: the other split's test part was in this one's training images.
 """
+import json
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +23,17 @@ from pipelines import datasets
 
 SPLIT_HELP = ("'official' (the dataset's train/test split) or train/val/test percentages of all its labelled "
               "images pooled, e.g. 80/10/10 (stratified, seeded by --split-seed)")
+
+
+def run_info(path: str) -> dict | None:
+    """config.json of the fastssl run that `path` (a run directory or a file inside one) belongs to."""
+    d = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    p = os.path.join(d, "config.json")
+    if not os.path.isfile(p):
+        return None
+    with open(p) as f:
+        info = json.load(f)
+    return info if isinstance(info, dict) and "config" in info else None
 
 
 def split_field():
@@ -119,7 +132,6 @@ def check_backbone_split(spec: str, cfg) -> None:
     """Refuse to score a fastssl backbone on images it was pretrained on: when its run's dataset
     shares images with cfg.dataset, both must use the official split or the same split (and seed)."""
     from ..config import ConfigError
-    from .linear import run_info
 
     if spec in ("random", "imagenet"):
         return

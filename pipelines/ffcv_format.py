@@ -143,6 +143,9 @@ def write(data, out_path, *, encoding="raw", quality=90, max_resolution=None, wo
 # How long the writer host may go on after one of its workers has exited before it counts as hung
 # (a worker killed by a signal leaves the host waiting forever).
 STALL_S = 120.0
+# How long the written file and FFCV's progress log may both stay unchanged before the writer counts
+# as hung (FFCV reports progress per chunk of at most 1000 images).
+WRITE_STALL_S = 600.0
 
 
 def _write_bounded(path, fields, samples, workers, name):
@@ -164,12 +167,21 @@ def _write_bounded(path, fields, samples, workers, name):
     proc = multiprocessing.get_context("fork").Process(target=child, daemon=False)
     try:
         proc.start()
-        dead_since = None
+        dead_since, seen, still_since, why = None, None, time.monotonic(), "an FFCV writer process died"
         while True:
             proc.join(0.2)
             if proc.exitcode is not None:
                 break
-            if "Traceback" in _read(err.name):
+            log = _read(err.name)
+            if "Traceback" in log:
+                break
+            # A writer forked while other threads held a lock (DALI's, say) can hang before writing
+            # anything: neither the file nor FFCV's progress log changing for WRITE_STALL_S = hung.
+            now = (os.path.getsize(path) if os.path.exists(path) else -1, len(log))
+            if now != seen:
+                seen, still_since = now, time.monotonic()
+            elif time.monotonic() - still_since > WRITE_STALL_S:
+                why = "an FFCV writer process hung"
                 break
             # FFCV never joins its workers, so a worker that has exited is a zombie child of the
             # writer host. One that died mid-write leaves the host waiting forever for its images
@@ -183,7 +195,7 @@ def _write_bounded(path, fields, samples, workers, name):
             else:
                 dead_since = None
         if proc.exitcode != 0:
-            raise DataError(f"cannot write {name}: {_last_error(_read(err.name)) or 'an FFCV writer process died'}")
+            raise DataError(f"cannot write {name}: {_last_error(_read(err.name)) or why}")
     finally:
         # The whole group, also after a clean exit: FFCV never joins its workers, and a worker
         # forked from a process with many threads (DALI's, torch's) can hang on a lock it inherited

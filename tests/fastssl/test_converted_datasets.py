@@ -25,8 +25,8 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("conv")
     folder = make_folder(str(root / "photos"), N_TRAIN, N_TEST, sides=(40, 120), seed=1)
     paths = {"ffcv": str(root / "photos_train.beton"), "dali": str(root / "dali" / "train")}
-    for split in ("train", "test"):
-        for to, path in paths.items():
+    for to, path in paths.items():  # FFCV first: its writer forks, best before DALI's threads exist
+        for split in ("train", "test"):
             assert convert.main(["--dataset", "imagefolder", "--data-dir", folder, "--split", split, "--to", to,
                                  "--out", path.replace("train", split), "--max-resolution", "100"]) == 0
     return root, folder, paths

@@ -125,3 +125,22 @@ def test_write_validates_and_never_clobbers(cifar_test, tmp_path):
         ffcv_format.write(subset(cifar_test, 10), tmp_path / "p.beton", encoding="png")
     assert sorted(os.listdir(tmp_path)) == ["kept.beton"]
     assert ffcv_format.VERSION().startswith("1.")
+
+
+def test_a_writer_that_hangs_before_writing_is_a_data_error(tmp_path, monkeypatch):
+    """A forked writer stuck before it writes anything (a lock inherited held, say) is ended with its
+    process group: one DataError, no temporary file, no process left."""
+    import time
+
+    class Stuck:
+        def __init__(self, *args, **kwargs):
+            time.sleep(600)
+
+    monkeypatch.setattr(ffcv_format, "DatasetWriter", Stuck)
+    monkeypatch.setattr(ffcv_format, "WRITE_STALL_S", 2.0)
+    data = types.SimpleNamespace(images=np.zeros((4, 8, 8, 3), np.uint8), labels=np.arange(4))
+    out = tmp_path / "x.beton"
+    start = time.monotonic()
+    with pytest.raises(DataError, match="an FFCV writer process hung"):
+        ffcv_format.write(data, out, workers=1)
+    assert time.monotonic() - start < 30 and os.listdir(tmp_path) == []

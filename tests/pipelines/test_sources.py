@@ -25,12 +25,20 @@ def converted(tmp_path_factory):
     root = tmp_path_factory.mktemp("photos")
     folder = make_folder(str(root / "photos"), 42, 12, sides=(40, 130), seed=3)
     out = {}
-    for split in ("train", "test"):
-        files = imagefiles.scan(folder, split, max_resolution=CAP)
-        for to, path, opts in (("ffcv", root / f"p_{split}.beton", {}), ("dali", root / "dali" / split, {"shard_size": 10})):
-            convert.convert(files, to, str(path), workers=2, progress=False, source={"split": split}, **opts)
-            out[to, split] = str(path)
-    return folder, out
+    # Every FFCV conversion first: FFCV's writer forks, and a fork taken while DALI's threads of an
+    # earlier read-back still exist can inherit a held lock and hang.
+    rng = np.random.default_rng(0)
+    fixed = datasets.ArrayDataset(rng.integers(0, 256, (30, 16, 16, 3), dtype=np.uint8), np.arange(30) % 3,
+                                  ["a", "b", "c"], "random", (0.5,) * 3, (0.25,) * 3)
+    out["fixed"] = str(root / "fixed_train.beton")
+    convert.convert(fixed, "ffcv", out["fixed"], workers=1, progress=False)
+    for to, path, opts in (("ffcv", "p_{}.beton", {}), ("dali", "dali/{}", {"shard_size": 10})):
+        for split in ("train", "test"):
+            files = imagefiles.scan(folder, split, max_resolution=CAP)
+            convert.convert(files, to, str(root / path.format(split)), workers=2, progress=False,
+                            source={"split": split}, **opts)
+            out[to, split] = str(root / path.format(split))
+    return folder, out, fixed
 
 
 def reference(folder, split):
@@ -55,7 +63,7 @@ def reference(folder, split):
 
 @pytest.mark.parametrize("to", ["ffcv", "dali"])
 def test_open_gives_exact_counts_labels_statistics_and_own_sizes(converted, to):
-    folder, out = converted
+    folder, out, _ = converted
     labels, shapes, mean, std, classes = reference(folder, "train")
     data = datasets.load(out[to, "train"], "train")
     assert isinstance(data, sources.ConvertedDataset) and not hasattr(data, "images")  # nothing decoded
@@ -78,7 +86,7 @@ def test_open_gives_exact_counts_labels_statistics_and_own_sizes(converted, to):
 
 @pytest.mark.parametrize("to", ["ffcv", "dali"])
 def test_pipelines_stream_every_recipe_at_the_view_size(converted, to):
-    _, out = converted
+    _, out, _ = converted
     data = datasets.load(out[to, "train"], "train", image_size=40)
     for recipe in ("simclr", "supervised", "eval"):
         loader = pipelines.build(to, data, batch_size=8, recipe=recipe, drop_last=recipe != "eval", workers=2)
@@ -100,7 +108,7 @@ def test_pipelines_stream_every_recipe_at_the_view_size(converted, to):
 def test_dali_crops_replay_and_change_per_epoch(converted):
     """DALI's crops are seeded by the pipeline (seed, epoch, rank): an epoch iterated again, by a new
     loader as after --resume, gives the same views; the next epoch gives other ones."""
-    _, out = converted
+    _, out, _ = converted
     data = datasets.load(out["dali", "train"], "train", image_size=32)
 
     def epoch(e):
@@ -115,7 +123,7 @@ def test_dali_crops_replay_and_change_per_epoch(converted):
 
 def test_eval_views_are_resize_and_centre_crop(converted):
     """Both pipelines' eval view of image 0 against PIL: shorter side to 40 / 0.875, centre 40x40."""
-    folder, out = converted
+    folder, out, _ = converted
     first = imagefiles.scan(folder, "train", CAP).image(0)
     h, w = first.shape[:2]
     short = round(40 / sources.CENTRE_CROP)
@@ -148,7 +156,7 @@ def one_line(match, path, split="train"):
 
 
 def test_bad_beton_files_are_named(converted, tmp_path):
-    _, out = converted
+    _, out, _ = converted
     bad = copy_of(out["ffcv", "train"], tmp_path)
     with open(bad, "r+b") as f:
         f.truncate(os.path.getsize(bad) // 2)
@@ -172,7 +180,7 @@ def test_bad_beton_files_are_named(converted, tmp_path):
 
 
 def test_bad_shard_directories_and_manifests_are_named(converted, tmp_path):
-    _, out = converted
+    _, out, _ = converted
     d = copy_of(out["dali", "train"], tmp_path)
     os.remove(os.path.join(d, "shard-00002.tar"))
     assert os.path.join(d, "shard-00002.tar") in one_line("missing shard", d)
@@ -206,7 +214,7 @@ def test_bad_shard_directories_and_manifests_are_named(converted, tmp_path):
 def test_a_jpeg_that_fails_to_decode_mid_epoch_is_one_data_error(converted, tmp_path):
     """The policy of sources.py: DALI's decoder error becomes one DataError naming the dataset.
     The damaged sample's manifest and format.json checksums are rewritten, so it passes opening."""
-    _, out = converted
+    _, out, _ = converted
     d = copy_of(out["dali", "train"], tmp_path)
     info = dali_format.check(d)
     shard = info["shards"][3]
@@ -230,14 +238,9 @@ def test_a_jpeg_that_fails_to_decode_mid_epoch_is_one_data_error(converted, tmp_
     assert d in str(e.value) and "\n" not in str(e.value)
 
 
-def test_gpu_pipeline_decodes_fixed_size_data_that_fits_and_refuses_the_rest(converted, tmp_path, monkeypatch):
-    _, out = converted
-    rng = np.random.default_rng(0)
-    small = datasets.ArrayDataset(rng.integers(0, 256, (30, 16, 16, 3), dtype=np.uint8), np.arange(30) % 3,
-                                  ["a", "b", "c"], "random", (0.5,) * 3, (0.25,) * 3)
-    path = str(tmp_path / "fixed_train.beton")
-    convert.convert(small, "ffcv", path, workers=1, progress=False)
-    data = datasets.load(path, "train")
+def test_gpu_pipeline_decodes_fixed_size_data_that_fits_and_refuses_the_rest(converted, monkeypatch):
+    _, out, small = converted
+    data = datasets.load(out["fixed"], "train")
     assert data.image_size == 16 and not data.variable
     batch = next(iter(pipelines.build("gpu", data, batch_size=30, recipe="eval", drop_last=False)))
     want = (torch.from_numpy(small.images).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25

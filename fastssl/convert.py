@@ -7,7 +7,8 @@
     # ... each photo at its own size (JPEG, longer side at most 512 px), streamed: decoded one at a time
     python -m fastssl.convert --dataset imagefolder --data-dir photos/ --max-resolution 512 --to ffcv --out data/photos_train.beton
     python -m fastssl.convert --dataset imagefolder --data-dir photos/ --split test --max-resolution 512 --to ffcv --out data/photos_test.beton
-    # ... or all resized to one size: shorter side to 128 px, centre 128x128 crop (held in memory)
+    # ... or all resized to one size: shorter side to 128 px, centre 128x128 crop (held in memory);
+    # --encoding raw without --image-size keeps a folder of one size exact (held in memory too)
     python -m fastssl.convert --dataset imagefolder --data-dir photos/ --image-size 128 --to dali --out data/photos_dali
     # the test split, replacing an earlier conversion, JPEG quality 95, longer side at most 256 px
     python -m fastssl.convert --dataset cifar10 --data-dir DIR --split test --to dali --out data/c10_test \\
@@ -62,10 +63,8 @@ class ConvertConfig:
 def main(argv=None):
     cfg = parse(ConvertConfig, argv, description=__doc__)
     source = {"dataset": cfg.dataset, "split": cfg.split, "data_dir": cfg.data_dir, "image_size": cfg.image_size}
-    if cfg.dataset == "imagefolder" and cfg.image_size is None:  # each image at its own size, streamed
-        if cfg.encoding == "raw":
-            raise DataError("images kept at their own sizes are stored as JPEG: drop --encoding raw, or pass "
-                            "--image-size to resize them all to one size")
+    own_sizes = cfg.dataset == "imagefolder" and cfg.image_size is None and cfg.encoding != "raw"
+    if own_sizes:  # each image at its own size, streamed one at a time, JPEG
         root = cfg.data_dir or os.environ.get("FASTSSL_DATA")
         if not root:
             raise DataError("imagefolder needs a folder: pass --data-dir (or set $FASTSSL_DATA)")

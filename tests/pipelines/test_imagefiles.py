@@ -69,10 +69,17 @@ def test_an_unreadable_source_image_stops_the_conversion_and_keeps_the_output(fo
     assert not [f for f in os.listdir(tmp_path) if ".tmp-" in f]
 
 
-def test_own_sizes_refuse_raw_encoding_at_the_command_line(folder, tmp_path, capsys):
+def test_raw_encoding_keeps_a_folder_of_one_size_exact_and_refuses_mixed_sizes(folder, tmp_path, capsys):
     from fastssl import convert as command
+    from pipelines import dali_format, datasets
 
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(SystemExit) as e:  # mixed sizes cannot be raw: one line naming the odd file
         command.main(["--dataset", "imagefolder", "--data-dir", folder, "--to", "dali", "--out",
                       str(tmp_path / "x"), "--encoding", "raw"])
-    assert e.value.code == 2 and "stored as JPEG" in capsys.readouterr().err and not os.path.exists(tmp_path / "x")
+    assert e.value.code == 2 and "differs from the first image" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "x")
+    same = make_folder(str(tmp_path / "same"), 6, sides=(20, 20), seed=4)
+    assert command.main(["--dataset", "imagefolder", "--data-dir", same, "--to", "dali", "--out",
+                         str(tmp_path / "y"), "--encoding", "raw"]) == 0
+    images, _ = dali_format.read_all(str(tmp_path / "y"))
+    np.testing.assert_array_equal(images, datasets.load("imagefolder", "train", same).images)

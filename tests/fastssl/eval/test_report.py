@@ -3,12 +3,11 @@ a self-contained HTML file; existing outputs are never replaced without --overwr
 import json
 import os
 
-import numpy as np
 import pytest
 
 from fastssl import supervised
 from fastssl.eval import experiment, linear, report
-from pipelines import datasets
+from test_experiment import image_folder  # the experiment tests' folder maker (same directory)
 
 CPU = ["--device", "cpu", "--no-progress"]
 PLAN = """
@@ -41,23 +40,10 @@ knn_k = 10
 """
 
 
-def image_folder(root, train_per_class=8, test_per_class=4, classes=4):
-    """root/{train,test}/<class>/<i>.png from the first images of the CIFAR-10 sample's classes."""
-    from PIL import Image
-
-    for split, n in (("train", train_per_class), ("test", test_per_class)):
-        data = datasets.load("cifar10-sample", split)
-        for c in range(classes):
-            (root / split / data.classes[c]).mkdir(parents=True)
-            for i, j in enumerate(np.flatnonzero(data.labels == c)[:n]):
-                Image.fromarray(data.images[j]).save(root / split / data.classes[c] / f"{i}.png")
-    return str(root)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    data = image_folder(tmp_path_factory.mktemp("data"))
+    data = str(image_folder(tmp_path_factory.mktemp("data")))
     folder = ["--dataset", "imagefolder", "--data-dir", data]
     plan = root / "plan.toml"
     plan.write_text(PLAN.format(out=root / "exp", data=data))

@@ -118,3 +118,17 @@ def test_bad_settings_are_one_line_and_exit_2(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_existing_results_and_a_file_as_work_dir_are_refused_before_any_work(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "memory.json").write_text("{}")
+    with pytest.raises(SystemExit) as e:
+        memory.main(["--quick", "--out", str(out), "--work-dir", str(tmp_path / "work")])
+    assert e.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert (out / "memory.json").read_text() == "{}" and not (tmp_path / "work").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit) as e:
+        memory.main(["--quick", "--out", str(tmp_path / "out2"), "--work-dir", str(tmp_path / "file")])
+    assert e.value.code == 2 and "is not a directory" in capsys.readouterr().err

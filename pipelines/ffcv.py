@@ -116,13 +116,13 @@ class FFCVPipeline:
             labels, n = out["label"].clone(), out["label"].shape[0]
             if self.cropped and self.recipe == "eval":
                 yield Batch(augment.eval_view(out["image"], self.mean, self.std), None, labels)
-            elif self.cropped:  # already random-resized-cropped by FFCV: flip and colour here
-                views = sources.cropped_view(torch.cat([out["image"], out.get("image2", out["image"])]), self.spec,
-                                             gen, self.mean, self.std)
-                if self.recipe == "simclr":
-                    yield Batch(views[:n], views[n:], labels)
-                else:
-                    yield Batch(views[:n], None, labels)
+            elif self.cropped and self.recipe == "simclr":  # two crops made by FFCV: flip and colour here
+                views = sources.cropped_view(torch.cat([out["image"], out["image2"]]), self.spec, gen,
+                                             self.mean, self.std)
+                yield Batch(views[:n], views[n:], labels)
+            elif self.cropped:  # supervised: FFCV's crop, then flip + normalise only (as DALI's graph)
+                yield Batch(sources.cropped_view(out["image"], self.spec, gen, self.mean, self.std, colour=False),
+                            None, labels)
             elif self.recipe == "simclr":  # both views in one call: 2n independent draws, half the launches
                 views = augment.simclr_view(torch.cat([out["image"], out["image"]]), self.spec, gen,
                                             self.mean, self.std)

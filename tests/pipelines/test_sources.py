@@ -32,13 +32,29 @@ def converted(tmp_path_factory):
                                   ["a", "b", "c"], "random", (0.5,) * 3, (0.25,) * 3)
     out["fixed"] = str(root / "fixed_train.beton")
     convert.convert(fixed, "ffcv", out["fixed"], workers=1, progress=False)
+    flat = flat_folder(str(root / "flat"))
     for to, path, opts in (("ffcv", "p_{}.beton", {}), ("dali", "dali/{}", {"shard_size": 10})):
         for split in ("train", "test"):
             files = imagefiles.scan(folder, split, max_resolution=CAP)
             convert.convert(files, to, str(root / path.format(split)), workers=2, progress=False,
                             source={"split": split}, **opts)
             out[to, split] = str(root / path.format(split))
+        out[to, "flat"] = str(root / path.format("flat_train"))
+        convert.convert(imagefiles.scan(flat, "train", max_resolution=CAP), to, out[to, "flat"], workers=1,
+                        progress=False, source={"split": "train"}, **opts)
     return folder, out, fixed
+
+
+FLAT = (64, 128, 192)  # grey level of every image of class 0, 1, 2
+
+
+def flat_folder(root):
+    """12 flat grey images of mixed sizes, 4 per class: every crop of one is the same flat grey."""
+    for i in range(12):
+        d = os.path.join(root, "train", f"c{i % 3}")
+        os.makedirs(d, exist_ok=True)
+        Image.new("RGB", (40 + 7 * i, 90 - 4 * i), (FLAT[i % 3],) * 3).save(os.path.join(d, f"{i:02d}.png"))
+    return root
 
 
 def reference(folder, split):
@@ -254,3 +270,25 @@ def test_gpu_pipeline_decodes_fixed_size_data_that_fits_and_refuses_the_rest(con
         pipelines.build("torchvision", data, batch_size=8)
     with pytest.raises(DataError, match="use --pipeline ffcv"):
         pipelines.build("dali", data, batch_size=8)
+
+
+@pytest.mark.parametrize("to", ["ffcv", "dali"])
+def test_supervised_views_of_own_size_images_are_crop_flip_normalise_only(converted, to):
+    """Flat grey images: a crop, a flip and normalisation leave each one its flat level, so every
+    supervised view is constant at (level/255 - mean)/std; SimCLR's colour jitter moves them."""
+    _, out, _ = converted
+    data = datasets.load(out[to, "flat"], "train", image_size=24)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (data.mean, data.std))
+    for recipe in ("supervised", "simclr"):
+        loader = pipelines.build(to, data, batch_size=4, recipe=recipe, workers=1, seed=1)
+        loader.set_epoch(0)
+        batches = [b.check() for b in loader]
+        views = torch.cat([b.view1 for b in batches])
+        levels = torch.tensor(FLAT, dtype=torch.float32)[torch.cat([b.labels for b in batches])]
+        want = (levels.view(-1, 1, 1, 1) / 255 - mean) / std
+        off = (views - want).abs().amax(dim=(1, 2, 3)) * std.min()  # in units of 0..1 pixel values
+        if recipe == "supervised":
+            assert len(views) == 12 and all(b.view2 is None for b in batches)
+            assert off.max() < 2 / 255, off  # JPEG may move a flat level by a step or so
+        else:
+            assert (off > 5 / 255).sum() >= 6, off  # brightness jitter (p = 0.8) changes most images

@@ -213,6 +213,7 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
                     "environment": environment(), "world_size": world, "steps_per_epoch": steps_per_epoch,
                     "lr_used": lr, "bf16": use_bf16, "compile": use_compile, "device": str(device),
                     "train_images": len(train_data.labels), "dataset_name": train_data.name, "split": parts.info(),
+                    "image_size": size,  # the view side used (a converted dataset's resolved default too)
                     # the augmentation as this pipeline computes it (pipelines.recipes.name)
                     "recipe": getattr(loader, "recipe_name", method_cls.recipe)}
             ckpt.atomic_write_text(os.path.join(out, "config.json"), json.dumps(info, indent=2))

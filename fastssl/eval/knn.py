@@ -21,7 +21,8 @@ from pipelines import datasets
 
 from ..config import cli, parse
 from .features import extract
-from .setup import check_backbone_split, check_split, on_device, setup, split_field, split_seed_field
+from .setup import (check_backbone_split, check_split, image_size_field, on_device, setup, split_field,
+                    split_seed_field)
 
 
 @torch.no_grad()
@@ -73,12 +74,15 @@ class KNNConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     seed: int = field(default=0, metadata={"help": "seed for the 'random' backbone"})
     stem: str = field(default="cifar", metadata={"help": "stem of the 'random' backbone (others: read from the weights)", "choices": ["cifar", "imagenet"]})
+    image_size: int | None = image_size_field()
 
     def __post_init__(self):
         if not self.backbone:
             raise ValueError("--backbone is required")
         if self.k <= 0 or self.t <= 0 or self.batch_size <= 0:
             raise ValueError("--k, --t and --batch-size must be positive")
+        if self.image_size is not None and self.image_size < 0:
+            raise ValueError(f"--image-size must be >= 0, got {self.image_size}")
         check_split(self)
 
 
@@ -94,7 +98,7 @@ def main(argv=None):
     bank, _ = data.labelled()  # with a train/val/test split the validation images vote too: nothing is tuned
     acc = knn_eval(on_device(backbone, device), bank, data.test, device, cfg.k, cfg.t, cfg.batch_size)
     print(json.dumps({"backbone": info["source"], "dataset": cfg.dataset, "k": cfg.k, "t": cfg.t, **acc,
-                      **data.info(), "voting_images": int((bank.labels >= 0).sum())}))
+                      **data.info(), "image_size": data.image_size(), "voting_images": int((bank.labels >= 0).sum())}))
     return 0
 
 

@@ -37,7 +37,7 @@ from pipelines import DataError, datasets
 
 from .. import checkpoint as ckpt
 from ..config import ConfigError, cli, parse
-from .setup import check_split, run_info, split_field, split_seed_field
+from .setup import check_split, image_size_field, run_info, split_field, split_seed_field
 
 # torchvision's ResNet18_Weights.IMAGENET1K_V1 (69.758% ImageNet top-1); the name ends in the
 # first 8 hex digits of its SHA-256, which torch.hub verifies.
@@ -65,6 +65,7 @@ class LinearConfig:
     val_fraction: float = field(default=0.1, metadata={"help": "official split: stratified fraction of the training set held out to choose lr and weight decay (a train/val/test --split uses its validation part)"})
     # features
     resize: int | None = field(default=None, metadata={"help": "upsample images to SxS before the backbone (224 for ImageNet backbones)"})
+    image_size: int | None = image_size_field()
     normalize: str = field(default="auto", metadata={"help": "pixel normalisation: auto = ImageNet mean/std for ImageNet-trained backbones, else the dataset's", "choices": ["auto", "dataset", "imagenet"]})
     precision: str = field(default="fp32", metadata={"help": "feature extraction precision (bf16 only on CUDA)", "choices": ["fp32", "bf16"]})
     feature_batch_size: int = field(default=1024, metadata={"help": "images per feature-extraction batch"})
@@ -92,6 +93,8 @@ class LinearConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.knn_k < 0 or self.knn_t <= 0:
             raise ValueError("--knn-k must be >= 0 and --knn-t > 0")
+        if self.image_size is not None and self.image_size < 0:
+            raise ValueError(f"--image-size must be >= 0, got {self.image_size}")
         for name in ["subset", "resize"]:
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
@@ -286,7 +289,7 @@ def evaluate(cfg: LinearConfig, argv=(), command="fastssl.linear") -> dict:
     data = {"dataset": cfg.dataset, **dataset_label(cfg.dataset, cfg.data_dir, cfg.data_note),
             "train_images": len(train.labels), "fit_images": len(train.labels) - len(val_idx),
             "val_images": len(val_idx), "test_images": len(test.labels), "classes": len(train.classes),
-            "image_size": list(train.images.shape[1:3]) if hasattr(train, "images") else [train.image_size] * 2, "subset": cfg.subset, "resize": cfg.resize,
+            "image_size": parts.image_size(), "subset": cfg.subset, "resize": cfg.resize,
             "normalization": norm, "split": cfg.split, "split_seed": parts.info()["split_seed"]}
     summary = {
         "protocol": "linear", "backbone": desc, "data": data,

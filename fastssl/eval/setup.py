@@ -14,7 +14,7 @@ evaluation must use the same split: the other split's test part was in this one'
 """
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -74,6 +74,11 @@ class EvalData:
                                      t.classes, t.name, t.mean, t.std)
         return both, np.arange(len(t), len(t) + len(v), dtype=np.int64)
 
+    def image_size(self) -> list:
+        """[h, w] of the images the backbone sees: the stored size (in memory) or the view side (converted)."""
+        t = self.train
+        return list(t.images.shape[1:3]) if hasattr(t, "images") else [t.image_size] * 2
+
     def info(self) -> dict:
         """The split as stored in summaries and config.json."""
         return {"split": self.split, "split_seed": None if self.val is None else self.split_seed,
@@ -102,13 +107,42 @@ def load_data(dataset, data_dir=None, split=datasets.OFFICIAL, split_seed=0, sub
     return EvalData(train, parts["val"], parts["test"], split, split_seed)
 
 
+def image_size_field():
+    """The `image_size` field of the evaluation commands (resolved by view_size)."""
+    return field(default=None, metadata={"help": "converted datasets: side of the evaluation crops (shorter side "
+                                                 "resized to S / 0.875, centre S x S crop); 0 or unset: the backbone "
+                                                 "run's view side (its config.json), else 224 when the largest stored "
+                                                 "side reaches 224, else 96"})
+
+
+def view_size(cfg) -> int | None:
+    """The evaluation view side: --image-size, else the one the backbone's run trained on (the
+    resolved side recorded in config.json, else its --image-size), else None (sources.sized's default)."""
+    if cfg.image_size:
+        return cfg.image_size
+    run = None if cfg.backbone in ("random", "imagenet") else run_info(cfg.backbone)
+    if run is None:
+        return None
+    return run.get("image_size") or run["config"].get("image_size")
+
+
 def setup(cfg, subset=None, test="required"):
-    """(device, EvalData) for a command config with device, dataset, data_dir, split, split_seed."""
+    """(device, EvalData) for a command config with device, dataset, data_dir, split, split_seed
+    (and image_size, backbone: a converted dataset's views get view_size(cfg))."""
+    from pipelines import sources
+
+    from ..config import ConfigError
     from ..runtime import resolve_device
 
     device = resolve_device(cfg.device)
     data = load_data(cfg.dataset, cfg.data_dir, cfg.split, cfg.split_seed, subset=subset,
                      seed=getattr(cfg, "seed", 0), test=test)
+    if hasattr(cfg, "image_size"):
+        if cfg.image_size and not isinstance(data.train, sources.ConvertedDataset):
+            raise ConfigError(f"--image-size applies to converted datasets; {cfg.dataset} is held in memory "
+                              "at its own size" + (" (--resize upsamples it)" if hasattr(cfg, "resize") else ""))
+        size = view_size(cfg)
+        data = replace(data, **{k: sources.sized(getattr(data, k), size) for k in ("train", "val", "test")})
     return device, data
 
 

@@ -51,9 +51,16 @@ def test_convert_pretrain_and_knn_round_trip(data, pipeline, capsys):
     # scored on the 9 test images: a multiple of 100/9
     assert abs(summary["knn_top1"] * N_TEST / 100 - round(summary["knn_top1"] * N_TEST / 100)) < 1e-4
     capsys.readouterr()
-    assert knn.main(["--backbone", out, "--dataset", paths[pipeline], "--device", "cpu", "--k", "5"]) == 0
+    # Evaluated at the run's view side (32, recorded in config.json; the default would be 96), so the
+    # command's score is the monitor's final test score: same bank, test images, k and crops.
+    assert config["image_size"] == 32
+    assert knn.main(["--backbone", out, "--dataset", paths[pipeline], "--device", "cpu"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (result["train_images"], result["test_images"]) == (N_TRAIN, N_TEST)
+    assert result["image_size"] == [32, 32] and abs(result["top1"] - summary["knn_top1"]) < 1e-9
+    assert abs(result["top5"] - summary["knn_top5"]) < 1e-9
+    assert knn.main(["--backbone", out, "--dataset", paths[pipeline], "--device", "cpu", "--image-size", "40"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["image_size"] == [40, 40]
     for split in ("train", "test"):  # the labels the commands see are the folder's, in its order
         np.testing.assert_array_equal(datasets.load(paths[pipeline], split).labels, folder_labels(folder, split))
 
@@ -66,6 +73,7 @@ def test_linear_and_supervised_take_a_converted_dataset(data):
     with open(os.path.join(out, "summary.json")) as f:
         s = json.load(f)
     assert (s["data"]["train_images"], s["data"]["test_images"]) == (N_TRAIN, N_TEST)
+    assert s["data"]["image_size"] == [96, 96]  # no run to follow, largest side 100 < 224: the small default
     out = str(root / "supervised")
     supervised.main(["--dataset", paths["dali"], "--pipeline", "dali", "--out", out, *FAST])
     with open(os.path.join(out, "summary.json")) as f:
@@ -114,3 +122,5 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(data, tmp_path, capsy
             "use --pipeline ffcv", out)
     refused(pretrain.main, ["--dataset", str(tmp_path / "none.beton"), "--out", out, *FAST], capsys,
             "no such converted dataset", out)
+    refused(knn.main, ["--backbone", "random", "--dataset", "cifar10-sample", "--device", "cpu", "--image-size", "64"],
+            capsys, "--image-size applies to converted datasets")

@@ -219,11 +219,13 @@ class DALILoader:
         return self._start(epoch)
 
     def __iter__(self):
-        # Eval batches do not depend on the epoch (no shuffle, no randomness): always build "epoch 0".
+        # Eval batches do not depend on the epoch (no shuffle, no randomness): always build "epoch 0",
+        # and nothing ahead: an evaluation is usually one pass, so a second pipeline would only hold
+        # DALI's buffers and threads until the loader is dropped.
         epoch = 0 if self.recipe == "eval" else self.epoch
         it = self._take(epoch)
-        if self.ahead:
-            self._prepare(epoch if self.recipe == "eval" else epoch + 1)  # the usual next call: set_epoch(e + 1)
+        if self.ahead and self.recipe != "eval":
+            self._prepare(epoch + 1)  # the usual next call: set_epoch(e + 1)
         steps = len(self)
         gen = None
         if self.recipe == "simclr":
@@ -284,7 +286,8 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
     source: a directory written by dali_format holding `data` (else the cached copy); cache_dir: where
     that copy lives; workers: DALI's CPU threads; prefetch: batches DALI prepares ahead;
     spec: SimCLR augmentation parameters (augment.SimCLRRecipe, default its defaults); ahead: start
-    epoch e+1's pipeline in a background thread as soon as epoch e starts (hides the start-up).
+    epoch e+1's pipeline in a background thread as soon as epoch e starts (hides the start-up; not
+    for the eval recipe, whose passes are all alike and usually one).
     `data` may be a sources.ConvertedDataset of a shard directory (streamed; its `indices` only, read
     through temporary index files). When its images keep their own sizes the graph decodes them and
     crops to data.image_size: simclr, two `random_resized_crop`s (spec.scale, spec.ratio; seeded by

@@ -284,6 +284,30 @@ def test_eval_recipe_is_plain_normalisation_in_order(real, cache):
     np.testing.assert_array_equal(torch.cat([b.labels for b in batches]).numpy(), data.labels)
 
 
+
+def test_eval_passes_build_one_pipeline_each(real, cache, monkeypatch):
+    """Eval batches never depend on the epoch: no pipeline is started ahead for a pass that never
+    comes (each would fill DALI's buffers for nothing); a training loader still starts epoch e + 1."""
+    built = []
+    original = dali_pipe.Pipeline
+
+    def counted(*args, **kwargs):
+        built.append(kwargs.get("seed"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(dali_pipe, "Pipeline", counted)
+    data = dataclasses.replace(real, images=real.images[:300], labels=real.labels[:300], name="eval300")
+    loader = dali_pipe.build(data, batch_size=128, recipe="eval", drop_last=False, workers=1, cache_dir=cache)
+    for passes in (1, 2):
+        assert len(list(loader)) == 3
+        assert loader._ahead is None and len(built) == passes
+    built.clear()
+    train = dali_pipe.build(data, batch_size=128, workers=1, cache_dir=cache)
+    assert len(list(train)) == 2
+    train._ahead[1].join()
+    assert len(built) == 2  # epoch 0, and epoch 1 started ahead
+
+
 @pytest.mark.parametrize("flip_p", [0.5, 0.2])
 def test_supervised_recipe_reflect_pads_translates_and_flips(coords, cache, flip_p):
     loader = dali_pipe.build(coords, batch_size=BATCH, recipe="supervised", workers=2, cache_dir=cache, ahead=False,

@@ -134,17 +134,34 @@ class FFCVPipeline:
                 yield Batch(augment.eval_view(out["image"], self.mean, self.std), None, labels)
 
 
+def stream_options(converted, world_size, order=None, os_cache=None):
+    """(order, os_cache) with the defaults filled in. A converted dataset may be larger than RAM:
+    with os_cache=True FFCV memory-maps the whole file, and the page cache it fills counts against
+    each process (and a container's memory limit) up to the file's size. So it is read with
+    os_cache=False (FFCV's own bounded buffers) and, in one process, order "quasi_random" (samples
+    drawn from a few pages at a time, so a page is read once and freed after its last sample; FFCV
+    1.0.2 has it only when not distributed). In-memory data (a cached .beton of an ArrayDataset)
+    keeps FFCV's defaults: os_cache=True, order "random"."""
+    if order is None:
+        order = "quasi_random" if converted and world_size == 1 else "random"
+    if os_cache is None and converted:
+        os_cache = False
+    return order, os_cache
+
+
 def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=True, shuffle=True,
-          rank=0, world_size=1, source=None, cache_dir=None, workers=None, order="random",
+          rank=0, world_size=1, source=None, cache_dir=None, workers=None, order=None,
           spec=None, os_cache=None) -> FFCVPipeline:
     """FFCV loader over `data` (ArrayDataset; its mean/std normalise). Backend keywords:
     source: an existing .beton of `data` (else the cached copy); cache_dir: where that copy lives;
     workers: FFCV's numba threads (default: all cores); order: "random" | "quasi_random"
-    (the latter only helps when the file is larger than RAM; not with world_size > 1);
+    (the latter only helps when the file is larger than RAM; not with world_size > 1; default:
+    see stream_options);
     spec: SimCLR augmentation parameters (recipes.SimCLRRecipe, default its defaults; simclr views
     come out spec.size x spec.size, the other recipes keep the images' own size; the supervised
     recipe flips with spec.flip_p); os_cache: FFCV's choice between memory-mapping the file (True,
-    FFCV's default) and reading the pages a batch needs into its own buffers (False).
+    FFCV's default) and reading the pages a batch needs into its own buffers (False; default: see
+    stream_options).
     `data` may be a sources.ConvertedDataset of a .beton (streamed from its file, its `indices` only).
     When its images keep their own sizes, FFCV's decoder crops them while decoding: simclr and
     supervised views come from RandomResizedCropRGBImageDecoder(data.image_size, spec.scale,
@@ -158,6 +175,7 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
     data = data if converted else as_dataset(data)
     if recipe not in RECIPES:
         raise DataError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
+    order, os_cache = stream_options(converted, world_size, order, os_cache)
     if order not in ORDERS:
         raise DataError(f"unknown FFCV order {order!r}; choose from {', '.join(ORDERS)}")
     if batch_size < 1 or not 0 <= rank < world_size:

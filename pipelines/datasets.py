@@ -638,5 +638,10 @@ def fingerprint(data) -> str:
 
 def psnr(a, b) -> float:
     """Peak signal-to-noise ratio (dB) between two uint8 arrays; inf when identical."""
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return psnr_of(np.sum((a.astype(np.float64) - b.astype(np.float64)) ** 2), a.size)
+
+
+def psnr_of(squared_error, count) -> float:
+    """PSNR (dB) of 8-bit values from the sum of squared differences over `count` values."""
+    mse = squared_error / count
     return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))

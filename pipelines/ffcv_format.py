@@ -399,7 +399,7 @@ def _verify_files(path, files, n_check, seed):
         raise DataError(f"{path}: labels differ from the folder's")
     n = len(files)
     pick = np.unique(np.concatenate([np.random.default_rng(seed).choice(n, min(n_check, n), replace=False), [0, n - 1]]))
-    value = compare(path, files, pick, [_decode(b) for b in encoded(path, pick)], MIN_JPG_PSNR)
+    value = compare(path, files, pick, (_decode(b) for b in encoded(path, pick)), MIN_JPG_PSNR)
     return {"path": path, "count": n, "checked": len(pick), "psnr_db": value, "modes": sorted(info["modes"])}
 
 

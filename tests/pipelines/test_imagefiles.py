@@ -83,3 +83,33 @@ def test_raw_encoding_keeps_a_folder_of_one_size_exact_and_refuses_mixed_sizes(f
                          str(tmp_path / "y"), "--encoding", "raw"]) == 0
     images, _ = dali_format.read_all(str(tmp_path / "y"))
     np.testing.assert_array_equal(images, datasets.load("imagefolder", "train", same).images)
+
+
+def test_compare_is_the_psnr_of_all_pixels_holding_one_image_at_a_time(folder):
+    """compare's running sum gives datasets.psnr of the concatenated images (the definition), and it
+    keeps no decoded image once it asks for the next one."""
+    import weakref
+
+    from pipelines import datasets
+
+    files = imagefiles.scan(folder, "train", max_resolution=50)
+    pick = np.array([0, 3, 4, 11])
+    rng = np.random.default_rng(0)
+    noisy = [np.clip(files.image(int(i)) + rng.integers(-9, 10, files.image(int(i)).shape), 0, 255).astype(np.uint8)
+             for i in pick]
+    want = datasets.psnr(np.concatenate([a.ravel() for a in noisy]),
+                         np.concatenate([files.image(int(i)).ravel() for i in pick]))
+    alive = []
+
+    def one_at_a_time():
+        for a in noisy:
+            image = a.copy()
+            yield image
+            alive.append(weakref.ref(image))
+            del image
+            assert all(r() is None for r in alive[:-1]), "compare still holds an earlier image"  # [-1]: its loop variable
+
+    assert imagefiles.compare("out", files, pick, one_at_a_time(), 20) == pytest.approx(want, rel=1e-12)
+    assert 25 < want < 40 and imagefiles.compare("out", files, pick[:1], [files.image(0)], 20) == float("inf")
+    with pytest.raises(DataError, match="too far"):
+        imagefiles.compare("out", files, pick, noisy, 50)

@@ -29,9 +29,14 @@ resizers round differently); they do not depend on `workers`, and replaying an e
 Starting a pipeline costs ~0.1 s plus filling the shuffle buffer (~1.5 s for CIFAR-10's 50k images
 on a 2-core CPU), so by default (`ahead=True`) epoch e+1's pipeline is started in a background
 thread as soon as epoch e starts; set_epoch(e+1) then finds it ready.
-Shuffling: the reader shuffles within a buffer of `initial_fill` samples. The buffer holds the whole
-rank's part when it fits in SHUFFLE_BUFFER_BYTES (CIFAR: always), which makes the order a uniform
-permutation; for larger datasets it is a permutation of shards plus a local shuffle.
+Shuffling: the reader shuffles within a buffer of `initial_fill` samples. For in-memory data (the
+cached copy) the buffer holds the whole rank's part when it fits in SHUFFLE_BUFFER_BYTES (CIFAR:
+always), which makes the order a uniform permutation; for larger data it is a permutation of
+shards plus a local shuffle. A converted dataset (`--dataset PATH`) may be far larger than RAM, and
+the buffer holds its encoded samples (twice while the next epoch's pipeline starts ahead), so it is
+CONVERTED_FILL samples whatever the dataset's size: the epoch is the per-epoch permutation of the
+shards read through a buffer of about four of them (an image folder is converted class by class, so
+a batch then mixes the classes of a few shards; the shard permutation mixes them over the epoch).
 Multi-GPU: rank r reads DALI shard r of world_size (a contiguous slice of the permuted shard list,
 so ranks are disjoint and together cover the epoch). len() = (N // world_size) // batch_size with
 drop_last, so every rank takes the same number of steps.
@@ -54,6 +59,9 @@ from .recipes import PAD, RECIPES, SimCLRRecipe, derive_seed
 EXTRA = "dali"
 CACHE_DIR = os.path.join("~", ".cache", "fastssl", "dali")
 SHUFFLE_BUFFER_BYTES = 1 << 30  # reader shuffle buffer: whole rank's part when it fits in 1 GiB
+# A converted dataset's buffer: a fixed number of samples (about 4 shards of dali_format's default
+# 1000), so the reader's memory does not grow with the dataset (see the module docstring).
+CONVERTED_FILL = 4096
 
 try:
     from nvidia.dali import fn, types
@@ -111,7 +119,7 @@ class DALILoader:
     """Loader protocol (see batch.py) over a DALI pipeline rebuilt per epoch."""
 
     def __init__(self, source, info, *, batch_size, device, seed, recipe, spec, drop_last, shuffle, rank,
-                 world_size, workers, prefetch, mean, std, ahead, cropped=False, keep=None):
+                 world_size, workers, prefetch, mean, std, ahead, cropped=False, keep=None, converted=False):
         self.source, self.info, self.batch_size = source, info, batch_size
         self.device, self.seed, self.recipe, self.spec = device, seed, recipe, spec
         self.drop_last, self.shuffle, self.rank, self.world_size = drop_last, shuffle, rank, world_size
@@ -123,8 +131,11 @@ class DALILoader:
         self.epoch = 0
         n = info["count"]
         self.shard_count = (rank + 1) * n // world_size - rank * n // world_size  # DALI's shard split
-        sample_bytes = sum(s["bytes"] for s in info["shards"]) / n
-        self.initial_fill = int(min(self.shard_count, max(1024, SHUFFLE_BUFFER_BYTES // sample_bytes)))
+        if converted:  # streamed from a file of any size: a buffer of fixed length
+            self.initial_fill = int(min(self.shard_count, CONVERTED_FILL))
+        else:
+            sample_bytes = sum(s["bytes"] for s in info["shards"]) / n
+            self.initial_fill = int(min(self.shard_count, max(1024, SHUFFLE_BUFFER_BYTES // sample_bytes)))
 
     def __len__(self):
         if self.drop_last:
@@ -328,7 +339,7 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
                         drop_last=bool(drop_last), shuffle=bool(shuffle), rank=int(rank), world_size=int(world_size),
                         workers=max(1, int(workers)), prefetch=max(1, int(prefetch)),
                         mean=tuple(map(float, data.mean)), std=tuple(map(float, data.std)), ahead=bool(ahead),
-                        cropped=cropped, keep=keep)
+                        cropped=cropped, keep=keep, converted=converted)
     if len(loader) == 0:
         raise DataError(f"{len(data.labels)} images give no full batch of {batch_size} per rank "
                         f"(world_size={world_size}, drop_last={drop_last})")

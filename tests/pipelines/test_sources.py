@@ -314,3 +314,24 @@ def test_ffcv_streams_converted_files_with_bounded_buffers(converted):
     # FFCV 1.0.2 has no quasi_random order in distributed mode, and FFCV's defaults for in-memory data
     assert ffcv_pipe.stream_options(True, 2) == ("random", False)
     assert ffcv_pipe.stream_options(False, 1) == ("random", None)
+
+
+def test_dali_shuffle_buffer_of_converted_data_does_not_grow_with_it(converted, monkeypatch):
+    """The reader's buffer is CONVERTED_FILL samples, whatever the dataset's size (in-memory data
+    keeps its whole-part buffer); the epoch still reads every sample once, in a new order each epoch."""
+    from pipelines import dali as dali_pipe
+
+    _, out, _ = converted
+    data = datasets.load(out["dali", "train"], "train", image_size=24)
+    assert pipelines.build("dali", data, batch_size=8, workers=1, ahead=False).initial_fill == 42  # all < 4096
+    monkeypatch.setattr(dali_pipe, "CONVERTED_FILL", 12)
+    orders = []
+    for n in (20, 42):  # the same buffer for both sizes
+        loader = pipelines.build("dali", data.take(range(n)), batch_size=2, workers=1, ahead=False, drop_last=False)
+        assert loader.initial_fill == 12
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        orders.append(torch.cat([b.labels for b in loader]).numpy())
+    for got in orders:  # 42 samples: the label multiset of the file
+        np.testing.assert_array_equal(np.sort(got), np.sort(data.labels))
+    assert not np.array_equal(orders[0], orders[1])

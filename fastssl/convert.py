@@ -2,21 +2,24 @@
 
     # CIFAR-10 training split -> one .beton file (raw pixels, bit-exact) + data/cifar10_train.beton.manifest.json
     python -m fastssl.convert --dataset cifar10 --data-dir DIR --to ffcv --out data/cifar10_train.beton
-    # a folder of class subfolders -> DALI shards (JPEG, decoded by nvJPEG at load time), manifest inside
-    python -m fastssl.convert --dataset imagefolder --data-dir photos/ --to dali --out data/photos_dali
+    # a folder of class subfolders -> DALI shards (JPEG, decoded by nvJPEG at load time), manifest inside;
+    # the split's name in the path lets the commands find the other split (data/photos_dali/test)
+    python -m fastssl.convert --dataset imagefolder --data-dir photos/ --to dali --out data/photos_dali/train
     # ... each photo at its own size (JPEG, longer side at most 512 px), streamed: decoded one at a time
     python -m fastssl.convert --dataset imagefolder --data-dir photos/ --max-resolution 512 --to ffcv --out data/photos_train.beton
     python -m fastssl.convert --dataset imagefolder --data-dir photos/ --split test --max-resolution 512 --to ffcv --out data/photos_test.beton
     # ... or all resized to one size: shorter side to 128 px, centre 128x128 crop (held in memory);
     # --encoding raw without --image-size keeps a folder of one size exact (held in memory too)
-    python -m fastssl.convert --dataset imagefolder --data-dir photos/ --image-size 128 --to dali --out data/photos_dali
+    python -m fastssl.convert --dataset imagefolder --data-dir photos/ --image-size 128 --to dali --out data/photos_dali/train
     # the test split, replacing an earlier conversion, JPEG quality 95, longer side at most 256 px
     python -m fastssl.convert --dataset cifar10 --data-dir DIR --split test --to dali --out data/c10_test \\
         --force --encoding jpg --quality 95 --max-resolution 256
 
 The output is written next to its final path, read back with the library's own reader (count,
 labels, pixels of a sample), and only then moved into place; an existing output is kept unless
---force. The manifest (JSON) records count, classes, a checksum of the labels, split, image-size
+--force. A DALI directory and its manifest.json appear in one rename; a .beton is moved into place
+first and its `.manifest.json` beside it second, so a crash between the two leaves the new file with
+no manifest or the previous one, refused at open (no manifest / checksum or count differs): convert again. The manifest (JSON) records count, classes, a checksum of the labels, split, image-size
 policy, per-channel mean/std of the split, sha256 of every file and its format version;
 `--dataset PATH` of pretrain, knn, linear and supervised reads the output through it.
 An image folder kept at its own sizes is read twice (mean/std, then writing), one image at a time.

@@ -10,7 +10,11 @@ Every writer module in WRITERS exposes `write(data, tmp_out, **opts)`, `verify(o
 and `VERSION()` (DataError naming the pip extra when the library is missing). The output appears
 only once it is complete and verified: it is written to `out + ".tmp-<pid>"` and moved into place
 with os.replace; an existing output is refused unless force=True, and on any failure the temporary
-output is removed and the existing one is left as it was.
+output is removed and the existing one is left as it was. A DALI directory carries its manifest
+inside, so one rename publishes both; an FFCV .beton is renamed into place before its manifest, so a
+crash between the two renames leaves the new file beside no manifest or the previous one: opening
+it (sources.open_split) then fails with "no manifest" or a checksum (or count) mismatch naming the file, and
+converting again repairs it.
 """
 import datetime
 import hashlib

@@ -246,3 +246,30 @@ def test_ffcv_output_is_one_file_with_manifest_beside_it(cifar_test, tmp_path):
     np.testing.assert_array_equal(labels, data.labels)
     with pytest.raises(DataError, match="already exists"):
         convert.convert(data, "ffcv", out, progress=False)
+
+
+def test_ffcv_crash_between_file_and_manifest_is_refused_at_open(cifar_test, tmp_path, monkeypatch):
+    """The .beton is renamed into place before its manifest: a process killed between the two
+    renames leaves the new file beside the old manifest, which opening refuses (never reads silently)."""
+    pytest.importorskip("ffcv")
+    out = str(tmp_path / "c10_train.beton")
+    first = dataclasses.replace(cifar_test, images=cifar_test.images[:40], labels=cifar_test.labels[:40])
+    second = dataclasses.replace(cifar_test, images=cifar_test.images[40:80], labels=cifar_test.labels[40:80])
+    convert.convert(first, "ffcv", out, workers=1, progress=False)
+    rename = os.replace
+
+    def killed_before_the_manifest(src, dst):
+        if dst.endswith(".manifest.json"):
+            raise SystemExit(137)  # as a kill: no exception handler of the converter runs
+        rename(src, dst)
+
+    monkeypatch.setattr(convert.os, "replace", killed_before_the_manifest)
+    with pytest.raises(SystemExit):
+        convert.convert(second, "ffcv", out, workers=1, progress=False, force=True)
+    monkeypatch.setattr(convert.os, "replace", rename)
+    with pytest.raises(DataError, match="checksum differs") as e:
+        datasets.load(out, "train")
+    assert out in str(e.value)
+    os.remove(out + ".manifest.json")  # a first conversion cut there: no manifest at all
+    with pytest.raises(DataError, match="no manifest"):
+        datasets.load(out, "train")

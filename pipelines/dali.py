@@ -273,24 +273,6 @@ def _reported(it, source):
         yield out
 
 
-def _subset(path, info, indices, tmp):
-    """format.json's description restricted to samples `indices` (sorted): per shard, an index file
-    in `tmp` listing only those samples (DALI reads what its index lists)."""
-    shards = []
-    for shard in info["shards"]:
-        pick = indices[(indices >= shard["first"]) & (indices < shard["first"] + shard["count"])] - shard["first"]
-        if not len(pick):
-            continue
-        with open(os.path.join(path, shard["index"])) as f:
-            lines = f.read().splitlines()[1:]
-        index = os.path.join(tmp, shard["index"])
-        with open(index, "w") as f:
-            f.write(f"v1.2 {len(pick)}\n" + "\n".join(lines[i] for i in pick) + "\n")
-        shards.append({**shard, "index": index, "count": len(pick),
-                       "bytes": shard["bytes"] * len(pick) // shard["count"]})
-    return {**info, "count": len(indices), "shards": shards}
-
-
 def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=True, shuffle=True, rank=0,
           world_size=1, source=None, cache_dir=None, workers=4, prefetch=2, spec=None, ahead=True) -> DALILoader:
     """DALI loader over `data` (ArrayDataset; its mean/std normalise). Backend keywords:
@@ -324,7 +306,7 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
         path, info = data.path, dali_format.check(data.path)
         if data.indices is not None:
             keep = tempfile.TemporaryDirectory(prefix="fastssl-dali-subset-")
-            info = _subset(path, info, data.indices, keep.name)
+            info = dali_format.subset_index(path, info, data.indices, keep.name)
         if cropped:
             data = data if data.image_size else sources.sized(data, None, None)
             spec = replace(spec, size=data.image_size)

@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .convert import sha256
 from .datasets import psnr
 from .errors import DataError
 from .imagefiles import ImageFiles, compare
@@ -321,11 +322,7 @@ def check(out_dir, deep=False) -> dict:
             raise DataError(f"{tar}: {why} ({size} bytes, its index implies {expected})")
         if deep:
             _check_headers(tar, offsets.ravel(), sizes.ravel(), shard, info)
-            digest = hashlib.sha256()
-            with open(tar, "rb") as f:
-                for block in iter(lambda: f.read(1 << 22), b""):
-                    digest.update(block)
-            if digest.hexdigest() != shard["sha256"]:
+            if sha256(tar) != shard["sha256"]:
                 raise DataError(f"{tar}: corrupt shard (sha256 differs from {INFO})")
     return info
 
@@ -378,19 +375,27 @@ def read(out_dir, indices=None, *, batch_size=1024, workers=1):
     if len(indices) == 0 or indices[0] < 0 or indices[-1] >= n:
         raise DataError(f"{out_dir}: indices out of range 0..{n - 1}")
     with tempfile.TemporaryDirectory(prefix="fastssl-dali-") as tmp:
-        tars, idxs = [], []
-        for shard in info["shards"]:
-            pick = indices[(indices >= shard["first"]) & (indices < shard["first"] + shard["count"])]
-            if len(pick) == 0:
-                continue
-            with open(os.path.join(out_dir, shard["index"])) as f:
-                lines = f.read().splitlines()[1:]
-            idx = os.path.join(tmp, shard["index"])
-            with open(idx, "w") as f:
-                f.write(f"v1.2 {len(pick)}\n" + "\n".join(lines[i - shard["first"]] for i in pick) + "\n")
-            tars.append(os.path.join(out_dir, shard["tar"]))
-            idxs.append(idx)
+        tars, idxs = reader_files(out_dir, subset_index(out_dir, info, indices, tmp))
         return _run_reader(out_dir, tars, idxs, indices, info, batch_size, workers)
+
+
+def subset_index(out_dir, info, indices, tmp) -> dict:
+    """format.json's description (`info`) restricted to samples `indices` (sorted, unique): per
+    shard holding any of them, an index file in `tmp` listing only those (DALI reads what its index
+    lists; the tars are shared). The shards' "index" entries become those absolute paths."""
+    shards = []
+    for shard in info["shards"]:
+        pick = indices[(indices >= shard["first"]) & (indices < shard["first"] + shard["count"])] - shard["first"]
+        if not len(pick):
+            continue
+        with open(os.path.join(out_dir, shard["index"])) as f:
+            lines = f.read().splitlines()[1:]
+        index = os.path.join(tmp, shard["index"])
+        with open(index, "w") as f:
+            f.write(f"v1.2 {len(pick)}\n" + "\n".join(lines[i] for i in pick) + "\n")
+        shards.append({**shard, "index": index, "count": len(pick),
+                       "bytes": shard["bytes"] * len(pick) // shard["count"]})
+    return {**info, "count": len(indices), "shards": shards}
 
 
 def _run_reader(out_dir, tars, idxs, indices, info, batch_size, workers):

@@ -4,6 +4,8 @@
     python -m fastssl.knn --backbone runs/simclr/backbone.pt --dataset cifar10-sample --k 200 --t 0.1
     # a converted dataset: its train split votes, the sibling test split (photos_test.beton) is scored
     python -m fastssl.knn --backbone runs/photos --dataset data/photos_train.beton
+    # ... at the run's view side (its config.json) by default; another side for the crops:
+    python -m fastssl.knn --backbone runs/photos --dataset data/photos_train.beton --image-size 160
     # a backbone pretrained with --split 80/10/10: the same split's test part (60,000 pooled CIFAR-10 images)
     python -m fastssl.knn --backbone runs/simclr_split --dataset cifar10 --split 80/10/10
 

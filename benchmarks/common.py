@@ -303,6 +303,7 @@ def write_all(out: str, stem: str, result: dict, rows, table: str, chart) -> Non
               f"({env['cpu_cores_usable']} usable cores), torch {env['torch']}\n\n")
     write_text(os.path.join(out, f"{stem}.md"), header + table)
     chart(os.path.join(out, f"{stem}.png"))
+    print(f"wrote {os.path.join(out, stem)}.{{json,csv,md,png}}", file=sys.stderr)
 
 
 def print_table(table: str) -> None:

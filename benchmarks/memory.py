@@ -493,7 +493,6 @@ def main(argv=None):
             shutil.rmtree(work, ignore_errors=True)
     table = render(result)
     common.write_all(out, STEM, result, result["records"], table, lambda p: chart(p, result))
-    print(f"wrote {os.path.join(out, STEM)}.{{json,csv,md,png}}", file=sys.stderr)
     common.print_table(table)
     return result
 

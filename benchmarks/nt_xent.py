@@ -13,7 +13,6 @@ and through torch.compile, at each N and input dtype (fp32; bf16 inputs), it rep
   they exist anyway); device-independent, so meaningful on the CPU too;
 - peak CUDA memory above what was allocated before the call (torch.cuda.max_memory_allocated).
 """
-import os
 import sys
 from dataclasses import dataclass, field
 
@@ -247,7 +246,6 @@ def main(argv=None):
     result["settings"]["out"] = out
     table = render(result)
     common.write_all(out, STEM, result, result["records"], table, lambda p: chart(p, result))
-    print(f"wrote {os.path.join(out, STEM)}.{{json,csv,md,png}}", file=sys.stderr)
     common.print_table(table)
     return result
 

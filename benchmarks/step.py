@@ -26,7 +26,6 @@ device)`, `run_setting(setting, cfg, device, batches) -> dict` (one row, timed a
 """
 import itertools
 import math
-import os
 import statistics
 import sys
 import time
@@ -337,7 +336,6 @@ def main(argv=None):
     common.write_all(out, STEM, result, records, text, lambda p: common.bar_chart(
         p, [r["setting"].replace(" + ", "\n") for r in records], {"images/s": [r["img_per_s"] for r in records]},
         "images/s (median, min-max)", f"SimCLR step, batch {cfg.batch_size}, {env['gpu'] or env['cpu']}"))
-    print(f"wrote {os.path.join(out, STEM)}.{{json,csv,md,png}}", file=sys.stderr)
     common.print_table(text)
     return result
 

@@ -21,7 +21,6 @@ benchmarks/peaks.py) and the bf16 matmul rate measured at the start on CUDA (n/a
 ratio to the torchvision DataLoader. Pipelines that cannot run say why ("unavailable: ...").
 Pipelines (and the compute-only case) are interleaved in a rotating order across repeats.
 """
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -324,7 +323,6 @@ def main(argv=None):
     result["settings"]["out"] = out
     table = render(result)
     common.write_all(out, STEM, result, result["records"], table, lambda p: chart(p, result))
-    print(f"wrote {os.path.join(out, STEM)}.{{json,csv,md,png}}", file=sys.stderr)
     common.print_table(table)
     return result
 

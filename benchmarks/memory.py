@@ -31,18 +31,21 @@ within --margin-mib (default 64 MiB, half of what the stored file grows by from 
 images here; a fraction of a ~1 GiB peak would hide a loader that holds the file) of the peak at the
 smallest. For scale the table gives what holding the data would add: the growth of the stored file,
 and of the decoded views (N x side^2 x 3 bytes).
-FFCV page cache: with os_cache=True (FFCV's default, and what fastssl.pretrain's ffcv pipeline
-uses) FFCV memory-maps the .beton and every page it touches stays file-backed RSS of the process,
-up to the whole file after one epoch. The `ffcv` rows therefore use os_cache=False with order
-quasi_random: FFCV then reads the 8 MiB pages a batch needs into slots of its own and frees a slot
-when its page's last sample is used; with order random a page's samples are spread over the whole
-epoch, so nearly every page stays resident, while quasi_random draws samples from a window of
-2 x batch_size pages (FFCV 1.0.2, traversal_order/quasi_random.py) and so bounds the pool at
-about 2 x batch_size x 8 MiB (1 GiB at batch 64): a smaller file is held whole even so.
-`ffcv_os_cache` measures FFCV's default (os_cache=True, order random) for comparison. DALI reads
-its shards through memory-mapped files into the reader's shuffle buffer, which pipelines.dali sizes
-to the whole dataset up to SHUFFLE_BUFFER_BYTES (1 GiB) of encoded samples, with a second one while
-the next epoch's pipeline is started ahead.
+FFCV page cache: with os_cache=True (FFCV's default, kept for in-memory data) FFCV memory-maps the
+.beton and every page it touches stays file-backed RSS of the process, up to the whole file after
+one epoch. The `ffcv` rows use what fastssl streams a converted .beton with (pipelines.ffcv
+stream_options): os_cache=False, FFCV reading the 8 MiB pages a batch needs into slots of its own
+and freeing a slot after its page's last sample, in order "windowed" (pipelines.ffcv_order: pages
+permuted, samples shuffled within blocks of recipes.STREAM_WINDOW = 4,096), which keeps the pages
+of about two blocks open, whatever the file's size. `ffcv_quasi_random` is FFCV's own bounded order
+(a window of 2 x batch_size pages: 1 GiB at batch 64, so a smaller file is held whole) and
+`ffcv_os_cache` FFCV's default (os_cache=True, order random), for comparison. DALI reads its shards
+with plain reads (dont_use_mmap: mapped pages would stay file-backed RSS) into the reader's shuffle
+buffer of STREAM_WINDOW samples.
+Allocator: each case runs with MALLOC_MMAP_THRESHOLD_=131072 (glibc), so every buffer above 128 KiB
+is its own mapping, returned when freed. Without it glibc raises the threshold after such frees and
+serves the torch view ops' large transient buffers from its heaps, whose peak then depends on thread
+timing: identical 224 px cases differed by ~300 MiB, more than the data grows.
 """
 import json
 import os
@@ -64,9 +67,12 @@ from .throughput import installed
 STEM = "memory"
 CLASSES = ("a", "b", "c")
 # pipeline name in this benchmark -> (pipelines.PIPELINES name, converted format, backend keywords)
-LOADERS = {"ffcv": ("ffcv", "ffcv", {"os_cache": False, "order": "quasi_random"}),
+LOADERS = {"ffcv": ("ffcv", "ffcv", {}),
            "dali": ("dali", "dali", {}),
+           "ffcv_quasi_random": ("ffcv", "ffcv", {"os_cache": False, "order": "quasi_random"}),
            "ffcv_os_cache": ("ffcv", "ffcv", {"os_cache": True, "order": "random"})}
+# glibc: buffers above 128 KiB always mapped and returned when freed (see the docstring)
+CASE_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 QUICK = {"sizes": "120,240", "views": "48", "side_min": 24, "side_max": 80, "max_resolution": 64}
 CASE_TIMEOUT_S = 1800  # a case that hangs becomes a failed row, never a hung benchmark
 
@@ -230,10 +236,11 @@ def prepare(cfg, work) -> list:
 
 def _child(code, args, what):
     """Run `code` (which prints one JSON line last) in a fresh interpreter with `args` as
-    sys.argv[1:]; its parsed output, or RuntimeError naming `what` with the last stderr line."""
+    sys.argv[1:] and CASE_ENV set; its parsed output, or RuntimeError naming `what` with the last
+    stderr line."""
     try:
         done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                              cwd=common.REPO, timeout=CASE_TIMEOUT_S, check=False)
+                              cwd=common.REPO, timeout=CASE_TIMEOUT_S, check=False, env={**os.environ, **CASE_ENV})
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"{what}: no result within {CASE_TIMEOUT_S} s") from None
     if done.returncode != 0:
@@ -395,7 +402,8 @@ def measure(cfg, env, work) -> dict:
                 records.append({**base, **rec, "case_s": time.perf_counter() - t0, "load_average_1min": load})
                 print(f"{loader_name} {side} px, {d['images']} images: {rec['status']}"
                       + (f", peak RSS {rec['peak_rss_mib']:.0f} MiB" if rec["status"] == "ok" else ""), file=sys.stderr)
-    settings = {k: v for k, v in asdict(cfg).items()} | {"work_dir": work if cfg.keep_work or cfg.work_dir else None}
+    settings = {k: v for k, v in asdict(cfg).items()} | {"work_dir": work if cfg.keep_work or cfg.work_dir else None,
+                                                          "case_env": CASE_ENV}
     return {"benchmark": STEM, "environment": env, "settings": settings, "datasets": datasets_, "records": records,
             "checks": checks(records, datasets_, cfg.margin_mib)}
 

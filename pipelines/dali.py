@@ -61,7 +61,7 @@ CACHE_DIR = os.path.join("~", ".cache", "fastssl", "dali")
 SHUFFLE_BUFFER_BYTES = 1 << 30  # reader shuffle buffer: whole rank's part when it fits in 1 GiB
 # A converted dataset's buffer: a fixed number of samples (about 4 shards of dali_format's default
 # 1000), so the reader's memory does not grow with the dataset (see the module docstring).
-CONVERTED_FILL = 4096
+CONVERTED_FILL = recipes.STREAM_WINDOW
 
 try:
     from nvidia.dali import fn, types
@@ -129,6 +129,9 @@ class DALILoader:
         self.cropped = cropped  # images of their own sizes: the graph crops them (see build)
         self._keep = keep  # temporary index files of a subset, removed with the loader
         self.epoch = 0
+        # A converted file is read with plain reads, not memory-mapped: mapped pages a pass touched
+        # stay in the process's RSS (file-backed, +145 MiB from 10,000 to 20,000 images measured).
+        self.converted = converted
         n = info["count"]
         self.shard_count = (rank + 1) * n // world_size - rank * n // world_size  # DALI's shard split
         if converted:  # streamed from a file of any size: a buffer of fixed length
@@ -162,7 +165,8 @@ class DALILoader:
                 paths=tars, index_paths=idxs, ext=[dali_format.IMAGE_EXT[info["encoding"]], "cls"],
                 dtypes=[types.UINT8, types.INT64], missing_component_behavior="error", name="reader",
                 shard_id=self.rank, num_shards=self.world_size, random_shuffle=self.shuffle,
-                initial_fill=self.initial_fill, pad_last_batch=not self.drop_last)
+                initial_fill=self.initial_fill, pad_last_batch=not self.drop_last,
+                dont_use_mmap=self.converted)
             images = dali_format.decode(encoded, info["encoding"], info["height"], info["width"], dev)
             if self.cropped:
                 views = self._cropped_views(images, dev)

@@ -18,7 +18,8 @@ Reproducibility (FFCV 1.0.2, checked against its source):
 - order: a pure function of (seed, epoch, rank). FFCV draws epoch e's permutation from
   `np.random.default_rng(ffcv_seed + e)` (quasi_random: `ffcv_seed * 912300 + e`, with a 31-bit
   ffcv_seed so that this fits numba's int64; distributed:
-  torch's `DistributedSampler(seed=ffcv_seed).set_epoch(e)`), ffcv_seed = derive_seed(seed).
+  torch's `DistributedSampler(seed=ffcv_seed).set_epoch(e)`; windowed, the default for converted
+  files: `ffcv_order.windowed(seed=ffcv_seed, epoch=e, rank, world_size)`), ffcv_seed = derive_seed(seed).
 - augmentation: a pure function of (seed, epoch, rank), drawn from one torch generator per epoch on
   the device, so every recipe replays bit for bit on resume. (FFCV's own random decoders could not:
   they draw from numba's per-thread generator, which FFCV never seeds.)
@@ -36,14 +37,14 @@ import torch
 
 from dataclasses import replace
 
-from . import augment, ffcv_format, recipes, sources
+from . import augment, ffcv_format, ffcv_order, recipes, sources
 from .batch import Batch, check_per_process
 from .datasets import as_dataset, fingerprint
 from .errors import DataError
 from .recipes import PAD, RECIPES, SimCLRRecipe, derive_seed
 
 EXTRA = "ffcv"
-ORDERS = ("random", "quasi_random")
+ORDERS = ("random", "quasi_random", "windowed")
 CACHE_DIR = os.path.join("~", ".cache", "fastssl", "ffcv")
 _COMPILED = []  # see the end of build()
 
@@ -138,12 +139,12 @@ def stream_options(converted, world_size, order=None, os_cache=None):
     """(order, os_cache) with the defaults filled in. A converted dataset may be larger than RAM:
     with os_cache=True FFCV memory-maps the whole file, and the page cache it fills counts against
     each process (and a container's memory limit) up to the file's size. So it is read with
-    os_cache=False (FFCV's own bounded buffers) and, in one process, order "quasi_random" (samples
-    drawn from a few pages at a time, so a page is read once and freed after its last sample; FFCV
-    1.0.2 has it only when not distributed). In-memory data (a cached .beton of an ArrayDataset)
-    keeps FFCV's defaults: os_cache=True, order "random"."""
+    os_cache=False (FFCV's own buffers) in order "windowed" (ffcv_order: the pages in flight are
+    bounded by recipes.STREAM_WINDOW samples, whatever the file's size, on any number of ranks).
+    In-memory data (a cached .beton of an ArrayDataset) keeps FFCV's defaults: os_cache=True,
+    order "random" (a uniform permutation)."""
     if order is None:
-        order = "quasi_random" if converted and world_size == 1 else "random"
+        order = "windowed" if converted else "random"
     if os_cache is None and converted:
         os_cache = False
     return order, os_cache
@@ -154,9 +155,9 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
           spec=None, os_cache=None) -> FFCVPipeline:
     """FFCV loader over `data` (ArrayDataset; its mean/std normalise). Backend keywords:
     source: an existing .beton of `data` (else the cached copy); cache_dir: where that copy lives;
-    workers: FFCV's numba threads (default: all cores); order: "random" | "quasi_random"
-    (the latter only helps when the file is larger than RAM; not with world_size > 1; default:
-    see stream_options);
+    workers: FFCV's numba threads (default: all cores); order: "random" | "quasi_random" |
+    "windowed" (the last two bound memory on files larger than RAM, quasi_random not with
+    world_size > 1; default: see stream_options);
     spec: SimCLR augmentation parameters (recipes.SimCLRRecipe, default its defaults; simclr views
     come out spec.size x spec.size, the other recipes keep the images' own size; the supervised
     recipe flips with spec.flip_p); os_cache: FFCV's choice between memory-mapping the file (True,
@@ -228,15 +229,17 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
             ops = _image_ops(device, crop())
             pipes["image2"] = PipelineSpec("image", decoder=ops[0], transforms=ops[1:])
     if recipe == "eval" or not shuffle:
-        ffcv_order = OrderOption.SEQUENTIAL
+        traversal = OrderOption.SEQUENTIAL
+    elif order == "windowed":
+        traversal = ffcv_order.Windowed.factory(window=recipes.STREAM_WINDOW, rank=rank, world_size=world_size)
     else:
-        ffcv_order = OrderOption.QUASI_RANDOM if order == "quasi_random" else OrderOption.RANDOM
+        traversal = OrderOption.QUASI_RANDOM if order == "quasi_random" else OrderOption.RANDOM
     try:
         with ffcv_format.torch_threads_kept():
             extra = {} if os_cache is None else {"os_cache": bool(os_cache)}
             # quasi_random seeds numba with ffcv_seed * 912300 + epoch, an int64: a 31-bit seed fits
-            ffcv_seed = derive_seed(seed, bits=31 if ffcv_order == OrderOption.QUASI_RANDOM else 63)
-            loader = FFCVLoader(path, batch_size=batch_size, num_workers=workers, order=ffcv_order,
+            ffcv_seed = derive_seed(seed, bits=31 if traversal == OrderOption.QUASI_RANDOM else 63)
+            loader = FFCVLoader(path, batch_size=batch_size, num_workers=workers, order=traversal,
                                 distributed=distributed, seed=ffcv_seed, drop_last=drop_last,
                                 pipelines=pipes, indices=indices, **extra)
     except (ValueError, TypeError, AssertionError, NotImplementedError, MemoryError) as e:

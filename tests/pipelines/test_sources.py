@@ -296,23 +296,24 @@ def test_supervised_views_of_own_size_images_are_crop_flip_normalise_only(conver
 
 def test_ffcv_streams_converted_files_with_bounded_buffers(converted):
     """A converted .beton is read with FFCV's own buffers (os_cache=False: no page cache filled up
-    to the file's size) in quasi-random order; explicit choices and in-memory data keep theirs."""
+    to the file's size) in the windowed order, on one rank and many; explicit choices and in-memory
+    data keep theirs."""
     from ffcv.memory_managers import OSCacheManager, ProcessCacheManager
-    from ffcv.traversal_order import QuasiRandom, Random
+    from ffcv.traversal_order import Random
 
     from pipelines import ffcv as ffcv_pipe
+    from pipelines.ffcv_order import Windowed
 
     _, out, _ = converted
     data = datasets.load(out["ffcv", "train"], "train", image_size=24)
     loader = pipelines.build("ffcv", data, batch_size=8, workers=1).ffcv
-    assert isinstance(loader.memory_manager, ProcessCacheManager) and isinstance(loader.traversal_order, QuasiRandom)
+    assert isinstance(loader.memory_manager, ProcessCacheManager) and isinstance(loader.traversal_order, Windowed)
     epoch = torch.cat([b.labels for b in pipelines.build("ffcv", data, batch_size=8, workers=1, seed=2)])
     counts = np.bincount(epoch.numpy(), minlength=3)  # 40 distinct samples of the 42: each at most once
     assert len(epoch) == 40 and (counts <= np.bincount(data.labels, minlength=3)).all()
     loader = pipelines.build("ffcv", data, batch_size=8, workers=1, order="random", os_cache=True).ffcv
     assert isinstance(loader.memory_manager, OSCacheManager) and isinstance(loader.traversal_order, Random)
-    # FFCV 1.0.2 has no quasi_random order in distributed mode, and FFCV's defaults for in-memory data
-    assert ffcv_pipe.stream_options(True, 2) == ("random", False)
+    assert ffcv_pipe.stream_options(True, 2) == ("windowed", False)
     assert ffcv_pipe.stream_options(False, 1) == ("random", None)
 
 

@@ -23,6 +23,10 @@ no manifest or the previous one, refused at open (no manifest / checksum or coun
 policy, per-channel mean/std of the split, sha256 of every file and its format version;
 `--dataset PATH` of pretrain, knn, linear and supervised reads the output through it.
 An image folder kept at its own sizes is read twice (mean/std, then writing), one image at a time.
+Samples are written in a seeded random order by default (--order shuffled, --order-seed 0; the
+manifest's "order" says which, pipelines.convert.stored_order gives the permutation): DALI and FFCV
+shuffle a streamed file within a window of 4,096 samples, and an image folder lists its images
+class by class. --order source keeps the source's order.
 Needs the extra of the chosen library: `pip install -e .[ffcv]` or `pip install -e .[dali]`.
 """
 import os
@@ -48,6 +52,8 @@ class ConvertConfig:
     quality: int = field(default=90, metadata={"help": "JPEG quality 1-100 (jpg encoding only)"})
     max_resolution: int | None = field(default=None, metadata={"help": "shrink images whose longer side exceeds this many pixels"})
     image_size: int | None = field(default=None, metadata={"help": "imagefolder only: resize the shorter side to this, centre-crop a square (needed when image sizes differ)"})
+    order: str = field(default="shuffled", metadata={"help": "sample order in the output: shuffled (seeded by --order-seed; streamed loaders shuffle within a window, so a folder's class-by-class order would give one-class batches) or source", "choices": ["shuffled", "source"]})
+    order_seed: int = field(default=0, metadata={"help": "seed of the shuffled order (recorded in the manifest)"})
 
     def __post_init__(self):
         if self.to is None or not self.out:
@@ -58,6 +64,8 @@ class ConvertConfig:
             raise ValueError(f"--workers must be >= 0, got {self.workers}")
         if self.max_resolution is not None and self.max_resolution < 1:
             raise ValueError(f"--max-resolution must be positive, got {self.max_resolution}")
+        if self.order_seed < 0:
+            raise ValueError(f"--order-seed must be >= 0, got {self.order_seed}")
         if self.image_size is not None and self.dataset != "imagefolder":
             raise ValueError(f"--image-size applies to --dataset imagefolder only, not {self.dataset}")
 
@@ -79,7 +87,7 @@ def main(argv=None):
         encoding = cfg.encoding or ("raw" if max(height, width) <= 32 else "jpg")
         opts, size = {"encoding": encoding, "max_resolution": cfg.max_resolution}, f"{height}x{width}"
     m = converter.convert(data, cfg.to, cfg.out, force=cfg.force, workers=cfg.workers or None, source=source,
-                          quality=cfg.quality, **opts)
+                          quality=cfg.quality, order_seed=cfg.order_seed if cfg.order == "shuffled" else None, **opts)
     check = "exact" if m["verified"].get("psnr_db") is None else f"{m['verified']['psnr_db']:.1f} dB PSNR"
     print(f"wrote {m['count']} images ({len(m['classes'])} classes, {size}, {encoding}) to {m['path']} "
           f"with {m['library']} {m['library_version']} in {m['seconds']:.1f} s; read back {m['verified']['checked']} "

@@ -25,11 +25,13 @@ import os
 import re
 import shutil
 import time
+from dataclasses import replace
 
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from .datasets import take
 from .errors import DataError
 from .imagefiles import ImageFiles
 
@@ -126,14 +128,33 @@ def image_policy(data, opts) -> dict:
             "image_policy": {"sizes": "fixed", "max_resolution": opts.get("max_resolution")}}
 
 
+def stored_order(n: int, seed=None) -> np.ndarray:
+    """Which source sample each stored sample is: a permutation drawn from `seed`, or (seed None)
+    the source's own order. An image folder lists its images class by class; DALI's reader and
+    FFCV's windowed order shuffle within a few thousand samples of a streamed file, so a file
+    written in folder order would give batches of one or two classes. Written shuffled, any window
+    is a uniform sample of the classes."""
+    return np.arange(n) if seed is None else np.random.default_rng(int(seed)).permutation(n)
+
+
+def reordered(data, idx):
+    """`data` with its samples in the order `idx` (ImageFiles: its file list; else its images)."""
+    if isinstance(data, ImageFiles):
+        return replace(data, paths=[data.paths[i] for i in idx], labels=data.labels[idx],
+                       sizes=None if data.sizes is None else data.sizes[idx])
+    return take(data, idx)
+
+
 def convert(data, to: str, out, *, force=False, workers=None, n_check=1000, source=None, progress=True,
-            **opts) -> dict:
+            order_seed=None, **opts) -> dict:
     """Write `data` (datasets.ArrayDataset) as `to` ("ffcv" | "dali") at `out`; return the manifest dict.
 
     data may also be an imagefiles.ImageFiles (a folder, each image at its own size, stored as JPEG;
     its mean/std/sizes are measured here first when missing).
     opts go to the writer (encoding="raw"|"jpg", quality, max_resolution; dali: shard_size).
     source: where the data came from, recorded in the manifest (e.g. {"dataset", "split", "data_dir"}).
+    order_seed: write the samples in the order stored_order(N, order_seed) (None: as they come),
+    recorded in the manifest as "order".
     n_check: samples compared pixel by pixel after writing. progress: rich bar on stderr.
     """
     if to not in WRITERS:
@@ -160,6 +181,10 @@ def convert(data, to: str, out, *, force=False, workers=None, n_check=1000, sour
     if unknown:
         raise DataError(f"the {to} writer has no option(s) {', '.join(unknown)}")
     n = len(data.labels)
+    if order_seed is not None:
+        if isinstance(order_seed, bool) or int(order_seed) < 0:
+            raise DataError(f"order_seed must be a non-negative integer, got {order_seed!r}")
+        data = reordered(data, stored_order(n, order_seed))
     tmp, tmp_meta = f"{out}.tmp-{os.getpid()}", f"{meta}.tmp-{os.getpid()}"
     started = time.time()
     bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -189,6 +214,8 @@ def convert(data, to: str, out, *, force=False, workers=None, n_check=1000, sour
             "manifest_version": MANIFEST_VERSION, "format": to, "library": LIBRARIES[to], "library_version": version,
             "count": n, "classes": [str(c) for c in getattr(data, "classes", [])],
             "name": str(getattr(data, "name", "")), "source": source or {},
+            # stored sample j is source sample stored_order(count, seed)[j]
+            "order": {"shuffled": order_seed is not None, "seed": None if order_seed is None else int(order_seed)},
             "split": str((source or {}).get("split") or getattr(data, "split", "train")),
             "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest(),  # of the int64 little-endian labels
             "mean": [float(v) for v in data.mean], "std": [float(v) for v in data.std],

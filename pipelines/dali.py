@@ -34,9 +34,11 @@ cached copy) the buffer holds the whole rank's part when it fits in SHUFFLE_BUFF
 always), which makes the order a uniform permutation; for larger data it is a permutation of
 shards plus a local shuffle. A converted dataset (`--dataset PATH`) may be far larger than RAM, and
 the buffer holds its encoded samples (twice while the next epoch's pipeline starts ahead), so it is
-CONVERTED_FILL samples whatever the dataset's size: the epoch is the per-epoch permutation of the
-shards read through a buffer of about four of them (an image folder is converted class by class, so
-a batch then mixes the classes of a few shards; the shard permutation mixes them over the epoch).
+CONVERTED_FILL (recipes.STREAM_WINDOW) samples whatever the dataset's size, read from the shards
+with plain reads (dont_use_mmap: memory-mapped pages a pass touched would stay in the process's
+RSS): the epoch is the per-epoch permutation of the shards read through a buffer of about four of
+them. fastssl.convert writes samples in a seeded random order by default, so those few shards
+already mix the classes of an image folder (which lists them class by class).
 Multi-GPU: rank r reads DALI shard r of world_size (a contiguous slice of the permuted shard list,
 so ranks are disjoint and together cover the epoch). len() = (N // world_size) // batch_size with
 drop_last, so every rank takes the same number of steps.

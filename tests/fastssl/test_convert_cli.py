@@ -38,10 +38,12 @@ def test_converts_cifar10_test_split_to_dali(cifar_root, tmp_path):
         manifest = json.load(f)
     assert manifest["source"] == {"dataset": "cifar10", "split": "test", "data_dir": cifar_root, "image_size": None}
     assert manifest["encoding"] == "raw" and manifest["count"] == 10000
+    assert manifest["order"] == {"shuffled": True, "seed": 0}  # the default: a seeded permutation
     images, labels = dali_format.read_all(out, workers=2)
     data = datasets.load("cifar10", "test", data_dir=cifar_root)
-    np.testing.assert_array_equal(images, data.images)
-    np.testing.assert_array_equal(labels, data.labels)
+    order = np.random.default_rng(0).permutation(10000)  # stored sample j is source sample order[j]
+    np.testing.assert_array_equal(images, data.images[order])
+    np.testing.assert_array_equal(labels, data.labels[order])
 
 
 def test_user_errors_are_one_line_and_exit_2(cifar_root, tmp_path, capsys):

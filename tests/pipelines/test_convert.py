@@ -94,6 +94,30 @@ def test_small_random_set_round_trips_through_dali_and_tarfile(tmp_path):
     assert raw == data.images[10].tobytes() and np.frombuffer(label, "<i8")[0] == data.labels[10]
 
 
+def test_shuffled_order_is_the_seeds_permutation_and_mixes_every_window(tmp_path):
+    """order_seed writes stored sample j = source sample stored_order(N, seed)[j] (recorded in the
+    manifest), bit-exact, so a class-by-class source comes out with classes mixed in every window."""
+    rng = np.random.default_rng(2)
+    n = 600
+    sorted_labels = np.repeat(np.arange(10), n // 10)  # an image folder's class-by-class listing
+    data = dataset(rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8), sorted_labels)
+    out = str(tmp_path / "shuffled")
+    manifest = convert.convert(data, "dali", out, shard_size=100, workers=2, progress=False, order_seed=5)
+    assert manifest["order"] == {"shuffled": True, "seed": 5}
+    order = np.random.default_rng(5).permutation(n)
+    np.testing.assert_array_equal(convert.stored_order(n, 5), order)
+    images, labels = dali_format.read_all(out)
+    np.testing.assert_array_equal(images, data.images[order])
+    np.testing.assert_array_equal(labels, sorted_labels[order])
+    # every 60-sample window holds most of the 10 classes (in source order: one class)
+    assert min(len(np.unique(labels[i:i + 60])) for i in range(0, n, 60)) >= 7
+    kept = convert.convert(data, "dali", str(tmp_path / "kept"), shard_size=100, workers=2, progress=False)
+    assert kept["order"] == {"shuffled": False, "seed": None}
+    np.testing.assert_array_equal(dali_format.read_all(str(tmp_path / "kept"))[1], sorted_labels)
+    with pytest.raises(DataError, match="order_seed"):
+        convert.convert(data, "dali", str(tmp_path / "bad"), order_seed=-1, progress=False)
+
+
 def test_jpg_mode_is_close(tmp_path):
     data = dataset(smooth_images(200, 64))
     out = str(tmp_path / "jpg")

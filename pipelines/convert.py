@@ -255,12 +255,68 @@ def load_manifest(to: str, out) -> dict:
         raise DataError(f"{path}: corrupt manifest ({e})") from None
 
 
-def check_checksums(to: str, out) -> None:
-    """Recompute the sha256 of every file listed in the manifest; DataError naming the first that differs."""
+# Stamps of converted outputs whose every byte was checked: (size, mtime, ctime, inode, device) of
+# each file, as git's index keeps them, so the next open need not read the data again.
+VERIFIED_DIR = os.path.join("~", ".cache", "fastssl", "verified")
+
+
+# A file modified in the same clock tick as its check could keep the stamped times (file times are
+# coarse: a few ms). Files changed less than this before a check are not stamped (git's "racy" rule).
+RACY_NS = 1_000_000_000
+
+
+def _identity(path) -> list:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def _stamp_path(out, verified_dir):
+    key = hashlib.sha256(os.path.abspath(out).encode()).hexdigest()[:32]
+    return os.path.join(os.path.expanduser(verified_dir or VERIFIED_DIR), key + ".json")
+
+
+def check_checksums(to: str, out, verified_dir=None) -> bool:
+    """Check the sha256 of every file listed in the manifest; DataError naming the first that differs.
+    Reading every byte takes about as long as copying the data (minutes for ImageNet), so a full
+    check that passes leaves a stamp in `verified_dir` (default VERIFIED_DIR, this user's cache):
+    the manifest's own sha256 and each file's size, mtime, ctime, inode and device, taken before
+    hashing. A later call whose files all still match it skips the hashing. Writing to a file
+    changes its ctime, which no user-space call can set back (touch -r restores mtime only), so a
+    modified, replaced or moved file is hashed again. Not caught: bytes that change on disk with no
+    write through the file system (bit rot); convert.sha256 of a file checks that by hand.
+    Returns True when the files were hashed, False when the stamp vouched for them."""
     out = os.fspath(out)
-    for rel, want in load_manifest(to, out)["sha256"].items():
+    manifest = load_manifest(to, out)
+    paths = {}
+    for rel in manifest["sha256"]:
         path = os.path.join(out, rel) if os.path.isdir(out) else out
         if not os.path.isfile(path):
             raise DataError(f"{path}: missing (listed in the manifest)")
-        if sha256(path) != want:
-            raise DataError(f"{path}: checksum differs from the manifest (corrupt or modified)")
+        paths[rel] = path
+    meta = manifest_path(to, out)
+    started = time.time_ns()
+    with open(meta, "rb") as f:
+        stamp = {"path": os.path.abspath(out), "manifest_sha256": hashlib.sha256(f.read()).hexdigest(),
+                 "files": {rel: _identity(path) for rel, path in paths.items()}}
+    where = _stamp_path(out, verified_dir)
+    try:
+        with open(where) as f:
+            if json.load(f) == stamp:
+                return False
+    except (OSError, ValueError):
+        pass  # no stamp, or an unreadable one: check in full
+    for rel, want in manifest["sha256"].items():
+        if sha256(paths[rel]) != want:
+            raise DataError(f"{paths[rel]}: checksum differs from the manifest (corrupt or modified)")
+    if any(max(ident[1], ident[2]) > started - RACY_NS for ident in stamp["files"].values()):
+        return True  # changed within the timestamps' granularity of the check: no stamp (see RACY_NS)
+    try:  # a cache: when it cannot be written the next open checks in full again
+        os.makedirs(os.path.dirname(where), exist_ok=True)
+        remove_dead_temporaries(os.path.dirname(where))
+        tmp = f"{where}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(stamp, f)
+        os.replace(tmp, where)
+    except OSError:
+        pass
+    return True

@@ -398,7 +398,9 @@ def subset_index(out_dir, info, indices, tmp) -> dict:
     return {**info, "count": len(indices), "shards": shards}
 
 
-def _run_reader(out_dir, tars, idxs, indices, info, batch_size, workers):
+def _batches(out_dir, tars, idxs, indices, info, batch_size, workers):
+    """Decode samples `indices` (sorted, unique; the ones the index files list) batch by batch:
+    yields (position of the batch's first sample, its decoded images (a list), its labels)."""
     n = len(indices)
     batch_size = int(min(batch_size, n))
 
@@ -410,9 +412,6 @@ def _run_reader(out_dir, tars, idxs, indices, info, batch_size, workers):
         key = fn.get_property(encoded, key="source_info")  # "<tar>:<offset>:<member name>"
         return decode(encoded, info["encoding"], info["height"], info["width"]), labels, key
 
-    variable = info.get("variable_size", False)  # then a list of (h, w, 3) arrays, one per sample
-    images = [None] * n if variable else np.empty((n, info["height"], info["width"], 3), np.uint8)
-    labels = np.empty(n, np.int64)
     width, ext = info["key_width"], IMAGE_EXT[info["encoding"]]
     try:
         p = pipe()
@@ -424,12 +423,35 @@ def _run_reader(out_dir, tars, idxs, indices, info, batch_size, workers):
                 name = bytes(np.asarray(key[j])).decode().rsplit(":", 1)[-1]
                 if name != f"{indices[start + j]:0{width}d}.{ext}":  # DALI must read in index order
                     raise DataError(f"{out_dir}: reader returned {name} at position {start + j}")
-            decoded = [np.array(im[j]) for j in range(take)]
-            images[start:start + take] = decoded if variable else np.stack(decoded)
-            labels[start:start + take] = np.asarray(lb.as_tensor()).reshape(-1)[:take]
+            yield start, [np.array(im[j]) for j in range(take)], np.asarray(lb.as_tensor()).reshape(-1)[:take]
     except RuntimeError as e:  # DALI reports unreadable data (bad JPEG, bad index) as RuntimeError
         raise DataError(f"{out_dir}: DALI could not read it ({str(e).strip().splitlines()[0]})") from None
+
+
+def _run_reader(out_dir, tars, idxs, indices, info, batch_size, workers):
+    n = len(indices)
+    variable = info.get("variable_size", False)  # then a list of (h, w, 3) arrays, one per sample
+    images = [None] * n if variable else np.empty((n, info["height"], info["width"], 3), np.uint8)
+    labels = np.empty(n, np.int64)
+    for start, decoded, lb in _batches(out_dir, tars, idxs, indices, info, batch_size, workers):
+        images[start:start + len(decoded)] = decoded if variable else np.stack(decoded)
+        labels[start:start + len(decoded)] = lb
     return images, labels
+
+
+def stream(out_dir, indices, *, batch_size=16, workers=1):
+    """Decoded images of samples `indices` (sorted unique), one at a time: at most `batch_size`
+    are held, so a read-back check of 1,000 large photos costs a few photos' memory."""
+    require()
+    info = check(out_dir)
+    out_dir = os.fspath(out_dir)
+    indices = np.unique(np.asarray(indices, dtype=np.int64))
+    if len(indices) == 0 or indices[0] < 0 or indices[-1] >= info["count"]:
+        raise DataError(f"{out_dir}: indices out of range 0..{info['count'] - 1}")
+    with tempfile.TemporaryDirectory(prefix="fastssl-dali-") as tmp:
+        tars, idxs = reader_files(out_dir, subset_index(out_dir, info, indices, tmp))
+        for _, decoded, _ in _batches(out_dir, tars, idxs, indices, info, batch_size, workers):
+            yield from decoded
 
 
 def read_all(out_dir, workers=1):
@@ -480,8 +502,7 @@ def _verify_files(out_dir, files, n_check, seed):
         raise DataError(f"{out_dir}: labels differ from the folder's")
     pick = np.unique(np.concatenate([np.random.default_rng(seed).choice(n, min(int(n_check), n), replace=False),
                                      [0, n - 1]]))
-    images, _ = read(out_dir, pick)
-    value = compare(out_dir, files, pick, images, MIN_JPG_PSNR)
+    value = compare(out_dir, files, pick, stream(out_dir, pick), MIN_JPG_PSNR)
     return {"path": out_dir, "count": n, "checked": len(pick), "psnr_db": value, "encoding": info["encoding"]}
 
 

@@ -9,7 +9,8 @@ Opening checks, in order, each failure one DataError naming the file: the manife
 `pipelines.convert` (present, parseable, this format version); the file structure (ffcv_format.
 check_file: header, fields, allocation table; dali_format.check: every shard and index present and
 consistent); the sha256 of every file against the manifest (reads every byte once: about as long as
-copying the data); the labels read from the file (FFCV metadata / DALI .cls members) against the
+copying the data; a passed check is stamped in ~/.cache/fastssl/verified and later opens of the
+unchanged files skip it, see convert.check_checksums); the labels read from the file (FFCV metadata / DALI .cls members) against the
 manifest's checksum. Only labels and the manifest are held in memory; the pipelines decode images
 batch by batch.
 

@@ -85,6 +85,8 @@ def test_small_random_set_round_trips_through_dali_and_tarfile(tmp_path):
     images, labels = dali_format.read(out, pick)  # subset through temporary index files
     np.testing.assert_array_equal(images, data.images[[0, 9, 17, 36]])
     np.testing.assert_array_equal(labels, data.labels[[0, 9, 17, 36]])
+    streamed = dali_format.stream(out, pick, batch_size=3)  # the read-back check's reader: a few at a time
+    np.testing.assert_array_equal(np.stack(list(streamed)), data.images[[0, 9, 17, 36]])
     # An independent reader of the same bytes: Python's tarfile.
     with tarfile.open(os.path.join(out, "shard-00001.tar")) as tar:
         names = tar.getnames()

@@ -227,6 +227,52 @@ def test_bad_shard_directories_and_manifests_are_named(converted, tmp_path):
     assert "does not exist" in one_line("its test split would be at", lone, "test")
 
 
+def test_a_passed_checksum_check_is_stamped_and_any_write_voids_it(converted, tmp_path, monkeypatch):
+    """The full sha256 check runs once; later opens of unchanged files trust the stamp; a write to a
+    file (even with its mtime set back), a replaced file or an edited manifest is hashed again."""
+    import time
+
+    _, out, _ = converted
+    stamps = str(tmp_path / "stamps")
+    d = copy_of(out["dali", "train"], tmp_path)
+    assert convert.check_checksums("dali", d, stamps) is True
+    assert convert.check_checksums("dali", d, stamps) is True  # just copied: too recent to stamp
+    time.sleep(1.1 * convert.RACY_NS / 1e9)
+    assert convert.check_checksums("dali", d, stamps) is True  # stamped now
+    assert convert.check_checksums("dali", d, stamps) is False
+    tar = os.path.join(d, "shard-00001.tar")
+    st = os.stat(tar)
+    with open(tar, "r+b") as f:
+        f.seek(700)
+        byte = f.read(1)
+        f.seek(700)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(tar, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime set back: ctime still moved
+    with pytest.raises(DataError, match="checksum differs"):
+        convert.check_checksums("dali", d, stamps)
+    # open_split uses the stamp of this user's cache: one full check, then none
+    os.makedirs(tmp_path / "e")
+    e = copy_of(out["ffcv", "train"], tmp_path / "e")
+    monkeypatch.setattr(convert, "VERIFIED_DIR", stamps)
+    hashed = []
+    real = convert.sha256
+    monkeypatch.setattr(convert, "sha256", lambda path: hashed.append(path) or real(path))
+    time.sleep(1.1 * convert.RACY_NS / 1e9)
+    for _ in range(3):
+        datasets.load(e, "train", image_size=24)
+    assert hashed == [e]
+    with open(e + ".manifest.json") as f:  # an edited manifest: checked in full again
+        m = json.load(f)
+    with open(e + ".manifest.json", "w") as f:
+        json.dump({**m, "name": "renamed"}, f)
+    datasets.load(e, "train", image_size=24)
+    assert hashed == [e, e]
+    blocked = str(tmp_path / "a_file")  # a cache that cannot be written only costs the full check
+    open(blocked, "w").close()
+    for _ in range(2):
+        assert convert.check_checksums("ffcv", e, os.path.join(blocked, "stamps")) is True
+
+
 def test_a_jpeg_that_fails_to_decode_mid_epoch_is_one_data_error(converted, tmp_path):
     """The policy of sources.py: DALI's decoder error becomes one DataError naming the dataset.
     The damaged sample's manifest and format.json checksums are rewritten, so it passes opening."""

@@ -42,10 +42,12 @@ of about two blocks open, whatever the file's size. `ffcv_quasi_random` is FFCV'
 `ffcv_os_cache` FFCV's default (os_cache=True, order random), for comparison. DALI reads its shards
 with plain reads (dont_use_mmap: mapped pages would stay file-backed RSS) into the reader's shuffle
 buffer of STREAM_WINDOW samples.
-Allocator: each case runs with MALLOC_MMAP_THRESHOLD_=131072 (glibc), so every buffer above 128 KiB
-is its own mapping, returned when freed. Without it glibc raises the threshold after such frees and
-serves the torch view ops' large transient buffers from its heaps, whose peak then depends on thread
-timing: identical 224 px cases differed by ~300 MiB, more than the data grows.
+Allocator (--allocator): "fixed" (the default) runs each case with MALLOC_MMAP_THRESHOLD_=131072
+(glibc), so every buffer above 128 KiB is its own mapping, returned when freed. With glibc's default
+("default") the threshold rises after such frees and the torch view ops' large transient buffers
+come from its heaps, whose peak then depends on thread timing: identical 224 px cases differed by
+~300 MiB, more than the data grows. Mapping each buffer afresh costs page faults, so "fixed" lowers
+the SimCLR images/s on a small CPU; measure images/s with "default" too.
 """
 import json
 import os
@@ -71,8 +73,9 @@ LOADERS = {"ffcv": ("ffcv", "ffcv", {}),
            "dali": ("dali", "dali", {}),
            "ffcv_quasi_random": ("ffcv", "ffcv", {"os_cache": False, "order": "quasi_random"}),
            "ffcv_os_cache": ("ffcv", "ffcv", {"os_cache": True, "order": "random"})}
-# glibc: buffers above 128 KiB always mapped and returned when freed (see the docstring)
-CASE_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+# --allocator: the environment of each case (see the docstring)
+ALLOCATORS = {"fixed": {"MALLOC_MMAP_THRESHOLD_": "131072"},  # glibc: buffers above 128 KiB always mapped
+              "default": {}}
 QUICK = {"sizes": "120,240", "views": "48", "side_min": 24, "side_max": 80, "max_resolution": 64}
 CASE_TIMEOUT_S = 1800  # a case that hangs becomes a failed row, never a hung benchmark
 
@@ -99,6 +102,7 @@ class MemoryConfig:
     quick: bool = field(default=False, metadata={"help": "tiny sizes and sides: a smoke run in seconds (the test)"})
     out: str | None = field(default=None, metadata={"help": "output directory (default benchmarks/results/<device>-<date>/memory)"})
     overwrite: bool = field(default=False, metadata={"help": "replace memory.* files already in --out"})
+    allocator: str = field(default="fixed", metadata={"help": "fixed: glibc's mmap threshold fixed at 128 KiB in each case (a reproducible peak); default: glibc's own", "choices": list(ALLOCATORS)})
 
     def __post_init__(self):
         q = self.quick
@@ -234,13 +238,13 @@ def prepare(cfg, work) -> list:
 
 # ----------------------------------------------------------------------------- processes of their own
 
-def _child(code, args, what):
+def _child(code, args, what, env=None):
     """Run `code` (which prints one JSON line last) in a fresh interpreter with `args` as
-    sys.argv[1:] and CASE_ENV set; its parsed output, or RuntimeError naming `what` with the last
-    stderr line."""
+    sys.argv[1:] and `env` added to the environment; its parsed output, or RuntimeError naming
+    `what` with the last stderr line."""
     try:
         done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                              cwd=common.REPO, timeout=CASE_TIMEOUT_S, check=False, env={**os.environ, **CASE_ENV})
+                              cwd=common.REPO, timeout=CASE_TIMEOUT_S, check=False, env={**os.environ, **(env or {})})
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"{what}: no result within {CASE_TIMEOUT_S} s") from None
     if done.returncode != 0:
@@ -369,11 +373,11 @@ def run_case(loader_name, path, side, batch_size, workers, warmup, repeats, load
             "torch_threads": torch.get_num_threads()}
 
 
-def run_child(case: dict) -> dict:
-    """run_case in a fresh interpreter; its record, or {"status": "failed: ..."}."""
+def run_child(case: dict, env=None) -> dict:
+    """run_case in a fresh interpreter (`env` added); its record, or {"status": "failed: ..."}."""
     code = "import json, sys; from benchmarks.memory import run_case; print(json.dumps(run_case(**json.loads(sys.argv[1]))))"
     try:
-        return {"status": "ok", **_child(code, [json.dumps(case)], "case")}
+        return {"status": "ok", **_child(code, [json.dumps(case)], "case", env)}
     except RuntimeError as e:
         return {"status": f"failed: {e}"}
 
@@ -398,12 +402,12 @@ def measure(cfg, env, work) -> dict:
                     case = dict(loader_name=loader_name, path=d["paths"][LOADERS[loader_name][1]], side=side,
                                 batch_size=cfg.batch_size, workers=cfg.workers, warmup=cfg.warmup, repeats=cfg.repeats,
                                 loader_steps=cfg.loader_steps, seed=cfg.seed, device=cfg.device, threads=cfg.threads)
-                    rec = run_child(case)
+                    rec = run_child(case, ALLOCATORS[cfg.allocator])
                 records.append({**base, **rec, "case_s": time.perf_counter() - t0, "load_average_1min": load})
                 print(f"{loader_name} {side} px, {d['images']} images: {rec['status']}"
                       + (f", peak RSS {rec['peak_rss_mib']:.0f} MiB" if rec["status"] == "ok" else ""), file=sys.stderr)
     settings = {k: v for k, v in asdict(cfg).items()} | {"work_dir": work if cfg.keep_work or cfg.work_dir else None,
-                                                          "case_env": CASE_ENV}
+                                                          "case_env": ALLOCATORS[cfg.allocator]}
     return {"benchmark": STEM, "environment": env, "settings": settings, "datasets": datasets_, "records": records,
             "checks": checks(records, datasets_, cfg.margin_mib)}
 
@@ -433,7 +437,9 @@ def checks(records, datasets_, margin_mib) -> list:
 
 def render(result) -> str:
     s = result["settings"]
-    head = (f"loader-only SimCLR views then one streamed eval epoch per case, each case a fresh process; batch "
+    env = " ".join(f"{k}={v}" for k, v in s.get("case_env", {}).items()) or "none"
+    head = (f"loader-only SimCLR views then one streamed eval epoch per case, each case a fresh process (environment "
+            f"added: {env}); batch "
             f"{s['batch_size']}, {s['workers']} loader threads, torch threads {s['threads'] or 'default'}, device "
             f"{s['device']}; images: sides {s['side_min']}-{s['side_max']} px, converted with --max-resolution "
             f"{s['max_resolution']}; allowed peak-RSS growth {s['margin_mib']:,.0f} MiB\n\n")

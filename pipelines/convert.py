@@ -153,8 +153,10 @@ def convert(data, to: str, out, *, force=False, workers=None, n_check=1000, sour
     its mean/std/sizes are measured here first when missing).
     opts go to the writer (encoding="raw"|"jpg", quality, max_resolution; dali: shard_size).
     source: where the data came from, recorded in the manifest (e.g. {"dataset", "split", "data_dir"}).
-    order_seed: write the samples in the order stored_order(N, order_seed) (None: as they come),
-    recorded in the manifest as "order".
+    order_seed: write the samples in the order stored_order(N, order_seed), recorded in the
+    manifest as "order". None (the default here) keeps them as they come; `python -m
+    fastssl.convert` passes 0 unless --order source. Shuffling an in-memory dataset copies its
+    images once (twice its size while converting).
     n_check: samples compared pixel by pixel after writing. progress: rich bar on stderr.
     """
     if to not in WRITERS:
@@ -275,7 +277,7 @@ def _stamp_path(out, verified_dir):
     return os.path.join(os.path.expanduser(verified_dir or VERIFIED_DIR), key + ".json")
 
 
-def check_checksums(to: str, out, verified_dir=None) -> bool:
+def check_checksums(to: str, out, verified_dir=None, manifest=None) -> bool:
     """Check the sha256 of every file listed in the manifest; DataError naming the first that differs.
     Reading every byte takes about as long as copying the data (minutes for ImageNet), so a full
     check that passes leaves a stamp in `verified_dir` (default VERIFIED_DIR, this user's cache):
@@ -284,20 +286,22 @@ def check_checksums(to: str, out, verified_dir=None) -> bool:
     changes its ctime, which no user-space call can set back (touch -r restores mtime only), so a
     modified, replaced or moved file is hashed again. Not caught: bytes that change on disk with no
     write through the file system (bit rot); convert.sha256 of a file checks that by hand.
+    The stamp assumes a local file system: a network one (NFS) may serve cached file times for a
+    while after another machine wrote the file. `manifest`: the manifest the caller opened (read
+    again when None); the stamp names its content, so it vouches only for what was checked.
     Returns True when the files were hashed, False when the stamp vouched for them."""
     out = os.fspath(out)
-    manifest = load_manifest(to, out)
+    manifest = load_manifest(to, out) if manifest is None else manifest
     paths = {}
     for rel in manifest["sha256"]:
         path = os.path.join(out, rel) if os.path.isdir(out) else out
         if not os.path.isfile(path):
             raise DataError(f"{path}: missing (listed in the manifest)")
         paths[rel] = path
-    meta = manifest_path(to, out)
     started = time.time_ns()
-    with open(meta, "rb") as f:
-        stamp = {"path": os.path.abspath(out), "manifest_sha256": hashlib.sha256(f.read()).hexdigest(),
-                 "files": {rel: _identity(path) for rel, path in paths.items()}}
+    content = json.dumps(manifest, sort_keys=True).encode()
+    stamp = {"path": os.path.abspath(out), "manifest_sha256": hashlib.sha256(content).hexdigest(),
+             "files": {rel: _identity(path) for rel, path in paths.items()}}
     where = _stamp_path(out, verified_dir)
     try:
         with open(where) as f:

@@ -24,8 +24,9 @@ Reproducibility (FFCV 1.0.2, checked against its source):
   the device, so every recipe replays bit for bit on resume. (FFCV's own random decoders could not:
   they draw from numba's per-thread generator, which FFCV never seeds.)
 Multi-GPU: with world_size > 1 FFCV's `distributed=True` builds torch's DistributedSampler without an
-explicit rank, so it reads rank and world size from the initialised torch.distributed process group
-(torchrun); build checks they match `rank`/`world_size`. The sampler pads the epoch order by
+explicit rank (orders random and sequential), so it reads rank and world size from the initialised
+torch.distributed process group (torchrun); build checks they match `rank`/`world_size`. The sampler
+(or, for converted files, ffcv_order.windowed, given rank and world_size) pads the epoch order by
 repetition to a multiple of world_size, so every rank runs ceil(N / world_size) // batch_size steps.
 FFCV sets torch's global thread count (to 1 on import, to `workers` per loader and epoch); this
 module puts it back each time, so the training process keeps its own setting.

@@ -13,14 +13,21 @@ so any smaller file is held whole) and does not run distributed. This order boun
   2. their samples are listed page after page; under torchrun this list is padded by repetition to a
      multiple of world_size and rank r takes the r-th contiguous part (equal lengths, so every rank
      takes the same number of steps, and together they cover the epoch);
-  3. the list is cut into blocks of `window` consecutive samples, each shuffled on its own.
-A batch then comes from the pages of at most two blocks, so FFCV keeps about
-2 x window x (encoded sample size) + a few pages, whatever the file's size: the same bound as DALI's
-shuffle buffer of the same number of samples. The price is the one any streamed shuffle pays: a
-batch mixes the samples of about window / (samples per page) pages, not of the whole file.
+  3. the list is cut into blocks of consecutive whole pages, about `window` samples each and at
+     least MIN_PAGES pages, each block shuffled on its own.
+A batch then comes from the pages of at most two blocks, so FFCV keeps the pages of about two blocks
+(2 x window samples, or 2 x MIN_PAGES pages when samples are small), whatever the file's size: the
+bound of DALI's shuffle buffer of the same number of samples. The price is the one any streamed
+shuffle pays: a batch mixes the samples of one block's pages, which change every epoch, not of the
+whole file. fastssl.convert writes samples in a random order, so any block is a uniform sample of
+the classes.
 The order is a pure function of (seed, epoch, rank, world_size), so a resumed epoch replays it.
 """
 import numpy as np
+
+# A block spans at least this many pages: with small samples (raw CIFAR: ~2,700 per 8 MiB page)
+# 4,096 samples would be one or two pages, and a page's samples would meet only each other.
+MIN_PAGES = 8
 
 try:
     from ffcv.traversal_order.base import TraversalOrder
@@ -28,21 +35,26 @@ except (ImportError, RuntimeError, OSError):  # reported by ffcv_format.require(
     TraversalOrder = object
 
 
-def windowed(indices, page_of, *, seed, epoch, window, rank=0, world_size=1) -> np.ndarray:
+def windowed(indices, page_of, *, seed, epoch, window, rank=0, world_size=1, min_pages=MIN_PAGES) -> np.ndarray:
     """The epoch's order of `indices` (sample ids) for rank `rank`; page_of[i] is sample i's page."""
     indices = np.asarray(indices, dtype=np.int64)
-    if window < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need window >= 1 and 0 <= rank < world_size (got {window}, {rank}, {world_size})")
+    if window < 1 or min_pages < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need window >= 1, min_pages >= 1 and 0 <= rank < world_size "
+                         f"(got {window}, {min_pages}, {rank}, {world_size})")
     rng = np.random.default_rng([int(seed), int(epoch)])
     pages = np.asarray(page_of)[indices]
-    page_rank = rng.permutation(int(pages.max()) + 1 if len(pages) else 0)
-    # stable sort by the page's random rank: samples of a page stay together, in file order
-    listed = indices[np.argsort(page_rank[pages], kind="stable")]
+    used, slot = np.unique(pages, return_inverse=True)  # slot: the sample's page among those used
+    place = rng.permutation(len(used))[slot]  # the page's place in this epoch's page order
+    # a block: `span` consecutive pages of that order, about `window` samples and at least min_pages
+    span = max(int(min_pages), -(-int(window) * len(used) // max(1, len(indices))))
+    by_page = np.argsort(place, kind="stable")  # samples of a page together, in file order
+    listed, block = indices[by_page], place[by_page] // span
     if world_size > 1:
         per_rank = -(-len(listed) // world_size)
-        listed = np.resize(listed, per_rank * world_size)  # pads by repeating from the start
-        listed = listed[rank * per_rank:(rank + 1) * per_rank]
-    block = np.arange(len(listed)) // window
+        pad = per_rank * world_size - len(listed)  # repeats from the start, in the last block
+        listed = np.concatenate([listed, listed[:pad]])
+        block = np.concatenate([block, np.full(pad, block[-1] if len(block) else 0)])
+        listed, block = (a[rank * per_rank:(rank + 1) * per_rank] for a in (listed, block))
     # one random key per sample, sorted within its block: each block shuffled on its own
     return listed[np.lexsort((rng.random(len(listed)), block))]
 

@@ -150,7 +150,7 @@ def _check(fmt, path, m) -> np.ndarray:
         count = info["count"]
     if count != m["count"]:
         raise DataError(f"{path}: holds {count} samples, its manifest says {m['count']}")
-    convert.check_checksums(fmt, path)
+    convert.check_checksums(fmt, path, manifest=m)
     labels = module.labels(path) if fmt == "ffcv" else module.labels(path, info)
     if hashlib.sha256(labels.astype("<i8").tobytes()).hexdigest() != m["labels_sha256"]:
         raise DataError(f"{path}: labels differ from the checksum in its manifest")

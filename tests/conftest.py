@@ -44,6 +44,15 @@ def cifar100_root() -> str:
 
 
 @pytest.fixture(autouse=True)
+def _own_checksum_stamps(tmp_path_factory, monkeypatch):
+    """Checksum stamps (pipelines.convert.VERIFIED_DIR) go to a folder of this test session, not
+    the user's ~/.cache: stamps left there by a user's runs never meet a test's files."""
+    from pipelines import convert
+
+    monkeypatch.setattr(convert, "VERIFIED_DIR", str(tmp_path_factory.getbasetemp() / "verified"))
+
+
+@pytest.fixture(autouse=True)
 def _restore_torch_threads():
     """Benchmarks set torch's CPU thread count (--threads) and FFCV resets it; a later test must not
     inherit it: float sums change with the thread count, and bit-exact comparisons with them."""

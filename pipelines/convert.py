@@ -322,5 +322,5 @@ def check_checksums(to: str, out, verified_dir=None, manifest=None) -> bool:
             json.dump(stamp, f)
         os.replace(tmp, where)
     except OSError:
-        pass
+        _remove(f"{where}.tmp-{os.getpid()}")  # a half-written stamp (disk full) is not left behind
     return True

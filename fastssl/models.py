@@ -184,14 +184,18 @@ def arch_of(state_dict: dict) -> str | None:
 
 
 class ProjectionHead(nn.Module):
-    """SimCLR v1 projection g(h): Linear -> BatchNorm1d -> ReLU -> Linear. (B,in_dim) -> (B,out_dim).
+    """SimCLR projection g(h): Linear -> BatchNorm1d -> ReLU -> Linear [-> BatchNorm1d].
+    (B,in_dim) -> (B,out_dim).
 
-    The first Linear has no bias because the BatchNorm right after it would cancel it."""
+    The first Linear has no bias because the BatchNorm right after it would cancel it. out_bn adds
+    a BatchNorm1d on the output (and drops the last Linear's bias for the same reason), as SimCLR's
+    own code (its final layer: use_bn=True, use_bias=False) and lightly's SimCLRProjectionHead do."""
 
-    def __init__(self, in_dim: int = 512, hidden_dim: int = 2048, out_dim: int = 128):
+    def __init__(self, in_dim: int = 512, hidden_dim: int = 2048, out_dim: int = 128, out_bn: bool = False):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim),
-                                 nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+        layers = [nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
+                  nn.Linear(hidden_dim, out_dim, bias=not out_bn)]
+        self.net = nn.Sequential(*layers, *([nn.BatchNorm1d(out_dim)] if out_bn else []))
 
     def forward(self, h):
         return self.net(h)

@@ -5,12 +5,14 @@
   trust coefficient eta and the scheduled lr:
 
       local = eta * ||w|| / (||g|| + wd * ||w|| + eps)      eps = 1e-8
-      local = min(local / lr, 1)                            (clip: never a larger step than SGD)
+      local = min(local / lr, 1)                            (clip: never a larger step than SGD;
+                                                             without it local stays as is, as in SimCLR's
+                                                             TF code and lightly, whose eta is 0.001)
       d     = (g + wd * w) * local
       buf   = momentum * buf + d                            (first step: buf = d)
       w    -= lr * buf
 
-  so a layer's effective learning rate is min(lr, local). Biases and BatchNorm (1-d parameters,
+  so a layer's effective learning rate is min(lr, local) with clipping, lr * local without. Biases and BatchNorm (1-d parameters,
   the group with lars=False) take plain momentum SGD: no weight decay, no scaling.
 - SGD with momentum (Nesterov when the config says so) and AdamW.
 - Linear warm-up then cosine decay, stepped once per optimiser step.
@@ -44,7 +46,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float):
     ]
 
 
-def lars_update(params, grads, bufs, lr, *, momentum: float, weight_decay: float, eta: float, trust: bool):
+def lars_update(params, grads, bufs, lr, *, momentum: float, weight_decay: float, eta: float, trust: bool,
+                clip: bool = True):
     """The LARS rule of the module docstring on lists of tensors, in place on `params` and `bufs`,
     with multi-tensor kernels (about ten per group, whatever the number of layers). `lr` is a float or a
     0-d tensor on the device (the compiled path: a changing float would recompile). No host sync.
@@ -55,7 +58,8 @@ def lars_update(params, grads, bufs, lr, *, momentum: float, weight_decay: float
         w_norm = torch.stack(torch._foreach_norm(params))
         g_norm = torch.stack(torch._foreach_norm(grads))
         local = eta * w_norm / (g_norm + weight_decay * w_norm + EPS)
-        local = torch.clamp(local / lr, max=1.0)
+        # Unclipped, the step is lr * local: SimCLR's TensorFlow LARS and lightly's (eta 0.001 there).
+        local = torch.clamp(local / lr, max=1.0) if clip else local
         # A zero weight (e.g. a zero-initialised layer) would get local = 0 and never move: take the
         # unscaled step there, as solo-learn does.
         local = torch.where(w_norm > 0, local, torch.ones_like(local))
@@ -70,14 +74,16 @@ def lars_update(params, grads, bufs, lr, *, momentum: float, weight_decay: float
         torch._foreach_add_(params, bufs, alpha=-lr)
 
 
-def lars_update_loop(params, grads, bufs, lr, *, momentum: float, weight_decay: float, eta: float, trust: bool):
+def lars_update_loop(params, grads, bufs, lr, *, momentum: float, weight_decay: float, eta: float, trust: bool,
+                     clip: bool = True):
     """The same rule one tensor at a time (~10 kernels per tensor): the readable reference of
     `lars_update`, kept for `LARS(foreach=False)` and the benchmark's slow-optimiser row."""
     for p, g, buf in zip(params, grads, bufs):
         d = g + weight_decay * p if weight_decay else g
         if trust:
             w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
-            local = torch.clamp(eta * w_norm / (g_norm + weight_decay * w_norm + EPS) / lr, max=1.0)
+            local = eta * w_norm / (g_norm + weight_decay * w_norm + EPS)
+            local = torch.clamp(local / lr, max=1.0) if clip else local
             d = d * torch.where(w_norm > 0, local, torch.ones_like(local))
         buf.mul_(momentum).add_(d)
         p.sub_(buf * lr)
@@ -89,9 +95,10 @@ class LARS(torch.optim.Optimizer):
     compiled=True: the update is `torch.compile`d (one fused graph per group), with the lr passed
     as a device tensor so the schedule never recompiles it."""
 
-    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, eta=0.02, foreach=True, compiled=False,
+    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, eta=0.02, clip=True, foreach=True, compiled=False,
                  backend="inductor"):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars=True))
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, clip=clip,
+                                      lars=True))
         self.foreach, self.compiled = foreach or compiled, compiled
         self._update = lars_update if self.foreach else lars_update_loop
         if compiled:
@@ -124,18 +131,20 @@ class LARS(torch.optim.Optimizer):
                 bufs.append(state["momentum_buffer"])
             self._update(params, [p.grad for p in params], bufs, self._lr(i, group, params[0].device),
                          momentum=group["momentum"], weight_decay=group["weight_decay"], eta=group["eta"],
-                         trust=group["lars"])
+                         trust=group["lars"], clip=group.get("clip", True))
         return loss
 
 
 def build_optimizer(name: str, model, lr: float, weight_decay: float, momentum: float = 0.9, *,
-                    nesterov: bool = False, foreach: bool = True, compiled: bool = False, backend: str = "inductor"):
+                    nesterov: bool = False, foreach: bool = True, compiled: bool = False, backend: str = "inductor",
+                    eta: float = 0.02, clip: bool = True):
     """The optimiser `name` over `param_groups(model, weight_decay)` at (already batch-scaled) `lr`.
     foreach/compiled (with torch.compile `backend`) select LARS's multi-tensor and compiled update
-    paths (same maths)."""
+    paths (same maths); eta and clip are LARS's trust coefficient and clipping."""
     groups = param_groups(model, weight_decay)
     if name == "lars":
-        return LARS(groups, lr=lr, momentum=momentum, foreach=foreach, compiled=compiled, backend=backend)
+        return LARS(groups, lr=lr, momentum=momentum, eta=eta, clip=clip, foreach=foreach, compiled=compiled,
+                    backend=backend)
     for g in groups:
         g.pop("lars")
     if name == "sgd":

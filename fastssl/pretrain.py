@@ -58,6 +58,9 @@ class PretrainConfig:
     stem: str = field(default="cifar", metadata={"help": "cifar: 3x3 conv, no max-pool; imagenet: 7x7/2 conv + max-pool", "choices": ["cifar", "imagenet"]})
     proj_hidden_dim: int = field(default=2048, metadata={"help": "projection head hidden width"})
     proj_dim: int = field(default=128, metadata={"help": "projection (embedding) dimension"})
+    # SimCLR's own code (and lightly) end the head with a BatchNorm; fastssl's default is decided by the
+    # race's ablation (benchmarks/race, docs/race.md).
+    proj_out_bn: bool = field(default=False, metadata={"help": "BatchNorm1d on the projection's output (and no bias on its last Linear)"})
     temperature: float = field(default=0.2, metadata={"help": "NT-Xent temperature"})
     ae_noise: float = field(default=0.0, metadata={"help": "autoencoder: std of the Gaussian noise added to the input view (normalised units; 0: plain, > 0: denoising)"})
     dim_estimator: str = field(default="jsd", metadata={"help": "Deep InfoMax MI estimator", "choices": ["jsd", "infonce"]})
@@ -72,6 +75,10 @@ class PretrainConfig:
     weight_decay: float = field(default=1e-5, metadata={"help": "weight decay (not applied to biases and BatchNorm)"})
     momentum: float = field(default=0.9, metadata={"help": "SGD/LARS momentum"})
     nesterov: bool = field(default=False, metadata={"help": "sgd only: Nesterov momentum (off: plain momentum, the rule LARS uses for biases and BatchNorm, so sgd is LARS without the trust ratio)"})
+    # solo-learn's LARS: eta 0.02 with clipping (step min(lr, eta*|w|/|g|)); SimCLR's TF code and lightly:
+    # eta 0.001 without clipping (step lr*eta*|w|/|g|). See fastssl/optim.py.
+    lars_eta: float = field(default=0.02, metadata={"help": "lars only: trust coefficient"})
+    lars_clip: bool = field(default=True, metadata={"help": "lars only: clip each layer's rate at the scheduled lr"})
     warmup_epochs: float = field(default=10, metadata={"help": "linear warm-up length in epochs, then cosine decay"})
     # execution
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda or cuda:N"})
@@ -92,6 +99,7 @@ class PretrainConfig:
     knn_t: float = field(default=0.1, metadata={"help": "kNN temperature"})
     log_interval: int = field(default=50, metadata={"help": "steps between metric records (each costs one host sync)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    backbone_every: int = field(default=0, metadata={"help": "also export backbone_epochNNN.pt every N epochs, outside the timed epoch (0: only the final backbone.pt)"})
     save_every_steps: int = field(default=0, metadata={"help": "also checkpoint the exact position every N steps inside an epoch (0: only at epoch ends); bounds what a kill -9 loses"})
 
     def __post_init__(self):
@@ -105,7 +113,7 @@ class PretrainConfig:
             raise ValueError("--compile-optimizer applies to --optimizer lars only")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise ValueError("--nesterov needs --optimizer sgd and --momentum > 0")
-        for name in ["temperature", "knn_t"]:
+        for name in ["temperature", "knn_t", "lars_eta"]:
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.subset is not None and self.subset <= 0:
@@ -114,6 +122,8 @@ class PretrainConfig:
             raise ValueError(f"--knn-val-fraction must be in (0, 1), got {self.knn_val_fraction}")
         if self.weight_decay < 0 or self.warmup_epochs < 0 or self.knn_every < 0 or not 0 <= self.momentum < 1:
             raise ValueError("--weight-decay, --warmup-epochs and --knn-every must be >= 0 and --momentum in [0, 1)")
+        if self.backbone_every < 0:
+            raise ValueError(f"--backbone-every must be >= 0, got {self.backbone_every}")
         if self.save_every_steps < 0:
             raise ValueError(f"--save-every-steps must be >= 0, got {self.save_every_steps}")
         if min(self.ae_noise, self.dim_alpha, self.dim_beta, self.dim_gamma) < 0:

@@ -30,7 +30,7 @@ from .pretrain import PretrainConfig
 # SupervisedConfig is PretrainConfig without the SimCLR-only fields and with supervised defaults.
 # Built from PretrainConfig's fields rather than copied, so a field added to pretraining (which
 # train() may read) appears here too, with its help text, type and validation.
-SIMCLR_ONLY = {"proj_hidden_dim", "proj_dim", "temperature"}
+SIMCLR_ONLY = {"proj_hidden_dim", "proj_dim", "proj_out_bn", "temperature"}
 DEFAULTS = {"method": "supervised", "dataset": "cifar100", "epochs": 100, "batch_size": 512, "optimizer": "sgd",
             "nesterov": True, "lr": 0.2, "weight_decay": 5e-4, "warmup_epochs": 2, "out": "runs/supervised"}
 

@@ -38,7 +38,7 @@ from .step import TrainStep, setup_device
 # Settings that may differ when resuming (they change how, not what, is computed).
 # `out` too: a moved or copied run directory resumes where it is now.
 RESUMABLE_CHANGES = {"resume", "overwrite", "device", "compile", "progress", "log_interval", "workers", "data_dir",
-                     "out", "save_every_steps", "compile_mode", "compile_fullgraph", "compile_optimizer"}
+                     "out", "save_every_steps", "backbone_every", "compile_mode", "compile_fullgraph", "compile_optimizer"}
 # Under torchrun the ranks agree on a stop request every this many steps (an all_reduce + host sync).
 STOP_SYNC_EVERY = 16
 # Exit code of a run stopped by a non-finite loss (signals exit with 128 + signal number).
@@ -163,7 +163,7 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
     steps_per_epoch = len(loader)
     lr = base_lr(cfg.optimizer, cfg.lr) * cfg.batch_size / 256
     optimizer = build_optimizer(cfg.optimizer, method, lr, cfg.weight_decay, cfg.momentum, nesterov=cfg.nesterov,
-                                compiled=cfg.compile_optimizer)
+                                compiled=cfg.compile_optimizer, eta=cfg.lars_eta, clip=cfg.lars_clip)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)))
     start_epoch, best, position = 0, None, None
@@ -266,10 +266,13 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
                 skip, window_steps = position["step"], position["window_steps"]
                 epoch_sum = position["epoch_sum"].to(device)
                 window_sum = None if position["window_sum"] is None else position["window_sum"].to(device)
-            t_window = t_epoch = time.perf_counter()
+            t_window = t_epoch = t_asked = time.perf_counter()
+            data_wait = 0.0  # host seconds spent waiting for the loader (on CUDA: its queued work only)
             for i, batch in enumerate(loader):
+                data_wait += time.perf_counter() - t_asked
                 if i < skip:  # the epoch's batches are a pure function of (seed, epoch): drop those done
                     progress.advance()
+                    t_asked = time.perf_counter()
                     continue
                 logs = step(batch)  # autocast, forward, backward, optimiser, schedule (fastssl/step.py)
                 # Running sums stay on the device: no host sync here.
@@ -303,11 +306,15 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
                         dist.barrier()
                     if signum:
                         stop_now(signum, f"at epoch {epoch + 1}/{cfg.epochs}, step {i + 1}/{steps_per_epoch}")
+                t_asked = time.perf_counter()
             epoch_means = dict(zip(logs.keys(), mean_over_ranks(epoch_sum / steps_per_epoch).tolist()))
             epoch_time = time.perf_counter() - t_epoch
             summary = {"epoch": epoch, "summary": True, **{f"epoch_{k}": v for k, v in epoch_means.items()},
-                       "epoch_time_s": epoch_time, "epoch_img_per_s": steps_per_epoch * images_per_step / epoch_time}
+                       "epoch_time_s": epoch_time, "epoch_img_per_s": steps_per_epoch * images_per_step / epoch_time,
+                       "epoch_data_wait_s": data_wait}
             last_epoch = epoch == cfg.epochs - 1
+            if main_rank and cfg.backbone_every and (epoch + 1) % cfg.backbone_every == 0:
+                ckpt.export_backbone(method.backbone, os.path.join(out, f"backbone_epoch{epoch + 1:03d}.pt"))
             if monitor is not None and main_rank and (last_epoch or (epoch + 1) % cfg.knn_every == 0):
                 precision = "bf16" if use_bf16 else "fp32"
                 val = knn_eval(method.backbone, *monitor, device, cfg.knn_k, cfg.knn_t, precision=precision)

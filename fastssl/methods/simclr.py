@@ -11,7 +11,8 @@ class SimCLR(nn.Module):
     def __init__(self, cfg, num_classes: int = 0):
         super().__init__()
         self.backbone = BACKBONES[cfg.backbone](stem=cfg.stem)
-        self.head = ProjectionHead(self.backbone.feature_dim, cfg.proj_hidden_dim, cfg.proj_dim)
+        self.head = ProjectionHead(self.backbone.feature_dim, cfg.proj_hidden_dim, cfg.proj_dim,
+                                   out_bn=cfg.proj_out_bn)
         self.temperature = cfg.temperature
 
     def forward(self, batch):

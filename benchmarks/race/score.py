@@ -1,0 +1,47 @@
+"""The race's one evaluation: every backbone, final and snapshots, scored by the same weighted kNN
+(fastssl.eval.knn.knn_eval: k, temperature, bank and test split shared), each fed the images
+normalised as its entrant trained on them (a backbone's BatchNorm statistics expect that input).
+
+    scores = score_runs(spec, runs, seeds, device, k=200, t=0.1, untrained=True)
+
+The bank is the race's training images (labels vote, as in fastssl.knn); the queries are the whole
+test split of the dataset.
+"""
+import torch
+
+from fastssl.checkpoint import load_backbone
+from fastssl.eval.knn import knn_eval
+from pipelines.datasets import ArrayDataset
+
+from .spec import RaceSpec, images
+
+
+def normalised(data, mean, std) -> ArrayDataset:
+    """The same pixels with another mean/std (no copy)."""
+    return ArrayDataset(data.images, data.labels, data.classes, data.name, tuple(mean), tuple(std))
+
+
+def score(path: str, bank, test, mean, std, device, k: int, t: float) -> dict:
+    backbone, _ = load_backbone(path)
+    backbone = backbone.to(device)
+    return knn_eval(backbone, normalised(bank, mean, std), normalised(test, mean, std), device, k, t)
+
+
+def score_runs(spec: RaceSpec, runs: list, seeds: list, device, k: int, t: float, untrained: bool) -> dict:
+    """{"runs": [{"final": {top1, top5}, "curve": [{epoch, top1, top5}, ...]} per run],
+    "untrained": [{seed, top1, top5}]}."""
+    bank, test = images(spec), images(spec, "test")
+    out = []
+    for run in runs:
+        args = (bank, test, run["mean"], run["std"], device, k, t)
+        curve = [{"epoch": s["epoch"], **score(s["path"], *args)} for s in run["snapshots"]]
+        final = score(run["backbone"], *args)
+        out.append({"entrant": run["entrant"], "seed": run["seed"], "final": final,
+                    "curve": curve + [{"epoch": len(run["epochs"]), **final}]})
+    control = []
+    if untrained:
+        for seed in seeds:  # the same network untrained: what the features are worth before training
+            torch.manual_seed(seed)
+            backbone, _ = load_backbone("random", spec.stem)
+            control.append({"seed": seed, **knn_eval(backbone.to(device), bank, test, device, k, t)})
+    return {"runs": out, "untrained": control}

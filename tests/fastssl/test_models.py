@@ -154,6 +154,22 @@ def test_projection_head():
     assert ProjectionHead(64, 32, 16)(torch.randn(3, 64)).shape == (3, 16)
 
 
+def test_projection_head_with_output_bn_is_lightlys_simclr_head():
+    """out_bn=True is the head of SimCLR's own code and lightly's SimCLRProjectionHead: loaded with
+    lightly's weights, it gives lightly's outputs (training-mode BatchNorm) and the same running stats."""
+    heads = pytest.importorskip("lightly.models.modules.heads")
+    torch.manual_seed(0)
+    theirs = heads.SimCLRProjectionHead(64, 32, 16)
+    ours = ProjectionHead(64, 32, 16, out_bn=True)
+    mine, other = ours.state_dict(), theirs.state_dict()
+    assert [v.shape for v in mine.values()] == [v.shape for v in other.values()]
+    ours.load_state_dict(dict(zip(mine, other.values())))
+    x = torch.randn(8, 64)
+    torch.testing.assert_close(ours(x), theirs(x))
+    torch.testing.assert_close(ours.net[-1].running_mean, theirs.layers[-1].running_mean)
+    assert ours.net[3].bias is None and len(ProjectionHead(64, 32, 16).net) == 4
+
+
 def test_load_strips_prefixes_and_drops_fc():
     torch.manual_seed(0)
     src = resnet18("imagenet", 1000)

@@ -200,3 +200,30 @@ def test_per_optimizer_default_lr():
     with pytest.raises(ValueError, match="nesterov"):
         PretrainConfig(nesterov=True)  # lars
     assert PretrainConfig(optimizer="sgd", nesterov=True).nesterov
+
+
+def test_unclipped_lars_is_lightlys_lars():
+    """eta 0.001 without clipping is the rule of lightly's LARS (an independent implementation, the
+    PyTorch Lightning Bolts one), with norms and biases in a group of its own without weight decay."""
+    lars = pytest.importorskip("lightly.utils.lars")
+    ours, _ = run_steps({"eta": 0.001, "clip": False, "foreach": True}, steps=5)
+    loop, _ = run_steps({"eta": 0.001, "clip": False, "foreach": False}, steps=5)
+    net = small_net()
+    decay = [p for p in net.parameters() if p.ndim > 1]
+    no_decay = [p for p in net.parameters() if p.ndim <= 1]
+    opt = lars.LARS([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=0.8, momentum=0.9,
+                    weight_decay=1e-4, trust_coefficient=0.001)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(5, 2))
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        x, y = torch.randn(16, 3, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+        schedule.step()
+    for a, b, c in zip(ours.parameters(), loop.parameters(), net.parameters()):
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(b, c, rtol=1e-5, atol=1e-6)
+    # and the clipped default is a different rule on the same data
+    clipped, _ = run_steps({}, steps=5)
+    assert not torch.allclose(next(clipped.parameters()), next(net.parameters()))

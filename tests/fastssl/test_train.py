@@ -46,6 +46,17 @@ def test_loss_goes_down_and_run_dir_complete(tmp_path):
     sd = torch.load(out / "backbone.pt")
     assert "layer4.1.bn2.running_var" in sd and not any(k.startswith(("_orig_mod", "module", "fc")) for k in sd)
     assert 0 <= result["knn_top1"] <= 100
+    # whole epochs are timed; the part spent waiting for the loader is recorded beside it
+    assert all(0 <= e["epoch_data_wait_s"] <= e["epoch_time_s"] for e in epochs)
+
+
+def test_backbone_every_exports_snapshots_that_equal_the_final_weights_at_the_end(tmp_path):
+    _, out = run(tmp_path, "--epochs", "4", "--knn-every", "0", "--backbone-every", "2")
+    assert sorted(p.name for p in out.glob("backbone_epoch*.pt")) == ["backbone_epoch002.pt", "backbone_epoch004.pt"]
+    final, last = torch.load(out / "backbone.pt"), torch.load(out / "backbone_epoch004.pt")
+    assert final.keys() == last.keys() and all(torch.equal(final[k], last[k]) for k in final)
+    mid = torch.load(out / "backbone_epoch002.pt")
+    assert not torch.equal(mid["conv1.weight"], final["conv1.weight"])
 
 
 class Interrupt(Exception):

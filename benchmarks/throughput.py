@@ -10,8 +10,9 @@ with --quick or --dataset cifar10-sample; a missing dataset is an error) it meas
 - loader-only: source images/s delivered as two augmented views, normalised, on the device;
 - end-to-end: images/s of SimCLR training fed by that pipeline, using fastssl's own model,
   optimiser and step (benchmarks.step.TrainStep: bf16 autocast and torch.compile on CUDA, as
-  fastssl.pretrain); a repeat times `steps` steps from the start of an epoch, the loader's
-  epoch start-up included, as training sees it;
+  fastssl.pretrain); a repeat times one whole epoch, its start-up included, as training sees it,
+  right after an untimed whole epoch read the same way (so batches a loader prepared ahead, before
+  the window, never count; `--steps N` below an epoch times N batches after N untimed ones);
 - compute-only: the same step on one pre-made batch (no loading), once per repeat.
 From these: data-wait fraction = (end-to-end step time - compute-only step time) / end-to-end
 step time (share of each step the device waits for data; 0 when loading is fully hidden),
@@ -105,18 +106,39 @@ def build_loader(name, data, cfg, device):
 
 
 def timed_pass(loader, epoch: int, steps: int, device, step=None) -> float:
-    """Images/s over the first `steps` batches of epoch `epoch`, its start-up (set_epoch, iter)
-    included, each batch fed to `step` when given. Syncs only at the window's ends."""
-    images = 0
-    with common.Stopwatch(device) as sw:
+    """Images/s of a window of `steps` batches, each fed to `step` when given, read right after an
+    untimed lead-in consumed the same way. Syncs only at the window's ends.
+
+    steps >= len(loader): the window is the whole epoch `epoch` + 1 (its start-up, set_epoch and
+    iter, included, as training sees it), after the whole epoch `epoch` as lead-in. Otherwise the
+    window is batches steps..2*steps-1 of epoch `epoch`, after its first `steps` as lead-in, which
+    must outnumber the batches the loader prepares ahead (the suite times whole epochs; this is for
+    short CPU runs). Either way a batch made before the
+    window never counts as made inside it: a loader that prepares batches ahead (DataLoader
+    workers' prefetch, DALI's pipeline started for the next epoch) fills its queue while the other
+    pipelines run, and the lead-in empties it at the consumer's pace. And no batch of an earlier,
+    part-read epoch is still in flight when the window starts: its drain falls in the lead-in."""
+    def feed(batch):
+        if step is not None:
+            step(batch)
+        return batch.view1.shape[0]
+
+    if steps >= len(loader):
         loader.set_epoch(epoch)
-        it = iter(loader)
-        for _ in range(steps):
-            batch = next(it)
-            if step is not None:
-                step(batch)
-            images += batch.view1.shape[0]
-    close = getattr(it, "close", None)  # stop a part-read epoch (generator/worker clean-up) untimed
+        for batch in loader:
+            feed(batch)
+        with common.Stopwatch(device) as sw:
+            loader.set_epoch(epoch + 1)
+            images = sum(feed(batch) for batch in loader)
+        return images / sw.seconds
+    loader.set_epoch(epoch)
+    it = iter(loader)
+    lead = min(steps, len(loader) - steps)
+    for _ in range(lead):
+        feed(next(it))
+    with common.Stopwatch(device) as sw:
+        images = sum(feed(next(it)) for _ in range(steps))
+    close = getattr(it, "close", None)  # stop the part-read epoch (generator/worker clean-up) untimed
     if close is not None:
         close()
     del it
@@ -239,12 +261,10 @@ def measure(cfg, device, env, expired=lambda: False, peak=None) -> dict:
             if status[name] != "ok":
                 continue
             try:
-                # End-to-end first: a part-read epoch leaves work in flight (DataLoader workers), which
-                # the loader's next epoch start must drain. After a training pass that work is done
-                # (compute is the slower side), after a loader-only pass it is not; and the next
-                # training pass of this pipeline comes a whole round of other pipelines later.
-                e2e_rates[name].append(timed_pass(loaders[name], 1 + 2 * r, steps_of[name], device, step))
-                loader_rates[name].append(timed_pass(loaders[name], 2 + 2 * r, loader_steps_of[name], device))
+                # Each pass brings its own untimed lead-in (timed_pass), so neither order nor the
+                # other pipelines' passes in between change what a window measures.
+                e2e_rates[name].append(timed_pass(loaders[name], 1 + 4 * r, steps_of[name], device, step))
+                loader_rates[name].append(timed_pass(loaders[name], 3 + 4 * r, loader_steps_of[name], device))
             except Exception as e:  # noqa: BLE001
                 status[name] = f"failed: {_reason(e)}"
                 print(f"{name}: {status[name]}", file=sys.stderr)

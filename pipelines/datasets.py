@@ -24,9 +24,12 @@ import io
 import os
 import pickle
 import shutil
+import socket
 import sys
 import tarfile
 import tempfile
+import threading
+import urllib.parse
 import urllib.request
 import zlib
 from dataclasses import dataclass
@@ -58,7 +61,10 @@ class Choices(list):
 UNLABELLED = -1  # label of images that carry none (the CIFAR-100 half of cifar10+cifar100)
 SPLITS = ("train", "test")
 DEFAULT_ROOT = os.path.join("~", ".cache", "fastssl", "data")
-DOWNLOAD_TIMEOUT = 20  # seconds without progress before a download is given up (offline machines fail fast)
+DOWNLOAD_TIMEOUT = 20  # seconds without progress before a download is given up
+# Seconds to resolve the archive's host first: urlopen's timeout does not bound the DNS lookup, which
+# on an offline machine can hang far longer; offline then answers in one line at once.
+RESOLVE_TIMEOUT = 3
 SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "cifar10_sample.npz")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -441,7 +447,26 @@ def read_cifar(name, split, data_dir=None, download=True) -> ArrayDataset:
 
 def _open(url):
     """The download stream (a seam for tests). Raises OSError / HTTPException when unreachable."""
+    _resolve(urllib.parse.urlsplit(url).hostname)
     return urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT)
+
+
+def _resolve(host) -> None:
+    """Raises OSError unless `host` resolves within RESOLVE_TIMEOUT seconds (the lookup runs in a
+    daemon thread: getaddrinfo itself takes no timeout)."""
+    box = {}
+
+    def lookup():
+        try:
+            box["ok"] = socket.getaddrinfo(host, 443)
+        except OSError as e:
+            box["error"] = e
+
+    t = threading.Thread(target=lookup, daemon=True)
+    t.start()
+    t.join(RESOLVE_TIMEOUT)
+    if "ok" not in box:
+        raise box.get("error") or OSError(f"no DNS answer for {host} within {RESOLVE_TIMEOUT} s (offline?)")
 
 
 def _md5(path):

@@ -253,6 +253,24 @@ def test_offline_download_says_where_to_put_the_files(tmp_path, monkeypatch):
     assert "\n" not in msg and not root.exists()  # nothing created, nothing half-written left behind
 
 
+def test_a_machine_without_dns_is_told_at_once(tmp_path, monkeypatch):
+    # getaddrinfo has no timeout: offline it can hang long before urlopen's own timeout starts.
+    import socket
+    import time
+    import urllib.request
+
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: time.sleep(30))
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("connected without a resolved host"))
+    monkeypatch.setattr(datasets, "RESOLVE_TIMEOUT", 0.3)
+    t0 = time.monotonic()
+    with pytest.raises(DataError) as e:
+        datasets.find_cifar("cifar100", tmp_path / "data", download=True)
+    assert time.monotonic() - t0 < 3
+    msg = str(e.value)
+    assert "no DNS answer for www.cs.toronto.edu within 0.3 s (offline?)" in msg and "\n" not in msg
+    assert not (tmp_path / "data").exists()
+
+
 def test_download_with_wrong_md5_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "_open", lambda url: io.BytesIO(b"<html>"))
     with pytest.raises(DataError, match="md5"):

@@ -7,7 +7,9 @@
 #   bash scripts/device_stage.sh assemble        # on the GPU machine, after the transfers: rebuild, check, install
 #
 # Steps (in this order; default: data ffcv dali plan):
-#   data      split ../shared/data's cifar10.npz and cifar100.npz into <= --part-mib parts (+ unpack.py, README)
+#   data      split ../shared/data's cifar10.npz and cifar100.npz into parts (+ unpack.py, README); a part is
+#             62 MiB less what travels with every call (the repository's tracked and untracked-not-ignored
+#             files, measured here), so part + tree stays under the 64 MiB a call may carry; --part-mib overrides
 #   ffcv      a cp312 FFCV 1.0.2 wheel: `pip wheel --no-deps ffcv==1.0.2` with a Python 3.12, then
 #             `auditwheel repair` (bundles libopencv/libturbojpeg), plus the cp312 wheels it depends on
 #   dali      DALI's cp312 wheel (nvidia-dali-cuda<--dali-cuda>), for a separate sequence of transfers
@@ -22,7 +24,9 @@ set -u -o pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$REPO/.cache/stage"
 DATA_SRC="$REPO/../shared/data"
-PART_MIB=55
+PART_MIB=""          # default: sized from the measured tree (see part_bytes)
+LIMIT_BYTES=$((62 * 1024 * 1024))  # what one call may carry (64 MiB) with 2 MiB to spare
+PY="$(command -v python3 || command -v python)"  # GPU images may have python3 alone
 PYTHON312=""
 DALI_CUDA=120        # nvidia-dali-cuda120 runs on any driver with CUDA 12 or 13 support
 DRY=0
@@ -42,9 +46,23 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ ${#STEPS[@]} -eq 0 ] && STEPS=(data ffcv dali plan)
-PART_BYTES="${PART_BYTES:-$((PART_MIB * 1024 * 1024))}"
+
+tree_bytes() {  # bytes of what every call carries: tracked and untracked-not-ignored files as they are now
+  git -C "$REPO" ls-files -z --cached --others --exclude-standard 2>/dev/null \
+    | (cd "$REPO" && xargs -0 -r stat -c %s -- 2>/dev/null) | awk '{ s += $1 } END { print s + 0 }'
+}
+TREE_BYTES="$(tree_bytes)"
+if [ -z "${PART_BYTES:-}" ]; then
+  if [ -n "$PART_MIB" ]; then PART_BYTES=$((PART_MIB * 1024 * 1024))
+  else PART_BYTES=$((LIMIT_BYTES - TREE_BYTES - 1024 * 1024))  # 1 MiB for checksums, unpack.py, README
+  fi
+fi
 case "$PART_BYTES" in ''|*[!0-9]*) echo "error: --part-mib/--part-bytes must be a positive integer" >&2; exit 2 ;; esac
-[ "$PART_BYTES" -gt 0 ] || { echo "error: --part-mib/--part-bytes must be positive" >&2; exit 2; }
+[ "$PART_BYTES" -gt 0 ] || { echo "error: --part-mib/--part-bytes must be positive (tree: $TREE_BYTES bytes)" >&2; exit 2; }
+if [ $((PART_BYTES + TREE_BYTES)) -gt "$LIMIT_BYTES" ]; then
+  echo "error: parts of $PART_BYTES bytes + the $TREE_BYTES-byte tree exceed the $LIMIT_BYTES bytes a call may carry" >&2
+  exit 2
+fi
 FAILED=()
 
 say() { printf '\n== %s\n' "$*"; }
@@ -113,7 +131,7 @@ step_dali() {
   local dest="$OUT/files-dali/dali" raw="$OUT/build/dali"
   run rm -rf "$raw" "$dest"
   run mkdir -p "$raw"
-  run python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  run "$PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --extra-index-url https://pypi.nvidia.com \
     -d "$raw" "nvidia-dali-cuda$DALI_CUDA" || { FAILED+=(dali); return; }
   local w
@@ -152,7 +170,7 @@ pack() {  # pack SRCDIR PREFIX: first-fit of SRCDIR's files (by priority, then s
 }
 
 step_plan() {
-  say "plan: transfer folders of <= $PART_BYTES bytes under $OUT"
+  say "plan: transfer folders of <= $PART_BYTES bytes under $OUT (the tree that travels with each: $TREE_BYTES bytes)"
   if [ "$DRY" = 1 ]; then
     echo "(dry run: the transfer folders are made from the staged files)"
   else
@@ -174,9 +192,9 @@ files staged by earlier calls stay only while the machine is kept warm):
       bash scripts/device_stage.sh assemble        # joins parts whose pieces have all arrived, checks SHA-256,
                                                    # unpacks CIFAR into .cache/data, installs wheels into .cache/pylib
   after the call that completes cifar10.npz:
-      PYTHONPATH=.cache/pylib python -m benchmarks.suite --data-dir .cache/data --budget 480 \\
+      PYTHONPATH=.cache/pylib python3 -m benchmarks.suite --data-dir .cache/data --budget 480 \\
           --stages environment,step,throughput,nt_xent --out "\$OUT/suite-a"
-      PYTHONPATH=.cache/pylib python -m benchmarks.suite --data-dir .cache/data --budget 480 \\
+      PYTHONPATH=.cache/pylib python3 -m benchmarks.suite --data-dir .cache/data --budget 480 \\
           --stages environment,time_to_accuracy --out "\$OUT/suite-b"
   DALI (separate sequence): carry ["$rel/dali-k"] for each k, then the same assemble command.
   check what was staged at any time:  bash scripts/device_stage.sh assemble   (prints complete / waiting)
@@ -206,16 +224,16 @@ step_assemble() {
     fi
   done <<< "$sums"
   if [ -f "$joined/unpack.py" ]; then
-    [ -f "$joined/cifar10.npz" ] && run python "$joined/unpack.py" "$data" --only cifar10
-    [ -f "$joined/cifar100.npz" ] && run python "$joined/unpack.py" "$data" --only cifar100
+    [ -f "$joined/cifar10.npz" ] && run "$PY" "$joined/unpack.py" "$data" --only cifar10
+    [ -f "$joined/cifar100.npz" ] && run "$PY" "$joined/unpack.py" "$data" --only cifar100
   fi
   for f in "$joined"/*.whl; do
     [ -e "$f" ] || continue
     # --no-deps: what the machine has (torch, numpy) stays; FFCV's own dependencies are wheels here too.
-    run python -m pip install --quiet --no-deps --no-index --target "$lib" "$f"
+    run "$PY" -m pip install --quiet --no-deps --no-index --target "$lib" "$f"
   done
   echo "staged: data in $data ($(ls "$data" 2>/dev/null | tr '\n' ' ')), libraries in $lib"
-  PYTHONPATH="$lib" python - <<'EOF'
+  PYTHONPATH="$lib" "$PY" - <<'EOF'
 import importlib
 for m in ("ffcv", "nvidia.dali", "numba", "cv2"):
     try:

@@ -18,5 +18,6 @@ if (( ${#missing[@]} )); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-python -m pip install -q -e ".[${extras}]"
-python -c "import fastssl, pipelines, torch; print('fastssl ready: torch', torch.__version__)"
+py="$(command -v python3 || command -v python)"  # some images have python3 alone
+"$py" -m pip install -q -e ".[${extras}]"
+"$py" -c "import fastssl, pipelines, torch; print('fastssl ready: torch', torch.__version__)"

@@ -77,8 +77,9 @@ def environment(module: str, argv) -> dict:
     return {
         "command": shlex.join(["python", "-m", module, *map(str, argv)]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": _run(["git", "rev-parse", "HEAD"]),
-        "git_dirty": bool(status) if status is not None else None,
+        # A copy of the tree without .git (an offline GPU machine's) is told its commit by the stager.
+        "git_commit": _run(["git", "rev-parse", "HEAD"]) or os.environ.get("FASTSSL_GIT_COMMIT"),
+        "git_dirty": bool(status) if status is not None else {"1": True, "0": False}.get(os.environ.get("FASTSSL_GIT_DIRTY", "")),
         "gpu": torch.cuda.get_device_name() if cuda else None,
         "gpu_count": torch.cuda.device_count() if cuda else 0,
         "gpu_driver": driver.splitlines()[0] if driver else None,

@@ -36,6 +36,7 @@ class NTXentConfig:
     repeats: int | None = field(default=None, metadata={"help": "timed repeats, interleaved over all cases (default 5; >= 5 unless --quick)"})
     warmup: int = field(default=2, metadata={"help": "untimed calls per case first (the first one compiles)"})
     compile_backend: str | None = field(default=None, metadata={"help": "torch.compile backend (default inductor; --quick aot_eager, which skips code generation)"})
+    modes: str = field(default="eager,compiled", metadata={"help": "comma-separated: eager, compiled (eager alone where torch.compile does not work)"})
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda or cuda:N"})
     seed: int = field(default=0, metadata={"help": "seed of the random embeddings"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's own; --quick 1)"})
@@ -54,6 +55,9 @@ class NTXentConfig:
             self.repeats = 2 if q else 5
         if self.compile_backend is None:
             self.compile_backend = "aot_eager" if q else "inductor"
+        self.mode_list = [m.strip() for m in self.modes.split(",") if m.strip()]
+        if not self.mode_list or set(self.mode_list) - {"eager", "compiled"}:
+            raise ValueError(f"--modes: expected eager and/or compiled, got {self.modes!r}")
         try:
             self.size_list = [int(s) for s in self.sizes.split(",") if s.strip()]
         except ValueError:
@@ -114,7 +118,7 @@ def measure(cfg, device, env, expired=lambda: False) -> dict:
     functions = {"nt_xent": losses.nt_xent, "nt_xent_chunked": getattr(losses, "nt_xent_chunked", None)}
     cases, unavailable = [], []
     for fname, fn in functions.items():
-        for mode in ("eager", "compiled"):
+        for mode in cfg.mode_list:
             if fn is None:
                 unavailable.append({"function": fname, "mode": mode, "status": "unavailable: fastssl.losses has no "
                                     f"{fname}"})
@@ -196,7 +200,7 @@ def measure(cfg, device, env, expired=lambda: False) -> dict:
     return {"benchmark": STEM, "environment": env, "device": str(device),
             "cut": repeats_done < cfg.repeats or any(c["status"].startswith("cut") for c in cases),
             "repeats_done": repeats_done, "peak": peak,
-            "settings": {k: v for k, v in vars(cfg).items() if k not in ("size_list", "dtype_list")},
+            "settings": {k: v for k, v in vars(cfg).items() if k not in ("size_list", "dtype_list", "mode_list")},
             "records": records, "targets": targets}
 
 

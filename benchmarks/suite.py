@@ -31,7 +31,7 @@ import torch
 
 from fastssl.config import ConfigError, cli, parse
 
-from . import common, nt_xent, suite_report
+from . import common, nt_xent, preflight, suite_report
 from . import suite_stages as stages
 
 STEM = "suite"
@@ -41,10 +41,11 @@ MAX_FILE_BYTES = 16 * 2**20  # what an offline machine can send back in one tran
 # Sizes of each stage: the real run (one GPU, full CIFAR-10) and --smoke (CPU, tiny, every code path).
 FULL = dict(matmul_n=8192, step_batch=512, image_size=32, step_steps=20, step_repeats=5, step_warmup=3,
             compile_backend="inductor", throughput_dataset="cifar10", throughput_batch=512, workers=16,
-            throughput_repeats=5, throughput_steps=30, loader_steps=60, nt_xent_sizes="512,1024,2048,4096",
+            throughput_repeats=5, throughput_steps=None, loader_steps=None, nt_xent_sizes="512,1024,2048,4096",
             nt_xent_repeats=5, train_dataset="cifar10", train_batch=512, train_images=50000, test_images=10000,
             knn_every=10, max_epochs=200, probe_dataset="cifar10", probe_epochs=100, probe_extra=[],
-            probe_reserve_s=90.0, compile_overhead_s=60.0)
+            probe_images=50000, feature_batch=1024, train_stem="cifar",
+            train_setup_s=10.0)  # reading CIFAR-10 and building the loader: seconds, not measured per run
 SMOKE = dict(FULL, matmul_n=128, step_batch=2, image_size=8, step_steps=1, step_repeats=2, step_warmup=1,
              compile_backend="eager", throughput_dataset="cifar10-sample", throughput_batch=2, workers=1,
              throughput_repeats=2, throughput_steps=1, loader_steps=2, nt_xent_sizes="64,128", nt_xent_repeats=2,
@@ -52,22 +53,20 @@ SMOKE = dict(FULL, matmul_n=128, step_batch=2, image_size=8, step_steps=1, step_
              train_extra=["--stem", "imagenet", "--log-interval", "2"], knn_every=1, max_epochs=2,
              probe_dataset="cifar10-sample", probe_epochs=2, probe_subset=200,
              probe_extra=["--lrs", "0.1", "--wds", "0", "--feature-batch-size", "500"],
-             probe_reserve_s=0.0, compile_overhead_s=0.0)
-# Estimated seconds per stage on one H100/H200 (the plan; shares of --budget) and for --smoke on a CPU.
-ESTIMATES = {"environment": 15, "step": 120, "throughput": 100, "nt_xent": 50, "time_to_accuracy": 255,
-             "families": 500}
-SMOKE_ESTIMATES = {"environment": 5, "step": 30, "throughput": 30, "nt_xent": 15, "time_to_accuracy": 70,
-                   "families": 100}
-
-
+             probe_images=200, feature_batch=64, train_stem="imagenet", train_setup_s=0.0)
 @dataclass
 class SuiteConfig:
     budget: float | None = field(default=None, metadata={"help": "seconds for the whole suite (default 540: one 10-minute call with margin; --smoke 180)"})
     stages: str = field(default=",".join(stages.STAGES), metadata={"help": "comma-separated stages to run, in this order: " + ", ".join(stages.all_stages()) + " (families: only when named)"})
     data_dir: str | None = field(default=None, metadata={"help": "where CIFAR-10 / CIFAR-100 live (else $FASTSSL_DATA); nothing is downloaded"})
+    pipelines: str = field(default="gpu,torchvision,ffcv,dali", metadata={"help": "pipelines of the throughput stage (those not installed are listed as skipped)"})
     throughput_dataset: str | None = field(default=None, metadata={"help": "data of the throughput stage (default cifar10; cifar10-sample, shipped, before CIFAR-10 is staged; --smoke: the sample)", "choices": ["cifar10", "cifar10-sample"]})
+    estimates: str | None = field(default=None, metadata={"help": "stage=seconds,... replacing stages' estimated seconds, i.e. their shares of --budget (e.g. throughput=140,time_to_accuracy=150)"})
     rates_from: str | None = field(default=None, metadata={"help": "suite.json of an earlier run on the same GPU whose throughput/step stage gives the epoch time (when this run skips those stages)"})
-    epochs: int | None = field(default=None, metadata={"help": "time-to-accuracy epochs (default: chosen from the measured epoch time so that the schedule fits, at most 200)"})
+    epochs: int | None = field(default=None, metadata={"help": "time-to-accuracy epochs (default: chosen from the measured costs so that the run and its probes fit, at most --max-epochs)"})
+    max_epochs: int | None = field(default=None, metadata={"help": "most epochs the time-to-accuracy plan may choose (default 200; --smoke 2)"})
+    compile: bool | None = field(default=None, metadata={"help": "torch.compile where the suite compiles (default: yes if a compile check of a few seconds passes first; --no-compile: eager everywhere, rows labelled so)"})
+    compile_check_timeout: float = field(default=90.0, metadata={"help": "seconds the compile check may take before compiling counts as not working"})
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda or cuda:N"})
     peak_tflops: float | None = field(default=None, metadata={"help": "datasheet dense bf16 TFLOP/s, for a GPU missing from benchmarks/peaks.py"})
     seed: int = field(default=0, metadata={"help": "seed of every stage"})
@@ -90,11 +89,22 @@ class SuiteConfig:
             raise ValueError("--budget must be > 0 and --grace >= 0")
         if self.epochs is not None and self.epochs <= 0:
             raise ValueError(f"--epochs must be positive, got {self.epochs}")
+        if self.max_epochs is not None and self.max_epochs <= 0:
+            raise ValueError(f"--max-epochs must be positive, got {self.max_epochs}")
         self.stage_list = [s.strip() for s in self.stages.split(",") if s.strip()]
         known = stages.all_stages()
         bad = [s for s in self.stage_list if s not in known]
         if bad or not self.stage_list:
             raise ValueError(f"--stages: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(known)}")
+        self.estimate_of = {}
+        for item in filter(None, (self.estimates or "").split(",")):
+            name, _, sec = item.partition("=")
+            try:
+                self.estimate_of[name.strip()] = float(sec)
+            except ValueError:
+                raise ValueError(f"--estimates: expected stage=seconds, got {item!r}") from None
+            if name.strip() not in known or not self.estimate_of[name.strip()] > 0:
+                raise ValueError(f"--estimates: {item!r}: stage from {', '.join(known)}, seconds > 0")
         # Always in the suite's order, and always with the environment first: every result carries
         # the GPU it ran on and its measured matmul peak.
         self.stage_list = [s for s in known if s in self.stage_list or s == "environment"]
@@ -116,7 +126,10 @@ class Context:
         self.sizes = dict(SMOKE if cfg.smoke else FULL)
         if cfg.throughput_dataset:
             self.sizes["throughput_dataset"] = cfg.throughput_dataset
-        self.train_compile = device.type == "cuda"  # as fastssl.pretrain decides
+        self.max_epochs = cfg.max_epochs or self.sizes["max_epochs"]
+        self.compile = {"enabled": cfg.compile is not False, "reason": "--no-compile" if cfg.compile is False else "",
+                        "check": None}
+        self.train_compile = device.type == "cuda"  # as fastssl.pretrain decides; see decide_compile
         self.peak = {"datasheet_tflops": None, "measured_tflops": None}
         self.results, self.partial, self.deadline = {}, {}, None
         self.earlier = {}  # stages of --rates-from, for the epoch-time estimate
@@ -128,10 +141,24 @@ class Context:
                 raise ConfigError(f"--rates-from {cfg.rates_from}: not a suite.json ({type(e).__name__})") from None
 
 
+def decide_compile(ctx) -> dict:
+    """--compile as given, else a compile check (seconds, in a child process) where the suite would
+    generate code (inductor); a failure turns compilation off for the whole run, with its reason."""
+    cfg = ctx.cfg
+    if cfg.compile is None and ctx.sizes["compile_backend"] == "inductor":
+        check = preflight.compile_check(str(ctx.device), "inductor", cfg.compile_check_timeout)
+        stages.log(f"compile check: {'ok' if check['ok'] else 'failed: ' + check['reason']} ({check['seconds']:.1f} s)")
+        ctx.compile = {"enabled": check["ok"], "check": check,
+                       "reason": "" if check["ok"] else f"compile check failed: {check['reason']}"}
+    ctx.train_compile = ctx.device.type == "cuda" and ctx.compile["enabled"]
+    return ctx.compile
+
+
 def plan(cfg) -> list:
     """[(stage, estimated seconds)] scaled so that the estimates fill --budget."""
-    est = SMOKE_ESTIMATES if cfg.smoke else ESTIMATES
-    total = sum(est[s] for s in cfg.stage_list)
+    reg = stages.all_stages()
+    est = {s: cfg.estimate_of.get(s, reg[s].smoke_estimate_s if cfg.smoke else reg[s].estimate_s) for s in cfg.stage_list}
+    total = sum(est.values())
     return [(s, cfg.budget * est[s] / total) for s in cfg.stage_list]
 
 
@@ -183,10 +210,12 @@ def main(argv=None):
     os.makedirs(work, exist_ok=True)
 
     t_start = time.monotonic()
+    decide_compile(ctx)  # seconds of the budget, before any stage compiles
     steps = plan(cfg)
     suite_report.print_plan(steps, cfg, env, out)
     report = {"benchmark": STEM, "environment": env, "budget_s": cfg.budget, "smoke": cfg.smoke, "out": out,
               "work_dir": work if cfg.keep_work else None, "plan": [{"stage": s, "estimate_s": e} for s, e in steps],
+              "compile": ctx.compile,
               "stages": []}
     end = t_start + cfg.budget
     try:

@@ -110,6 +110,14 @@ def families_section(res) -> str:
                 rows))
 
 
+def compile_line(report) -> str:
+    c = report.get("compile") or {}
+    check = c.get("check") or {}
+    how = f" (compile check {check['seconds']:.1f} s)" if check else ""
+    return ("torch.compile: on" + how if c.get("enabled", True) else
+            f"torch.compile: **off, every row that would compile runs eager**: {c.get('reason')}{how}") + "\n"
+
+
 def markdown(report) -> str:
     env = report["environment"]
     _, envres = stage(report, "environment")
@@ -122,6 +130,7 @@ def markdown(report) -> str:
              f"Peak: datasheet {common.fmt(peak.get('datasheet_tflops'), '.1f')} TFLOP/s ({peak.get('datasheet_source', '')}), "
              f"measured {common.fmt(peak.get('measured_tflops'), '.2f')} TFLOP/s"
              + (f" ({peak['measured']['n']}^3 {peak['measured']['dtype']} matmul)" if peak.get("measured") else "") + "\n",
+             compile_line(report),
              "## Stages\n", common.markdown_table(
                  ["stage", "status", "seconds", "planned", "reason"],
                  [[r["stage"], r["status"], f"{r['seconds']:.1f}", f"{r['estimate_s']:.0f}", r["reason"]]
@@ -138,6 +147,8 @@ def markdown(report) -> str:
         parts.append(title)
         if res.get("command"):
             parts.append(f"`{res['command']}`\n")
+        if res.get("compile_note"):
+            parts.append(f"**{res['compile_note']}**\n")
         try:
             parts.append(render(res) if res else f"{rec['status']}: {rec['reason']}\n")
         except (KeyError, TypeError, AttributeError, IndexError) as e:  # a cut stage's partial result

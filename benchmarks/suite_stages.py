@@ -7,17 +7,19 @@ raises `Skip(reason)`. The measuring code is the benchmarks' own (benchmarks.thr
 benchmarks.nt_xent.measure, benchmarks.step.TrainStep) and fastssl's own training and probes
 (fastssl.train.train, fastssl.eval.linear.evaluate): nothing here re-implements a loop it reports on.
 """
+import dataclasses
 import json
 import os
 import statistics
 import sys
 import time
+from typing import Callable, NamedTuple
 
 import torch
 
 from fastssl.config import parse
 
-from . import common, nt_xent, peaks, throughput
+from . import common, nt_xent, peaks, preflight, throughput
 from . import step as step_bench
 
 
@@ -64,7 +66,9 @@ def _graphs() -> int:
     return compile_counters()["unique_graphs"]
 
 
-def _skip_reason(setting, device, backend) -> str:
+def _skip_reason(setting, device, backend, compiled=True, why_not="") -> str:
+    if (setting["compile"] or setting["mode"] != "default") and not compiled:
+        return f"not compiled ({why_not})"
     if setting["mode"] == "reduce-overhead" and device.type != "cuda":
         return "CUDA graphs need a CUDA device"
     if setting["mode"] != "default" and backend != "inductor":
@@ -81,11 +85,15 @@ def step_ablation(ctx, expired) -> dict:
                  + (["--quick"] if ctx.cfg.smoke else []))
     step_bench.setup_device(ctx.device)
     rows, live, setting = [], [], dict(BASE)
+    compiled, why_not = ctx.compile["enabled"], ctx.compile["reason"]
     for name, change in ABLATION:
         setting = {**setting, **change}
+        if not compiled and setting["compile"] and "compile" not in change:
+            setting["compile"] = False  # later rows go on eager, and say so
+            name += " (eager)"
         row = {"setting": name, **setting, "status": "ok", "benchmark_setting": step_bench.setting_name(setting)}
         rows.append(row)
-        reason = _skip_reason(setting, ctx.device, s["compile_backend"])
+        reason = _skip_reason(setting, ctx.device, s["compile_backend"], compiled, why_not)
         if reason:
             row["status"] = f"skipped: {reason}"
             setting = {**setting, "mode": "default"}  # later rows go on without it
@@ -101,9 +109,14 @@ def step_ablation(ctx, expired) -> dict:
             if ctx.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(ctx.device)
             before = _graphs()
-            for _ in range(s["step_warmup"]):
-                st(batch)
+            with preflight.cudagraph_watch() as watch:
+                for _ in range(s["step_warmup"]):
+                    st(batch)
             row["graphs_warmup"] = _graphs() - before
+            if setting["mode"] == "reduce-overhead" and not watch.engaged:
+                # inductor fell back to plain compiled code: timed, but never called CUDA graphs
+                row["status"] = f"not engaged: {watch.reason}"
+                row["setting"] = name + " (not engaged)"
             if ctx.device.type == "cuda":
                 torch.cuda.synchronize(ctx.device)
                 row["peak_memory_gib"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
@@ -162,10 +175,14 @@ def step_ablation(ctx, expired) -> dict:
 
 def throughput_stage(ctx, expired) -> dict:
     s = ctx.sizes
-    argv = ["--pipelines", "gpu,torchvision,ffcv,dali", "--dataset", s["throughput_dataset"],
+    argv = ["--pipelines", ctx.cfg.pipelines, "--dataset", s["throughput_dataset"],
             "--batch-size", str(s["throughput_batch"]), "--workers", str(s["workers"]),
-            "--repeats", str(s["throughput_repeats"]), "--steps", str(s["throughput_steps"]),
-            "--loader-steps", str(s["loader_steps"]), "--seed", str(ctx.cfg.seed), "--device", str(ctx.device)]
+            "--repeats", str(s["throughput_repeats"]), "--seed", str(ctx.cfg.seed), "--device", str(ctx.device)]
+    # Whole epochs unless sized down (--smoke): see benchmarks.throughput.timed_pass.
+    argv += ["--steps", str(s["throughput_steps"])] if s["throughput_steps"] else []
+    argv += ["--loader-steps", str(s["loader_steps"])] if s["loader_steps"] else []
+    if not ctx.compile["enabled"]:
+        argv += ["--no-compile"]
     if ctx.cfg.data_dir:
         argv += ["--data-dir", ctx.cfg.data_dir]
     if ctx.cfg.smoke:
@@ -176,6 +193,7 @@ def throughput_stage(ctx, expired) -> dict:
     tcfg = parse(throughput.ThroughputConfig, argv)
     result = throughput.measure(tcfg, ctx.device, ctx.env, expired, peak=ctx.peak if "datasheet_source" in ctx.peak else None)
     result["command"] = "python -m benchmarks.throughput " + " ".join(argv)
+    result["compile_note"] = "" if ctx.compile["enabled"] else f"eager: {ctx.compile['reason']}"
     gpu = next((r for r in result["records"] if r["pipeline"] == "gpu" and r["e2e_img_per_s"]), None)
     result["gpu_e2e_img_per_s"] = gpu["e2e_img_per_s"]["median"] if gpu else None
     return result
@@ -187,8 +205,11 @@ def nt_xent_stage(ctx, expired) -> dict:
     s = ctx.sizes
     argv = ["--sizes", s["nt_xent_sizes"], "--dtypes", "fp32", "--repeats", str(s["nt_xent_repeats"]),
             "--device", str(ctx.device)] + (["--quick"] if ctx.cfg.smoke else [])
+    if not ctx.compile["enabled"]:
+        argv += ["--modes", "eager"]
     result = nt_xent.measure(parse(nt_xent.NTXentConfig, argv), ctx.device, ctx.env, expired)
     result["command"] = "python -m benchmarks.nt_xent " + " ".join(argv)
+    result["compile_note"] = "" if ctx.compile["enabled"] else f"compiled cases not run: {ctx.compile['reason']}"
     return result
 
 
@@ -208,35 +229,95 @@ def epoch_seconds(ctx) -> tuple[float | None, str]:
     return None, "no measured rate"
 
 
-def plan_epochs(ctx, seconds_left: float) -> tuple[int, dict]:
-    """Epochs whose whole schedule fits in `seconds_left` (aim: 200), with the arithmetic."""
+def compile_seconds(ctx) -> float | None:
+    """Seconds an earlier stage of this run spent warming up the step the training loop runs
+    (compilation included): the throughput stage's longest warm-up, else the step stage's row."""
+    tp = (ctx.results.get("throughput") or {}).get("result") or {}
+    warm = [r["warmup_s"] for r in tp.get("records", []) if r.get("warmup_s")]
+    if warm and tp["settings"]["compile"] == ctx.train_compile:
+        return max(warm)
+    st = (ctx.results.get("step") or {}).get("result") or {}
+    return next((r["warmup_s"] for r in st.get("rows", []) if r.get("warmup_s") and r["compile"] == ctx.train_compile
+                 and r["mode"] == "default" and r["optimizer"] == "foreach"), None)
+
+
+def measure_costs(ctx, need_epoch: bool) -> dict:
+    """Seconds of what a training run spends besides its steps, each measured here with the
+    training loop's own model, optimiser and precision: the first step (compilation and autotuning
+    when compiled), a kNN feature pass (the backbone's eval forward, as fastssl.eval.features runs
+    it), one checkpoint (the model + optimiser state, written and fsynced by fastssl.checkpoint) and
+    one epoch of the linear probe's classifier on features of the probe's size. With need_epoch,
+    also a few timed steps for the epoch time. When an earlier stage already compiled the step
+    (compile_seconds), its warm-up is the compilation estimate and nothing is compiled here.
+    Its own seconds are "calibration_s"; the plan is made from the time left after it."""
+    from fastssl import checkpoint as ckpt
+    from fastssl.eval.probe import grid, train_linear
+
+    t0 = time.monotonic()
+    s, dev = ctx.sizes, ctx.device
+    known = None if need_epoch else compile_seconds(ctx)
+    model = dataclasses.replace(step_bench.model_config(s["train_batch"], ctx.cfg.seed), stem=s["train_stem"])
+    st = step_bench.TrainStep(model, dev, bf16=dev.type == "cuda", compile=ctx.train_compile and known is None)
+    batch = step_bench.synthetic_batch(s["train_batch"], 32, dev, True, ctx.cfg.seed)
+    with common.Stopwatch(dev) as sw:
+        st(batch)
+    costs = {"first_step_s": sw.seconds if known is None else known,
+             "first_step_source": "measured here" if known is None else "warm-up of an earlier stage"}
+    if need_epoch:
+        st(batch)
+        with common.Stopwatch(dev) as sw:
+            for _ in range(3):
+                st(batch)
+        costs["epoch_s"] = s["train_images"] / (3 * s["train_batch"] / sw.seconds)
+    backbone = st.method.backbone
+    x = step_bench.synthetic_batch(s["feature_batch"] // 2, 32, dev, True, ctx.cfg.seed).view1
+    backbone.eval()
+    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        dim = backbone(x).shape[1]
+        with common.Stopwatch(dev) as sw:
+            for _ in range(2):
+                backbone(x)
+    backbone.train()
+    costs["forward_img_per_s"] = 2 * x.shape[0] / sw.seconds
+    path = os.path.join(ctx.work, "checkpoint-cost.pt")
+    t = time.monotonic()
+    ckpt.atomic_save({"model": st.method.state_dict(), "optimizer": st.optimizer.state_dict()}, path)
+    costs["checkpoint_s"] = time.monotonic() - t
+    os.remove(path)
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(s["probe_images"], dim, generator=g).to(dev)
+    labels = torch.randint(0, 10, (s["probe_images"],), generator=g).to(dev)
+    lrs, wds = grid()
+    with common.Stopwatch(dev) as sw:
+        train_linear(feats, labels, 10, lrs, wds, epochs=1)
+    costs["probe_head_epoch_s"] = sw.seconds
+    costs["calibration_s"] = time.monotonic() - t0
+    return costs
+
+
+def plan_epochs(ctx, seconds_left: float, costs: dict, probes=("linear", "transfer")) -> tuple[int, dict]:
+    """Epochs whose whole run fits in `seconds_left` (the time left after measure_costs): per epoch
+    its steps and up to two checkpoints (last.pt, and best.pt when the score improved); a kNN pass
+    every knn_every epochs; the final test kNN (bank and test features again); compilation (the
+    first step's measured seconds); the probes in `probes` (features of their train and test images,
+    the classifier twice: grid, then final); 5% of the time left for what varies."""
     s = ctx.sizes
-    if ctx.cfg.epochs:
-        return ctx.cfg.epochs, {"source": "--epochs"}
     per_epoch, source = epoch_seconds(ctx)
     if per_epoch is None:
-        per_epoch, source = calibrate(ctx), "calibration: timed steps of the training step"
-    # kNN: one forward of train + test images (a third of a training step's cost per view, one view)
-    knn_s = per_epoch * (s["train_images"] + s["test_images"]) / s["train_images"] / 6 + 1.0
-    train_s = seconds_left - s["probe_reserve_s"] - s["compile_overhead_s"]
-    per_10 = 10 * per_epoch + knn_s
-    epochs = int(max(1, min(s["max_epochs"], train_s // (per_epoch + knn_s / 10))))
-    return epochs, {"source": source, "epoch_s_estimate": per_epoch, "knn_s_estimate": knn_s,
-                    "seconds_for_training": train_s, "seconds_per_10_epochs": per_10}
-
-
-def calibrate(ctx) -> float:
-    """Seconds per epoch from a few timed steps of fastssl's step at the training batch size."""
-    s = ctx.sizes
-    st = step_bench.TrainStep(step_bench.model_config(s["train_batch"], ctx.cfg.seed), ctx.device,
-                              bf16=ctx.device.type == "cuda", compile=ctx.train_compile)
-    batch = step_bench.synthetic_batch(s["train_batch"], 32, ctx.device, True, ctx.cfg.seed)
-    for _ in range(2):
-        st(batch)
-    with common.Stopwatch(ctx.device) as sw:
-        for _ in range(3):
-            st(batch)
-    return s["train_images"] / (3 * s["train_batch"] / sw.seconds)
+        per_epoch, source = costs.get("epoch_s"), "calibration: timed steps of the training step"
+    fwd = costs["forward_img_per_s"]
+    knn_s = s["train_images"] / fwd
+    probe_s = (s["probe_images"] + s["test_images"]) / fwd + 2 * s["probe_epochs"] * costs["probe_head_epoch_s"]
+    # the last epoch's validation kNN, then bank and test features again for the test kNN
+    fixed = {"compile_s": costs["first_step_s"], "final_knn_s": knn_s + (s["train_images"] + s["test_images"]) / fwd,
+             "probes_s": len(probes) * probe_s, "setup_s": s["train_setup_s"], "margin_s": 0.05 * max(0.0, seconds_left)}
+    plan = {"source": source, "epoch_s_estimate": per_epoch, "knn_s_estimate": knn_s, "seconds_left": seconds_left,
+            **fixed, "max_epochs": ctx.max_epochs, "probes_planned": list(probes), "costs": costs}
+    if ctx.cfg.epochs:
+        return ctx.cfg.epochs, {**plan, "source": "--epochs"}
+    per = per_epoch + 2 * costs["checkpoint_s"] + knn_s / s["knn_every"]
+    epochs = int(max(1, min(ctx.max_epochs, (seconds_left - sum(fixed.values())) // per)))
+    return epochs, {**plan, "seconds_per_epoch_all_in": per, "planned_total_s": sum(fixed.values()) + epochs * per}
 
 
 def pretrain_argv(ctx, epochs: int, out: str) -> list:
@@ -248,6 +329,8 @@ def pretrain_argv(ctx, epochs: int, out: str) -> list:
         argv += ["--data-dir", ctx.cfg.data_dir]
     if s.get("train_subset"):
         argv += ["--subset", str(s["train_subset"])]
+    if not ctx.compile["enabled"]:
+        argv += ["--no-compile"]
     argv += s.get("train_extra", [])
     return argv
 
@@ -257,12 +340,13 @@ def time_to_accuracy(ctx, expired) -> dict:
     from fastssl.train import train
 
     s = ctx.sizes
-    from pipelines import DataError, datasets
-    try:
-        datasets.find_cifar("cifar10", ctx.cfg.data_dir, download=False) if s["train_dataset"] == "cifar10" else None
-    except DataError as e:
-        raise Skip(f"CIFAR-10 not found: {e}") from None
-    epochs, plan = plan_epochs(ctx, ctx.deadline - time.monotonic())
+    if s["train_dataset"] == "cifar10" and (missing := absent("cifar10", ctx.cfg.data_dir)):
+        raise Skip(f"CIFAR-10 not found: {missing}")
+    # A probe whose data is not here is skipped at once (nothing is downloaded) and gets no time.
+    probes = {"linear": s["probe_dataset"], "transfer": "cifar100"}
+    missing = {k: absent(d, ctx.cfg.data_dir) for k, d in probes.items()}
+    costs = measure_costs(ctx, need_epoch=epoch_seconds(ctx)[0] is None and not ctx.cfg.epochs)
+    epochs, plan = plan_epochs(ctx, ctx.deadline - time.monotonic(), costs, [k for k in probes if not missing[k]])
     run = os.path.join(ctx.work, "pretrain")
     argv = pretrain_argv(ctx, epochs, run)
     log(f"time to accuracy: {epochs} epochs ({plan.get('source')}); python -m fastssl.pretrain {' '.join(argv)}")
@@ -277,13 +361,30 @@ def time_to_accuracy(ctx, expired) -> dict:
         result["pretrain_wall_s"] = time.monotonic() - t0
         result["time_to_85_s"] = next((p["wall_s"] for p in result["curve"] if p["knn_top1"] >= 85.0), None)
     result["probes"] = {}
-    for key, dataset in (("linear", s["probe_dataset"]), ("transfer", "cifar100")):
+    for key, dataset in probes.items():
+        if missing[key]:
+            result["probes"][key] = {"status": f"skipped: {missing[key]} (nothing downloaded)"}
+            continue
         if expired():
             result["probes"][key] = {"status": "cut: out of time before it started"}
             result["cut"] = True
             continue
         result["probes"][key] = probe(ctx, run, dataset, key)
     return result
+
+
+def absent(dataset: str, data_dir) -> str:
+    """"" when `dataset` is on this machine, else why not; never downloads (an offline machine
+    would wait on DNS and a 20 s timeout first)."""
+    from pipelines import DataError, datasets
+
+    if dataset not in datasets.ARCHIVES:
+        return ""  # shipped with fastssl (cifar10-sample)
+    try:
+        datasets.find_cifar(dataset, data_dir, download=False)
+        return ""
+    except DataError as e:
+        return str(e)
 
 
 def knn_curve(path: str) -> list:
@@ -343,16 +444,14 @@ def families_stage(ctx, expired) -> dict:
     from fastssl.train import train
 
     s = ctx.sizes
-    from pipelines import DataError, datasets
-    try:
-        datasets.find_cifar("cifar10", ctx.cfg.data_dir, download=False) if s["train_dataset"] == "cifar10" else None
-    except DataError as e:
-        raise Skip(f"CIFAR-10 not found: {e}") from None
+    if s["train_dataset"] == "cifar10" and (missing := absent("cifar10", ctx.cfg.data_dir)):
+        raise Skip(f"CIFAR-10 not found: {missing}")
     split = ["--split", FAMILY_SPLIT, "--split-seed", "0"]
     result = {"split": FAMILY_SPLIT, "dataset": s["train_dataset"], "families": {}, "cut": False}
     ctx.partial["families"] = result
     # One epoch count for all three: "same budget per family" means epochs and batch, not seconds.
-    epochs, plan = plan_epochs(ctx, (ctx.deadline - time.monotonic()) / len(FAMILY_METHODS))
+    costs = measure_costs(ctx, need_epoch=epoch_seconds(ctx)[0] is None and not ctx.cfg.epochs)
+    epochs, plan = plan_epochs(ctx, (ctx.deadline - time.monotonic()) / len(FAMILY_METHODS), costs, ["linear"])
     result.update(epochs=epochs, plan=plan)
     for method in FAMILY_METHODS:
         if expired():
@@ -371,16 +470,25 @@ def families_stage(ctx, expired) -> dict:
     return result
 
 
-STAGES = {  # name -> (function, what it measures)
-    "environment": (environment, "GPU, driver, versions, commit, command; measured bf16 matmul peak"),
-    "step": (step_ablation, "step ablation: eager fp32 -> channels_last -> bf16 -> compile -> fast optimiser -> CUDA graphs"),
-    "throughput": (throughput_stage, "loader-only and end-to-end images/s per pipeline, data wait, ratio to torchvision"),
-    "nt_xent": (nt_xent_stage, "NT-Xent forward+backward, eager / compiled / chunked"),
-    "time_to_accuracy": (time_to_accuracy, "SimCLR on CIFAR-10 with kNN every 10 epochs, then linear and transfer probes"),
+class Stage(NamedTuple):
+    fn: Callable            # (ctx, expired) -> result dict
+    what: str               # one line for the plan
+    estimate_s: float       # seconds on one H100/H200: its share of --budget
+    smoke_estimate_s: float  # seconds of --smoke on a CPU
+
+
+# Adding a stage is one function above and one line here (in STAGES, or in OPTIONAL when it runs
+# only where named in --stages).
+STAGES = {
+    "environment": Stage(environment, "GPU, driver, versions, commit, command; measured bf16 matmul peak", 15, 5),
+    "step": Stage(step_ablation, "step ablation: eager fp32 -> channels_last -> bf16 -> compile -> fast optimiser -> CUDA graphs", 120, 30),
+    "throughput": Stage(throughput_stage, "loader-only and end-to-end images/s per pipeline (whole epochs), data wait, ratio to torchvision", 120, 30),
+    "nt_xent": Stage(nt_xent_stage, "NT-Xent forward+backward, eager / compiled / chunked", 50, 15),
+    "time_to_accuracy": Stage(time_to_accuracy, "SimCLR on CIFAR-10 with kNN every 10 epochs, then linear and transfer probes", 255, 70),
 }
-# Run only when named in --stages (a GPU call of its own: three pretrainings and probes).
+# Run only when named in --stages (each a GPU call of its own).
 OPTIONAL = {
-    "families": (families_stage, "autoencoder, SimCLR, Deep InfoMax on CIFAR-10 80/10/10 at the stage's budget, each probed on the split"),
+    "families": Stage(families_stage, "autoencoder, SimCLR, Deep InfoMax on CIFAR-10 80/10/10 at the stage's budget, each probed on the split", 500, 100),
 }
 
 

@@ -206,7 +206,7 @@ def measure(cfg, device, env, expired=lambda: False, peak=None) -> dict:
 
     step = TrainStep(model_config(cfg.batch_size, cfg.seed), device, bf16=bf16, compile=compiled,
                      compile_backend=cfg.compile_backend, num_classes=len(data.classes))
-    steps_of, loader_steps_of = {}, {}
+    steps_of, loader_steps_of, warmup_s = {}, {}, {}
     premade = None
     for name, loader in list(loaders.items()):  # untimed warm-up: workers, autotuning, compilation
         if expired():
@@ -228,7 +228,8 @@ def measure(cfg, device, env, expired=lambda: False, peak=None) -> dict:
                 step(batch)
             getattr(it, "close", lambda: None)()
             del it
-            print(f"{name}: warm-up {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+            warmup_s[name] = time.perf_counter() - t0  # the first one includes compiling the step
+            print(f"{name}: warm-up {warmup_s[name]:.1f} s", file=sys.stderr)
         except Exception as e:  # noqa: BLE001 - one broken pipeline must not hide the others' numbers
             status[name] = f"failed: {_reason(e)}"
             del loaders[name]
@@ -282,7 +283,8 @@ def measure(cfg, device, env, expired=lambda: False, peak=None) -> dict:
         rec = {"pipeline": name, "status": status[name], "loader_img_per_s": None, "e2e_img_per_s": None,
                "e2e_step_ms": None, "data_wait_fraction": None, "data_wait_fraction_raw": None, "tflops": None,
                "mfu": None, "mfu_measured": None, "e2e_vs_torchvision": None, "loader_vs_torchvision": None,
-               "steps_per_repeat": steps_of.get(name), "loader_steps_per_repeat": loader_steps_of.get(name)}
+               "steps_per_repeat": steps_of.get(name), "loader_steps_per_repeat": loader_steps_of.get(name),
+               "warmup_s": warmup_s.get(name)}
         if status[name] == "ok" and e2e_rates[name]:
             e2e = common.summarize(e2e_rates[name])
             raw = 1 - e2e["median"] / compute["median"]

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -62,6 +63,11 @@ def test_smoke_runs_every_stage(tmp_path, capsys, monkeypatch, cifar100_root):
     assert all(0 <= p["knn_top1"] <= 100 for p in curve)
     assert tta["probes"]["linear"]["status"] == "ok" and tta["probes"]["linear"]["dataset"] == "CIFAR-10 sample"
     assert tta["probes"]["transfer"]["dataset"] == "CIFAR-100 (JPEG-recompressed copy)"  # labelled so
+    # planned from the time left after measuring the costs, which are all measured
+    plan = tta["plan"]
+    assert plan["seconds_left"] + plan["costs"]["calibration_s"] <= st["time_to_accuracy"]["deadline_s"]
+    assert all(plan["costs"][k] > 0 for k in ("first_step_s", "forward_img_per_s", "checkpoint_s", "probe_head_epoch_s"))
+    assert plan["probes_planned"] == ["linear", "transfer"]
     assert len(saved["targets"]) == 8
     assert all(t["status"] == "not measured" and t["reason"] for t in saved["targets"])  # CPU: nothing judged
     md = (out / "suite.md").read_text()
@@ -72,34 +78,47 @@ def fake_context(tmp_path, **results):
     cfg = suite.parse(suite.SuiteConfig, ["--smoke", "--out", str(tmp_path)])
     ctx = suite.Context(cfg, suite.common.resolve_device("cpu"), {}, str(tmp_path))
     ctx.sizes = dict(suite.FULL)  # the real run's sizes, with earlier stages' results as given
+    ctx.max_epochs = suite.FULL["max_epochs"]
     ctx.results = results
     return ctx
+
+
+# Measured costs as benchmarks.suite_stages.measure_costs returns them (the numbers are made up).
+COSTS = {"first_step_s": 40.0, "forward_img_per_s": 100_000.0, "checkpoint_s": 0.4, "probe_head_epoch_s": 0.05,
+         "calibration_s": 3.0}
 
 
 def test_epochs_fit_the_stage_budget(tmp_path):
     rate = 10_000.0  # img/s measured by the throughput stage at the training batch size
     tp = {"result": {"gpu_e2e_img_per_s": rate, "settings": {"batch_size": 512}}}
     ctx = fake_context(tmp_path, throughput=tp)
-    s = ctx.sizes
+    s, c = ctx.sizes, COSTS
+    fwd = c["forward_img_per_s"]
     for seconds in (200.0, 400.0, 5000.0):
-        epochs, plan = suite_stages.plan_epochs(ctx, seconds)
-        per_epoch = s["train_images"] / rate
-        knn = per_epoch * (s["train_images"] + s["test_images"]) / s["train_images"] / 6 + 1.0
-        cost = lambda e: e * per_epoch + (e / 10) * knn  # noqa: E731 - epochs plus a kNN every 10
-        room = seconds - s["probe_reserve_s"] - s["compile_overhead_s"]
-        assert plan["epoch_s_estimate"] == pytest.approx(per_epoch)
-        assert epochs == min(200, max(1, int(room // (per_epoch + knn / 10))))
-        assert cost(epochs) <= room or epochs == 1
-        assert epochs == 200 or cost(epochs + 1) > room  # the most that fit, up to 200
+        for probes in (["linear", "transfer"], ["linear"], []):
+            epochs, plan = suite_stages.plan_epochs(ctx, seconds, c, probes)
+            per_epoch = s["train_images"] / rate
+            assert plan["epoch_s_estimate"] == pytest.approx(per_epoch)
+
+            def total(e):  # compile, setup, steps + 2 checkpoints per epoch, a kNN every 10, final kNNs, probes
+                knn = s["train_images"] / fwd
+                final = knn + (s["train_images"] + s["test_images"]) / fwd
+                probe = (s["probe_images"] + s["test_images"]) / fwd + 2 * s["probe_epochs"] * c["probe_head_epoch_s"]
+                return (c["first_step_s"] + s["train_setup_s"] + e * (per_epoch + 2 * c["checkpoint_s"])
+                        + (e / 10) * knn + final + len(probes) * probe)  # e / 10 >= the e // 10 kNN passes
+            assert total(epochs) <= 0.95 * seconds or epochs == 1
+            assert epochs == 200 or total(epochs + 1) > 0.95 * seconds  # the most that fit, up to 200
     # the same rate read from an earlier run's suite.json (--rates-from) gives the same plan
     (tmp_path / "a.json").write_text(json.dumps({"stages": [{"stage": "throughput", **tp}]}))
     cfg = suite.parse(suite.SuiteConfig, ["--smoke", "--rates-from", str(tmp_path / "a.json")])
     later = suite.Context(cfg, ctx.device, {}, str(tmp_path))
-    later.sizes = dict(suite.FULL)
-    assert suite_stages.plan_epochs(later, 400.0) == suite_stages.plan_epochs(ctx, 400.0)[:1] + (
-        {**suite_stages.plan_epochs(ctx, 400.0)[1], "source": "throughput stage of --rates-from: gpu pipeline end-to-end"},)
+    later.sizes, later.max_epochs = dict(suite.FULL), 200
+    assert suite_stages.plan_epochs(later, 400.0, c) == suite_stages.plan_epochs(ctx, 400.0, c)[:1] + (
+        {**suite_stages.plan_epochs(ctx, 400.0, c)[1], "source": "throughput stage of --rates-from: gpu pipeline end-to-end"},)
+    ctx.max_epochs = 30
+    assert suite_stages.plan_epochs(ctx, 5000.0, c)[0] == 30  # --max-epochs caps the plan
     ctx.cfg.epochs = 7
-    assert suite_stages.plan_epochs(ctx, 10.0)[0] == 7  # --epochs wins
+    assert suite_stages.plan_epochs(ctx, 10.0, c)[0] == 7  # --epochs wins
 
 
 def test_budget_cuts_stages_but_never_drops_them(tmp_path, monkeypatch, capsys):
@@ -121,8 +140,10 @@ def test_budget_cuts_stages_but_never_drops_them(tmp_path, monkeypatch, capsys):
     def broken(ctx, expired):
         raise RuntimeError("boom")
 
-    stages = {"environment": (cooperative, "c"), "step": (stubborn, "s"), "throughput": (stubborn, "s"),
-              "nt_xent": (broken, "b"), "time_to_accuracy": (cooperative, "c")}
+    Stage = suite_stages.Stage
+    stages = {"environment": Stage(cooperative, "c", 1, 1), "step": Stage(stubborn, "s", 1, 1),
+              "throughput": Stage(stubborn, "s", 1, 1), "nt_xent": Stage(broken, "b", 1, 1),
+              "time_to_accuracy": Stage(cooperative, "c", 1, 1)}
     monkeypatch.setattr(suite_stages, "STAGES", stages)
     t0 = time.monotonic()
     report = suite.main(["--smoke", "--budget", "2", "--grace", "0.2", "--out", str(tmp_path)])
@@ -181,7 +202,7 @@ def test_device_stage_parts_join_back_exactly(tmp_path):
         assert data and sum(p.stat().st_size for p in data) <= 1000
         assert (t / "data" / "SHA256SUMS").is_file()  # each transfer can be checked on arrival
         assert f"{t.name}:" in done.stdout
-    assert "python -m benchmarks.suite" in done.stdout and "assemble" in done.stdout
+    assert "python3 -m benchmarks.suite" in done.stdout and "assemble" in done.stdout
 
     # The GPU side: a repository copy that receives the transfers one at a time.
     gpu = tmp_path / "gpu"
@@ -189,9 +210,15 @@ def test_device_stage_parts_join_back_exactly(tmp_path):
     (gpu / "scripts" / "device_stage.sh").write_bytes(SCRIPT.read_bytes())
     (gpu / ".cache" / "stage").mkdir(parents=True)
 
+    bin_dir = tmp_path / "bin"  # as on the GPU machine: python3, no python
+    bin_dir.mkdir()
+    (bin_dir / "python3").symlink_to(sys.executable)
+    env = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    assert shutil.which("python", path=env["PATH"]) is None
+
     def assemble():
         r = subprocess.run(["bash", "scripts/device_stage.sh", "assemble"], cwd=gpu, capture_output=True,
-                           text=True, timeout=60)
+                           text=True, timeout=120, env=env)
         assert r.returncode == 0, r.stderr
         return r.stdout
 

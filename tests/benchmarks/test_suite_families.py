@@ -38,7 +38,7 @@ def test_families_get_one_epoch_count(tmp_path, monkeypatch):
     monkeypatch.delenv("FASTSSL_DATA", raising=False)
     shares = []
 
-    def plan(ctx, seconds_left):
+    def plan(ctx, seconds_left, costs, probes):
         shares.append(seconds_left)
         return len(shares) * 7, {"source": "stub"}  # a second call would plan different epochs
 
@@ -46,6 +46,7 @@ def test_families_get_one_epoch_count(tmp_path, monkeypatch):
         return {"final_loss": 1.0, "val_knn_top1": 0.0, "knn_top1": 0.0, "knn_top5": 0.0, "wall_time_s": 0.0}
 
     monkeypatch.setattr(suite_stages, "plan_epochs", plan)
+    monkeypatch.setattr(suite_stages, "measure_costs", lambda ctx, need_epoch: {})
     monkeypatch.setattr(fastssl.train, "train", instant_train)
     monkeypatch.setattr(suite_stages, "probe", lambda *a, **k: {"status": "ok"})
     out = tmp_path / "res"

@@ -409,9 +409,11 @@ VERBS = {"plan": plan, "check": check, "call1": lambda cfg: run_call(cfg, "call1
 @cli
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["--help"], ["-h"]):
+        print(__doc__)
+        return None
     if not argv or argv[0] not in VERBS:
-        raise ConfigError(f"first argument: one of {', '.join(VERBS)} (see --help of benchmarks.gpu_window)"
-                          if argv[:1] != ["--help"] else __doc__)
+        raise ConfigError(f"first argument: one of {', '.join(VERBS)} (python3 -m benchmarks.gpu_window --help)")
     cfg = parse(WindowConfig, argv[1:], description=__doc__)
     result = VERBS[argv[0]](cfg)
     if argv[0] == "check":

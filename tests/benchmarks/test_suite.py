@@ -83,7 +83,7 @@ def fake_context(tmp_path, **results):
     return ctx
 
 
-# Measured costs as benchmarks.suite_stages.measure_costs returns them (the numbers are made up).
+# Measured costs as benchmarks.suite_plan.measure_costs returns them (the numbers are made up).
 COSTS = {"first_step_s": 40.0, "forward_img_per_s": 100_000.0, "checkpoint_s": 0.4, "probe_head_epoch_s": 0.05,
          "calibration_s": 3.0}
 

@@ -169,7 +169,8 @@ def test_bad_flags_and_existing_outputs(tmp_path, capsys):
     assert e.value.code == 2 and (tmp_path / "suite.json").read_text() == "keep"
     assert "--overwrite" in capsys.readouterr().err
     (tmp_path / "junk.json").write_text("{not json")
-    for bad in (["--stages", "step,nope"], ["--budget", "0"], ["--epochs", "-1"],
+    for bad in (["--stages", "step,nope"], ["--budget", "0"], ["--epochs", "-1"], ["--max-epochs", "0"],
+                ["--estimates", "nope=3"], ["--estimates", "step=x"],
                 ["--rates-from", str(tmp_path / "junk.json")]):
         with pytest.raises(SystemExit) as e:
             suite.main(["--smoke", "--out", str(tmp_path / "new"), *bad])

@@ -255,12 +255,14 @@ def run_call(cfg, call: str) -> int:
     log(f"{call}: {facts.get('gpu', 'no GPU')} {facts.get('nvidia_smi', '')} | torch {facts['torch']} "
         f"CUDA {facts['cuda']} | Python {facts['python']}")
     # Call 2 trusts call 1's check when the machine stayed warm (same machine, same image).
-    known = os.path.join(root, STAGE, "compile-check.json")
+    known, backend = os.path.join(root, STAGE, "compile-check.json"), "eager" if cfg.smoke else "inductor"
     try:
         with open(known) as f:
             check = {**json.load(f), "from": "call 1"}
+        if (check.get("backend"), check.get("device")) != (backend, device):
+            raise ValueError("checked for another backend or device")
     except (OSError, ValueError):
-        check = preflight.compile_check(device, "eager" if cfg.smoke else "inductor", timeout=20 if cfg.smoke else 60)
+        check = {**preflight.compile_check(device, backend, timeout=20 if cfg.smoke else 60), "device": device}
         common.write_json(known, check)
     log(f"compile check{' (call 1)' if check.get('from') else ''}: {'ok' if check['ok'] else 'FAILED: ' + check['reason']} "
         f"({check['seconds']:.1f} s)" + ("" if check["ok"] else "; measuring eager (--no-compile), rows labelled so"))

@@ -153,6 +153,10 @@ def markdown(report) -> str:
             parts.append(render(res) if res else f"{rec['status']}: {rec['reason']}\n")
         except (KeyError, TypeError, AttributeError, IndexError) as e:  # a cut stage's partial result
             parts.append(f"{rec['status']}: {rec['reason']}; partial result in suite.json ({type(e).__name__}: {e})\n")
+    for rec in report["stages"]:  # a stage without a section above: its own "markdown", else its status
+        if rec["stage"] not in {"environment", *(name for name, _, _ in sections)}:
+            res = rec.get("result") or {}
+            parts += [f"## {rec['stage']}\n", res.get("markdown") or f"{rec['status']}: {rec['reason']}\n"]
     parts += ["## Targets\n", common.markdown_table(["target", "value", "status"],
                                                      throughput.target_rows(targets(report)))]
     return "\n".join(parts)

@@ -251,3 +251,14 @@ def test_device_stage_dry_run_prints_each_command(tmp_path):
     none = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--python", str(tmp_path / "nope"), "ffcv"],
                           capture_output=True, text=True, timeout=60)
     assert none.returncode == 1 and "no Python 3.12 found" in none.stdout
+
+
+def test_a_new_stage_is_one_function_and_one_line(tmp_path, monkeypatch):
+    def extra(ctx, expired):
+        return {"markdown": "| entrant | img/s |\n|---|---|\n| fastssl | 1 |\n"}
+
+    monkeypatch.setitem(suite_stages.OPTIONAL, "extra", suite_stages.Stage(extra, "an extra comparison", 100, 1))
+    report = suite.main(["--smoke", "--stages", "extra", "--out", str(tmp_path)])
+    assert [r["stage"] for r in report["stages"]] == ["environment", "extra"]
+    assert report["stages"][1]["status"] == "ok"
+    assert "## extra\n\n| entrant | img/s |" in (tmp_path / "suite.md").read_text()

@@ -45,6 +45,7 @@ FULL = dict(matmul_n=8192, step_batch=512, image_size=32, step_steps=20, step_re
             nt_xent_repeats=5, train_dataset="cifar10", train_batch=512, train_images=50000, test_images=10000,
             knn_every=10, max_epochs=200, probe_dataset="cifar10", probe_epochs=100, probe_extra=[],
             probe_images=50000, feature_batch=1024, train_stem="cifar",
+            race_epochs=5,  # all entrants: fastssl, plain and lightly (when installed), one seed
             train_setup_s=10.0)  # reading CIFAR-10 and building the loader: seconds, not measured per run
 SMOKE = dict(FULL, matmul_n=128, step_batch=2, image_size=8, step_steps=1, step_repeats=2, step_warmup=1,
              compile_backend="eager", throughput_dataset="cifar10-sample", throughput_batch=2, workers=1,
@@ -53,7 +54,7 @@ SMOKE = dict(FULL, matmul_n=128, step_batch=2, image_size=8, step_steps=1, step_
              train_extra=["--stem", "imagenet", "--log-interval", "2"], knn_every=1, max_epochs=2,
              probe_dataset="cifar10-sample", probe_epochs=2, probe_subset=200,
              probe_extra=["--lrs", "0.1", "--wds", "0", "--feature-batch-size", "500"],
-             probe_images=200, feature_batch=64, train_stem="imagenet", train_setup_s=0.0)
+             probe_images=200, feature_batch=64, train_stem="imagenet", race_epochs=2, train_setup_s=0.0)
 @dataclass
 class SuiteConfig:
     budget: float | None = field(default=None, metadata={"help": "seconds for the whole suite (default 540: one 10-minute call with margin; --smoke 180)"})

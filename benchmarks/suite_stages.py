@@ -10,6 +10,7 @@ benchmarks.nt_xent.measure, benchmarks.step.TrainStep) and fastssl's own trainin
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from typing import Callable, NamedTuple
@@ -365,6 +366,47 @@ def families_stage(ctx, expired) -> dict:
     return result
 
 
+def race_stage(ctx, expired) -> dict:
+    """`python -m benchmarks.race` on this device: fastssl (its defaults: bf16 + compile on CUDA, or
+    --no-compile when the preflight said compile does not work here), plain PyTorch and lightly (when
+    installed, e.g. from the staged wheels; else listed as skipped), one seed, full CIFAR-10, CIFAR
+    stem, the same fixed number of epochs for all; the race's own table becomes this stage's section.
+    It runs in a child process, killed at the stage's deadline."""
+    from .race import ENTRANTS
+
+    s = ctx.sizes
+    if s["train_dataset"] == "cifar10" and (missing := absent("cifar10", ctx.cfg.data_dir)):
+        raise Skip(f"CIFAR-10 not found: {missing}")
+    fastssl = "fastssl" if ctx.compile["enabled"] else "fastssl:compile=false"
+    entrants = [fastssl, "plain"] + (["lightly"] if ENTRANTS["lightly"].available() is None else [])
+    out = os.path.join(ctx.work, "race")
+    argv = ["--dataset", s["train_dataset"], "--subset", str(s.get("train_subset") or 0), "--stem", s["train_stem"],
+            "--epochs", str(s["race_epochs"]), "--batch-size", str(s["train_batch"]), "--workers", str(s["workers"]),
+            "--device", str(ctx.device), "--seeds", str(ctx.cfg.seed), "--entrants", ",".join(entrants),
+            "--snapshot-every", "0", "--out", out, "--overwrite"]
+    if ctx.cfg.data_dir:
+        argv += ["--data-dir", ctx.cfg.data_dir]
+    command = "python3 -m benchmarks.race " + " ".join(argv)
+    result = {"command": command, "entrants": entrants, "skipped": {} if "lightly" in entrants else
+              {"lightly": ENTRANTS["lightly"].available()}}
+    ctx.partial["race"] = result
+    log(f"race: {command}")
+    try:
+        subprocess.run([sys.executable, "-m", "benchmarks.race", *argv], check=True,
+                       timeout=max(1.0, ctx.deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        result["status"] = "cut: the race did not finish within the stage's deadline"
+        return result
+    except subprocess.CalledProcessError as e:
+        raise RuntimeError(f"benchmarks.race exited with {e.returncode}") from None
+    with open(os.path.join(out, "race.json")) as f:
+        race = json.load(f)
+    with open(os.path.join(out, "race.md")) as f:
+        result["markdown"] = f.read()
+    result["summary"] = {k: v for k, v in race["summary"].items() if k != "measures"}
+    return result
+
+
 class Stage(NamedTuple):
     fn: Callable            # (ctx, expired) -> result dict
     what: str               # one line for the plan
@@ -383,6 +425,7 @@ STAGES = {
 }
 # Run only when named in --stages (each a GPU call of its own).
 OPTIONAL = {
+    "race": Stage(race_stage, "fastssl vs plain PyTorch vs lightly (when installed), whole epochs, one shared kNN", 240, 120),
     "families": Stage(families_stage, "autoencoder, SimCLR, Deep InfoMax on CIFAR-10 80/10/10 at the stage's budget, each probed on the split", 500, 100),
 }
 

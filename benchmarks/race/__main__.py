@@ -72,9 +72,26 @@ def slug(entrant: str) -> str:
     return entrant.replace(":", "__").replace(",", "_").replace("=", "-")
 
 
+def finished(entrant: str, spec: RaceSpec, out: str) -> dict | None:
+    """The record of a run already finished in `out` with this entrant and spec (a race stopped
+    part-way resumes from its finished runs), else None."""
+    try:
+        with open(os.path.join(out, "record.json")) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    same = record.get("entrant") == entrant and record.get("spec") == dataclasses.asdict(spec)
+    return record if same and "peak_rss_tree_mib" in record else None
+
+
 def run_entrant(entrant: str, spec: RaceSpec, out: str) -> dict:
     """Train one entrant in a child process; the child's process tree (DataLoader workers included)
     is sampled every 0.2 s for its summed resident memory."""
+    done = finished(entrant, spec, out)
+    if done is not None:
+        print(f"race: {entrant}, seed {spec.seed}: finished before, reused", file=sys.stderr, flush=True)
+        return done
+    print(f"race: {entrant}, seed {spec.seed}", file=sys.stderr, flush=True)
     cmd = [sys.executable, "-m", "benchmarks.race.run_one", entrant, spec.to_json(), out]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     child = subprocess.Popen(cmd, env=env)
@@ -92,6 +109,7 @@ def run_entrant(entrant: str, spec: RaceSpec, out: str) -> dict:
     with open(os.path.join(out, "record.json")) as f:
         record = json.load(f)
     record.update({"peak_rss_tree_mib": peak / 2**20, "wall_s": time.perf_counter() - t0})
+    common.write_json(os.path.join(out, "record.json"), record)  # with its memory peak: reusable
     return record
 
 
@@ -116,7 +134,6 @@ def main(argv=None):
     for seed in seeds:  # interleaved: a slow spell of the machine hits every entrant alike
         spec = dataclasses.replace(base, seed=seed)
         for entrant in entrants:
-            print(f"race: {entrant}, seed {seed}", file=sys.stderr, flush=True)
             runs.append(run_entrant(entrant, spec, os.path.join(work, slug(entrant), f"seed{seed}")))
     scores = score_runs(base, runs, seeds, device_of(base), cfg.knn_k, cfg.knn_t, cfg.untrained)
     summary = summarize_runs(runs, scores, entrants)

@@ -5,6 +5,7 @@ Knobs: any PretrainConfig field, e.g. `fastssl:proj_out_bn=true` or
 `fastssl:lars_eta=0.001,lars_clip=false` (lightly's LARS rule) or `fastssl:pipeline=torchvision`
 (the views made by torchvision's PIL ops in worker processes).
 """
+import dataclasses
 import json
 import os
 
@@ -16,6 +17,7 @@ from fastssl.train import train as fastssl_train
 from .spec import RaceSpec, images
 
 DIFFERENCES = []  # the reference the others are compared with
+BOOLEAN = {f.name for f in dataclasses.fields(PretrainConfig) if f.type in (bool, "bool", bool | None)}
 KNOBS = {}  # any PretrainConfig field
 
 
@@ -25,14 +27,19 @@ def available() -> str | None:
 
 def argv(spec: RaceSpec, knobs: dict, out: str) -> list[str]:
     """The `python -m fastssl.pretrain` flags of this race run."""
-    flags = {"dataset": spec.dataset, "subset": spec.subset, "data-dir": spec.data_dir, "stem": spec.stem,
+    flags = {"dataset": spec.dataset, "subset": spec.subset or None, "data-dir": spec.data_dir, "stem": spec.stem,
              "epochs": spec.epochs, "batch-size": spec.batch_size, "lr": spec.lr,
              "weight-decay": spec.weight_decay, "warmup-epochs": spec.warmup_epochs,
              "temperature": spec.temperature, "proj-hidden-dim": spec.proj_hidden_dim, "proj-dim": spec.proj_dim,
              "pipeline": spec.pipeline, "workers": spec.workers, "device": spec.device, "seed": spec.seed,
              "knn-every": 0, "backbone-every": spec.snapshot_every, "out": out}
     flags.update({k.replace("_", "-"): v for k, v in knobs.items()})
-    args = [f"--{k}={v}" for k, v in flags.items() if v is not None]
+    args = []
+    for k, v in flags.items():
+        if str(v).lower() in ("true", "false") and k.replace("-", "_") in BOOLEAN:  # --flag / --no-flag
+            args.append(f"--{k}" if str(v).lower() == "true" else f"--no-{k}")
+        elif v is not None:
+            args.append(f"--{k}={v}")
     return args + ["--overwrite", "--no-progress"]
 
 

@@ -7,11 +7,14 @@ normalised as its entrant trained on them (a backbone's BatchNorm statistics exp
 The bank is the race's training images (labels vote, as in fastssl.knn); the queries are the whole
 test split of the dataset.
 """
+import json
+
 import torch
 
-from fastssl.checkpoint import load_backbone
+from fastssl.checkpoint import atomic_write_text, load_backbone
 from fastssl.eval.knn import knn_eval
-from pipelines.datasets import ArrayDataset
+from pipelines.convert import sha256
+from pipelines.datasets import ArrayDataset, fingerprint
 
 from .spec import RaceSpec, images
 
@@ -22,9 +25,24 @@ def normalised(data, mean, std) -> ArrayDataset:
 
 
 def score(path: str, bank, test, mean, std, device, k: int, t: float) -> dict:
+    """{"top1", "top5"} of the backbone at `path`. Kept beside it (`<path>.knn.json`, keyed by the
+    weights' sha256 and everything else the score depends on), so a race resumed after a stop
+    scores only what is new."""
+    key = {"sha256": sha256(path), "bank": fingerprint(bank), "test": fingerprint(test), "mean": list(mean),
+           "std": list(std), "k": k, "t": t}
+    cache = path + ".knn.json"
+    try:
+        with open(cache) as f:
+            saved = json.load(f)
+        if saved["key"] == key:
+            return saved["score"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     backbone, _ = load_backbone(path)
     backbone = backbone.to(device)
-    return knn_eval(backbone, normalised(bank, mean, std), normalised(test, mean, std), device, k, t)
+    result = knn_eval(backbone, normalised(bank, mean, std), normalised(test, mean, std), device, k, t)
+    atomic_write_text(cache, json.dumps({"key": key, "score": result}))
+    return result
 
 
 def score_runs(spec: RaceSpec, runs: list, seeds: list, device, k: int, t: float, untrained: bool) -> dict:

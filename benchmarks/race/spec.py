@@ -21,9 +21,9 @@ from pipelines import DataError, datasets
 class RaceSpec:
     dataset: str = "cifar10"
     data_dir: str | None = None
-    subset: int | None = 2000  # the first N training images, class-balanced (None: all)
+    subset: int = 2000  # the first N training images, class-balanced (0: all)
     stem: str = "imagenet"  # imagenet: 7x7/2 conv + max-pool (16x cheaper at 32 px); cifar: 3x3, no pool
-    epochs: int = 6
+    epochs: int = 4
     batch_size: int = 128
     lr: float = 0.4  # base lr per 256 images, scaled by batch / 256
     weight_decay: float = 1e-5
@@ -35,7 +35,7 @@ class RaceSpec:
     pipeline: str = "gpu"  # fastssl's pipeline
     device: str = "cpu"
     seed: int = 0
-    snapshot_every: int = 0  # export the backbone every N epochs for the kNN-vs-time curve (0: final only)
+    snapshot_every: int = 2  # export the backbone every N epochs for the kNN-vs-time curve (0: final only)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -65,8 +65,8 @@ def parse_entrant(text: str) -> tuple[str, dict]:
 def images(spec: RaceSpec, split: str = "train"):
     """The race's images as one ArrayDataset (uint8 NHWC + labels), read once by fastssl's reader:
     every entrant trains on exactly these pixels in this order of indices."""
-    return datasets.load(spec.dataset, split, spec.data_dir, subset=spec.subset if split == "train" else None,
-                         download=False)
+    subset = (spec.subset or None) if split == "train" else None
+    return datasets.load(spec.dataset, split, spec.data_dir, subset=subset, download=False)
 
 
 def device_of(spec: RaceSpec) -> torch.device:

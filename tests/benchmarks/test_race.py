@@ -79,6 +79,23 @@ def test_one_evaluation_sees_each_entrants_network_exactly(tmp_path, stem):
     assert set(other) == {"top1", "top5"}  # an entrant's own normalisation is a parameter of its score
 
 
+def test_a_score_is_kept_beside_its_backbone_and_redone_when_the_weights_change(tmp_path, monkeypatch):
+    import benchmarks.race.score as race_score
+
+    torch.manual_seed(0)
+    path = str(tmp_path / "a.pt")
+    export_backbone(torchvision_resnet18("imagenet"), path)
+    bank, test = random_images(40, 1), random_images(20, 2)
+    first = score(path, bank, test, bank.mean, bank.std, torch.device("cpu"), 10, 0.1)
+    calls = []
+    monkeypatch.setattr(race_score, "knn_eval", lambda *a, **k: calls.append(1) or {"top1": -1.0, "top5": -1.0})
+    assert score(path, bank, test, bank.mean, bank.std, torch.device("cpu"), 10, 0.1) == first and not calls
+    assert score(path, bank, test, bank.mean, bank.std, torch.device("cpu"), 5, 0.1)["top1"] == -1.0  # another k
+    export_backbone(torchvision_resnet18("imagenet"), path)  # new weights at the same path
+    assert score(path, bank, test, bank.mean, bank.std, torch.device("cpu"), 10, 0.1)["top1"] == -1.0
+    assert len(calls) == 2
+
+
 def test_ratios_are_paired_by_seed_and_skip_the_first_epoch():
     def run(entrant, seed, first, steady):
         return {"entrant": entrant, "seed": seed, "peak_rss_tree_mib": 1.0, "peak_cuda_mib": None,

@@ -262,3 +262,20 @@ def test_a_new_stage_is_one_function_and_one_line(tmp_path, monkeypatch):
     assert [r["stage"] for r in report["stages"]] == ["environment", "extra"]
     assert report["stages"][1]["status"] == "ok"
     assert "## extra\n\n| entrant | img/s |" in (tmp_path / "suite.md").read_text()
+
+
+def test_race_stage_runs_the_race_and_reports_its_table(tmp_path, monkeypatch):
+    """The GPU suite's race stage on the CPU: the race runs in a child, its table is the stage's
+    section, and a peer that is not installed is listed as skipped, never silently dropped."""
+    monkeypatch.delenv("FASTSSL_DATA", raising=False)
+    from benchmarks.race import ENTRANTS
+
+    monkeypatch.setattr(ENTRANTS["lightly"], "available", lambda: "lightly is not installed (test)")
+    report = suite.main(["--smoke", "--stages", "race", "--out", str(tmp_path)])
+    stage = report["stages"][1]
+    assert stage["stage"] == "race" and stage["status"] == "ok", stage
+    result = stage["result"]
+    assert result["entrants"][1] == "plain" and result["skipped"] == {"lightly": "lightly is not installed (test)"}
+    assert result["command"].startswith("python3 -m benchmarks.race --dataset cifar10-sample")
+    assert set(result["summary"]["entrants"]) == set(result["entrants"])
+    assert "## race\n\nSimCLR, cifar10-sample" in (tmp_path / "suite.md").read_text()

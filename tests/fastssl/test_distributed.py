@@ -25,7 +25,8 @@ from pipelines import Batch
 
 REPO = Path(__file__).resolve().parents[2]
 WORLD, B, HW = 2, 8, 32  # global batch of 8 images (16 views), 4 per rank
-CFG = SimpleNamespace(backbone="resnet18", stem="imagenet", proj_hidden_dim=32, proj_dim=16, temperature=0.5)
+CFG = SimpleNamespace(backbone="resnet18", stem="imagenet", proj_hidden_dim=32, proj_dim=16, proj_out_bn=False,
+                      temperature=0.5)
 
 
 def free_port() -> int:

@@ -278,4 +278,5 @@ def test_race_stage_runs_the_race_and_reports_its_table(tmp_path, monkeypatch):
     assert result["entrants"][1] == "plain" and result["skipped"] == {"lightly": "lightly is not installed (test)"}
     assert result["command"].startswith("python3 -m benchmarks.race --dataset cifar10-sample")
     assert set(result["summary"]["entrants"]) == set(result["entrants"])
-    assert "## race\n\nSimCLR, cifar10-sample" in (tmp_path / "suite.md").read_text()
+    section = (tmp_path / "suite.md").read_text().split("## race\n", 1)[1]
+    assert "SimCLR, cifar10-sample (64 training images)" in section and "| `plain` |" in section

@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 
 from fastssl.config import ConfigError, cli, parse
+from pipelines.convert import sha256
 
 from . import common, preflight
 
@@ -85,13 +86,6 @@ def tree_files(root: str) -> list:
 def folder_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
-
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def command(call: str, extra=()) -> str:

@@ -58,7 +58,7 @@ def knobs_of(knobs: dict) -> dict:
     return out
 
 
-def normalization(spec: RaceSpec, knobs: dict, data) -> tuple:
+def normalization(knobs: dict, data) -> tuple:
     if knobs_of(knobs)["norm"] == "dataset":
         return tuple(data.mean), tuple(data.std)
     return tuple(IMAGENET_NORMALIZE["mean"]), tuple(IMAGENET_NORMALIZE["std"])
@@ -69,7 +69,7 @@ def train(spec: RaceSpec, knobs: dict, out: str, device) -> dict:
         raise DataError(available())
     k = knobs_of(knobs)
     data = images(spec)
-    mean, std = normalization(spec, knobs, data)
+    mean, std = normalization(knobs, data)
     # At 32 px there is no blur in SimCLR's CIFAR recipe; lightly's default would blur half the views.
     transform = SimCLRTransform(input_size=data.images.shape[1], cj_strength=0.5, min_scale=0.08,
                                 gaussian_blur=0.0 if data.images.shape[1] <= 32 else 0.5,

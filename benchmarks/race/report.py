@@ -15,7 +15,7 @@ def run_measures(run: dict, score: dict) -> dict:
     epochs = run["epochs"]
     steady = epochs[1:] or epochs
     seconds = sum(e["time_s"] for e in steady)
-    elapsed, curve = 0.0, []
+    curve = []
     times = [e["time_s"] for e in epochs]
     for point in score["curve"]:  # training seconds when the snapshot was taken (evaluation excluded)
         curve.append({"train_s": sum(times[:point["epoch"]]), "top1": point["top1"], "top5": point["top5"]})

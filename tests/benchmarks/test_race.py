@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -115,22 +114,28 @@ def test_ratios_are_paired_by_seed_and_skip_the_first_epoch():
     assert summary["measures"][1]["curve"] == [{"train_s": 3.0, "top1": 42.0, "top5": 90.0}]
 
 
-def test_an_epoch_is_timed_whole_and_its_data_wait_counted():
-    class SlowLoader:  # each batch takes 20 ms to arrive
+def test_an_epoch_is_timed_whole_and_its_data_wait_counted(monkeypatch):
+    """On a virtual clock: each batch takes 2 units to arrive, each step 1; the epoch is 9 units."""
+    import benchmarks.race.eager as eager
+
+    clock = [0.0]
+    monkeypatch.setattr(eager.time, "perf_counter", lambda: clock[0])
+
+    class SlowLoader:
         batch_size = 2
 
         def __iter__(self):
             for i in range(3):
-                time.sleep(0.02)
+                clock[0] += 2.0
                 yield i
 
     def step(batch):
-        time.sleep(0.01)
+        clock[0] += 1.0
         return torch.tensor(float(batch))
 
     (rec,) = run_epochs(step, SlowLoader(), 1, torch.device("cpu"))
     assert rec["images"] == 6 and rec["loss"] == pytest.approx(1.0)
-    assert rec["data_wait_s"] >= 0.06 and rec["time_s"] >= rec["data_wait_s"] + 0.03
+    assert rec["data_wait_s"] == pytest.approx(6.0) and rec["time_s"] == pytest.approx(9.0)
 
 
 def test_entrants_are_a_registry_with_knobs():

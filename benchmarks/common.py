@@ -1,8 +1,9 @@
-"""What every benchmark shares: the environment record, timing, and the result writers.
+"""What every benchmark shares: the environment record, summaries of repeats, the result writers.
 
 Protocol (see README.md): untimed warm-up first (it includes compilation); each repeat times a
-window of work with CUDA events bracketed by `torch.cuda.synchronize()` on a GPU and
-`time.perf_counter()` on the CPU; results are the median and the min-max over the repeats.
+window of work with benchmarks.timing.Stopwatch (CUDA events bracketed by
+`torch.cuda.synchronize()` on a GPU, `time.perf_counter()` on the CPU); results are the median
+and the min-max over the repeats.
 Every output (JSON, CSV, markdown, PNG) is written atomically and carries the environment and the
 exact command that produced it.
 """
@@ -18,7 +19,6 @@ import shlex
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
 
@@ -131,40 +131,7 @@ def default_out(kind: str, device: torch.device, quick: bool) -> str:
     return os.path.join(REPO, "benchmarks", "results", f"{'quick-' if quick else ''}{host}-{date}")
 
 
-# ----------------------------------------------------------------------------- timing
-
-class Stopwatch:
-    """Times the work issued inside a `with` block, in seconds (`.seconds`).
-
-    CUDA: synchronize, start event, ..., synchronize (every stream, so DALI's own streams count too),
-    end event; the events give the GPU-side span. CPU: perf_counter. Two syncs per window, none inside.
-    """
-
-    def __init__(self, device):
-        self.device = torch.device(device)
-        self.cuda = self.device.type == "cuda"
-        self.seconds = None
-
-    def __enter__(self):
-        if self.cuda:
-            torch.cuda.synchronize(self.device)  # host sync: outside the timed window
-            self.start = torch.cuda.Event(enable_timing=True)
-            self.start.record()
-        else:
-            self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        if self.cuda:
-            torch.cuda.synchronize(self.device)  # host sync: closes the window
-            end = torch.cuda.Event(enable_timing=True)
-            end.record()
-            end.synchronize()
-            self.seconds = self.start.elapsed_time(end) / 1000.0
-        else:
-            self.seconds = time.perf_counter() - self.t0
-        return False
-
+# ----------------------------------------------------------------------------- summaries
 
 def summarize(values) -> dict:
     """Median and min-max of a list of numbers (one per repeat)."""

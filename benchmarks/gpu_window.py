@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 
 from fastssl.config import ConfigError, cli, parse
-from pipelines.convert import sha256
+from pipelines.files import sha256
 
 from . import common, preflight
 

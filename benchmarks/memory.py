@@ -33,9 +33,9 @@ smallest. For scale the table gives what holding the data would add: the growth 
 and of the decoded views (N x side^2 x 3 bytes).
 FFCV page cache: with os_cache=True (FFCV's default, kept for in-memory data) FFCV memory-maps the
 .beton and every page it touches stays file-backed RSS of the process, up to the whole file after
-one epoch. The `ffcv` rows use what fastssl streams a converted .beton with (pipelines.ffcv
+one epoch. The `ffcv` rows use what fastssl streams a converted .beton with (pipelines.loaders.ffcv
 stream_options): os_cache=False, FFCV reading the 8 MiB pages a batch needs into slots of its own
-and freeing a slot after its page's last sample, in order "windowed" (pipelines.ffcv_order: pages
+and freeing a slot after its page's last sample, in order "windowed" (pipelines.loaders.ffcv_order: pages
 permuted, samples shuffled within blocks of recipes.STREAM_WINDOW = 4,096), which keeps the pages
 of about two blocks open, whatever the file's size. `ffcv_quasi_random` is FFCV's own bounded order
 (a window of 2 x batch_size pages: 1 GiB at batch 64, so a smaller file is held whole) and
@@ -63,7 +63,7 @@ import numpy as np
 from fastssl.config import ConfigError, cli, parse
 from pipelines import DataError
 
-from . import common
+from . import common, timing
 from .throughput import installed
 
 STEM = "memory"
@@ -353,7 +353,7 @@ def run_case(loader_name, path, side, batch_size, workers, warmup, repeats, load
             batch.check(torch.device(device))
     rates = []
     for _ in range(repeats):
-        with common.Stopwatch(device) as sw:
+        with timing.Stopwatch(device) as sw:
             images = sum(next(it).view1.shape[0] for _ in range(loader_steps))
         rates.append(images / sw.seconds)
     getattr(it, "close", lambda: None)()
@@ -361,7 +361,7 @@ def run_case(loader_name, path, side, batch_size, workers, warmup, repeats, load
     after_views = peak_rss_mib()
     stream = pipelines.build(name, data, batch_size=batch_size, device=device, workers=workers, seed=seed,
                              recipe="eval", drop_last=False, **extra)
-    with common.Stopwatch(device) as sw:
+    with timing.Stopwatch(device) as sw:
         streamed = sum(b.labels.shape[0] for b in stream)
     if streamed != len(data):
         raise RuntimeError(f"the eval pass delivered {streamed} of {len(data)} images")

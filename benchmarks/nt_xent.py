@@ -20,7 +20,7 @@ import torch
 
 from fastssl.config import cli, parse
 
-from . import common, peaks
+from . import common, peaks, timing
 
 STEM = "nt_xent"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -161,7 +161,7 @@ def measure(cfg, device, env, expired=lambda: False) -> dict:
         for j in range(len(live)):  # rotated order: drift hits every case alike
             c = live[(j + r) % len(live)]
             z1, z2 = c["z"]
-            with common.Stopwatch(device) as sw:
+            with timing.Stopwatch(device) as sw:
                 for _ in range(cfg.iters):
                     c["f"](z1, z2, cfg.temperature).backward()
                     z1.grad = z2.grad = None

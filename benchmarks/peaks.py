@@ -10,6 +10,8 @@ import re
 
 import torch
 
+from .timing import Stopwatch
+
 # Dense bf16 tensor-core peak, TFLOP/s, without structured sparsity (the datasheets print the
 # sparse figure first: dense = sparse / 2). Patterns are tried in order against
 # torch.cuda.get_device_name(); the first match wins, so the specific variants come first.
@@ -54,8 +56,6 @@ def measure_matmul(device, n: int = 8192, iters: int | None = None, dtype=torch.
     Untimed warm-up (cuBLAS heuristics, clocks), then 3 windows of `iters` products between two
     syncs, the fastest kept. At the H100 datasheet peak one 8192^3 product is 2 * 8192^3 / 989e12
     = 1.1 ms, so the default 50 per window keep the whole measurement short."""
-    from .common import Stopwatch  # common imports this module for its peak lookup
-
     device = torch.device(device)
     iters = iters or (50 if device.type == "cuda" else 3)
     g = torch.Generator().manual_seed(0)

@@ -25,12 +25,11 @@ from pipelines import datasets, recipes
 from pipelines.recipes import SimCLRRecipe
 
 from . import common
+from .view_stats import STATS, compare, indexed, loader_statistics
 
-sys.path.insert(0, os.path.join(common.REPO, "tests", "pipelines"))
-from view_stats import STATS, compare, indexed, loader_statistics  # noqa: E402
 
 STEM = "recipe_stats"
-BOUND_FACTOR = 2.0  # as tests/pipelines/test_recipe_parity.py
+BOUND_FACTOR = 2.0  # as tests/pipelines/loaders/test_recipe_parity.py
 WRONG = {"gpu, jitter_p=0.6": dict(jitter_p=0.6), "gpu, no hue": dict(jitter=(0.4, 0.4, 0.4, 0.0))}
 KWARGS = {"torchvision": dict(workers=0), "gpu": {}, "dali": dict(workers=2, ahead=False), "ffcv": dict(workers=2)}
 

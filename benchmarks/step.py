@@ -37,7 +37,7 @@ from fastssl import step as fstep
 from fastssl.config import cli, parse
 from pipelines import Batch
 
-from . import common
+from . import common, timing
 
 STEM = "step"
 FACTORS = ("compile", "channels_last", "bf16")
@@ -221,7 +221,7 @@ def _warm(step, batch, warmup, device) -> dict:
 def _timed(step, batch, steps, device) -> tuple:
     """(seconds for `steps` steps, graphs compiled meanwhile)."""
     before = fstep.compile_counters()["unique_graphs"]
-    with common.Stopwatch(device) as sw:
+    with timing.Stopwatch(device) as sw:
         for _ in range(steps):
             step(batch)
     return sw.seconds, fstep.compile_counters()["unique_graphs"] - before

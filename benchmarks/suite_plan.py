@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from . import common
+from . import timing
 from . import step as step_bench
 
 
@@ -59,13 +59,13 @@ def measure_costs(ctx, need_epoch: bool) -> dict:
     model = dataclasses.replace(step_bench.model_config(s["train_batch"], ctx.cfg.seed), stem=s["train_stem"])
     st = step_bench.TrainStep(model, dev, bf16=dev.type == "cuda", compile=ctx.train_compile and known is None)
     batch = step_bench.synthetic_batch(s["train_batch"], 32, dev, True, ctx.cfg.seed)
-    with common.Stopwatch(dev) as sw:
+    with timing.Stopwatch(dev) as sw:
         st(batch)
     costs = {"first_step_s": sw.seconds if known is None else known,
              "first_step_source": "measured here" if known is None else "warm-up of an earlier stage"}
     if need_epoch:
         st(batch)
-        with common.Stopwatch(dev) as sw:
+        with timing.Stopwatch(dev) as sw:
             for _ in range(3):
                 st(batch)
         costs["epoch_s"] = s["train_images"] / (3 * s["train_batch"] / sw.seconds)
@@ -74,7 +74,7 @@ def measure_costs(ctx, need_epoch: bool) -> dict:
     backbone.eval()
     with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
         dim = backbone(x).shape[1]
-        with common.Stopwatch(dev) as sw:
+        with timing.Stopwatch(dev) as sw:
             for _ in range(2):
                 backbone(x)
     backbone.train()
@@ -88,7 +88,7 @@ def measure_costs(ctx, need_epoch: bool) -> dict:
     feats = torch.randn(s["probe_images"], dim, generator=g).to(dev)
     labels = torch.randint(0, 10, (s["probe_images"],), generator=g).to(dev)
     lrs, wds = grid()
-    with common.Stopwatch(dev) as sw:
+    with timing.Stopwatch(dev) as sw:
         train_linear(feats, labels, 10, lrs, wds, epochs=1)
     costs["probe_head_epoch_s"] = sw.seconds
     costs["calibration_s"] = time.monotonic() - t0

@@ -4,14 +4,13 @@ import os
 import sys
 
 from . import common, nt_xent, peaks, throughput
+from .suite_stages import all_stages
 
 TARGET_KNN, TARGET_SECONDS = 85.0, 300.0  # kNN top-1 (%) on CIFAR-10 within this wall time
 OPTIMIZER_SHARE = 0.05
 
 
 def print_plan(steps, cfg, env, out) -> None:
-    from .suite_stages import all_stages
-
     print(f"benchmarks.suite on {env['gpu'] or env['cpu']} (torch {env['torch']}), budget {cfg.budget:.0f} s"
           f"{', smoke' if cfg.smoke else ''}; results in {out}")
     for i, (name, est) in enumerate(steps, 1):

@@ -19,7 +19,7 @@ import torch
 
 from fastssl.config import parse
 
-from . import common, nt_xent, peaks, preflight, throughput
+from . import common, nt_xent, peaks, preflight, throughput, timing
 from .suite_plan import epoch_seconds, measure_costs, plan_epochs
 from . import step as step_bench
 
@@ -136,7 +136,7 @@ def step_ablation(ctx, expired) -> dict:
         for j in range(len(live)):  # rotated order: drift hits every setting alike
             row, st, batch = live[(j + r) % len(live)]
             before = _graphs()
-            with common.Stopwatch(ctx.device) as sw:
+            with timing.Stopwatch(ctx.device) as sw:
                 for _ in range(s["step_steps"]):
                     st(batch)
             row["recompiles_timed"] += _graphs() - before
@@ -145,7 +145,7 @@ def step_ablation(ctx, expired) -> dict:
         if expired() or not row["times"]:
             break
         st(batch)
-        with common.Stopwatch(ctx.device) as sw:
+        with timing.Stopwatch(ctx.device) as sw:
             for _ in range(s["step_steps"]):
                 st.optimizer.step()
         row["optimizer_ms"] = 1000 * sw.seconds / s["step_steps"]
@@ -272,12 +272,13 @@ def time_to_accuracy(ctx, expired) -> dict:
 def absent(dataset: str, data_dir) -> str:
     """"" when `dataset` is on this machine, else why not; never downloads (an offline machine
     would wait on DNS and a 20 s timeout first)."""
-    from pipelines import DataError, datasets
+    from pipelines import DataError
+    from pipelines.data import cifar
 
-    if dataset not in datasets.ARCHIVES:
+    if dataset not in cifar.ARCHIVES:
         return ""  # shipped with fastssl (cifar10-sample)
     try:
-        datasets.find_cifar(dataset, data_dir, download=False)
+        cifar.find_cifar(dataset, data_dir, download=False)
         return ""
     except DataError as e:
         return str(e)

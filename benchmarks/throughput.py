@@ -32,7 +32,7 @@ import pipelines
 from fastssl.config import ConfigError, cli, parse
 from pipelines import Batch, DataError
 
-from . import common, peaks
+from . import common, peaks, timing
 from .step import TrainStep, model_config, setup_device
 
 STEM = "throughput"
@@ -127,7 +127,7 @@ def timed_pass(loader, epoch: int, steps: int, device, step=None) -> float:
         loader.set_epoch(epoch)
         for batch in loader:
             feed(batch)
-        with common.Stopwatch(device) as sw:
+        with timing.Stopwatch(device) as sw:
             loader.set_epoch(epoch + 1)
             images = sum(feed(batch) for batch in loader)
         return images / sw.seconds
@@ -136,7 +136,7 @@ def timed_pass(loader, epoch: int, steps: int, device, step=None) -> float:
     lead = min(steps, len(loader) - steps)
     for _ in range(lead):
         feed(next(it))
-    with common.Stopwatch(device) as sw:
+    with timing.Stopwatch(device) as sw:
         images = sum(feed(next(it)) for _ in range(steps))
     close = getattr(it, "close", None)  # stop the part-read epoch (generator/worker clean-up) untimed
     if close is not None:
@@ -146,7 +146,7 @@ def timed_pass(loader, epoch: int, steps: int, device, step=None) -> float:
 
 
 def compute_pass(step, batch, steps: int, device) -> float:
-    with common.Stopwatch(device) as sw:
+    with timing.Stopwatch(device) as sw:
         for _ in range(steps):
             step(batch)
     return batch.view1.shape[0] * steps / sw.seconds

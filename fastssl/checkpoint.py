@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from pipelines import DataError
-from pipelines.convert import pid_alive, remove_dead_temporaries  # noqa: F401  (one implementation, shared)
+from pipelines.files import pid_alive, remove_dead_temporaries  # noqa: F401  (one implementation, shared)
 
 from .models import BACKBONES, arch_of, load_torchvision_state_dict
 

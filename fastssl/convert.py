@@ -24,7 +24,7 @@ policy, per-channel mean/std of the split, sha256 of every file and its format v
 `--dataset PATH` of pretrain, knn, linear and supervised reads the output through it.
 An image folder kept at its own sizes is read twice (mean/std, then writing), one image at a time.
 Samples are written in a seeded random order by default (--order shuffled, --order-seed 0; the
-manifest's "order" says which, pipelines.convert.stored_order gives the permutation): DALI and FFCV
+manifest's "order" says which, pipelines.formats.writer.stored_order gives the permutation): DALI and FFCV
 shuffle a streamed file within a window of 4,096 samples, and an image folder lists its images
 class by class. --order source keeps the source's order.
 Needs the extra of the chosen library: `pip install -e .[ffcv]` or `pip install -e .[dali]`.
@@ -33,8 +33,9 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from pipelines import DataError, datasets, imagefiles
-from pipelines import convert as converter
+from pipelines import DataError, datasets
+from pipelines.data import imagefolder
+from pipelines.formats import contract, writer
 
 from .config import cli, parse
 
@@ -44,7 +45,7 @@ class ConvertConfig:
     dataset: str = field(default="cifar10", metadata={"help": "dataset to convert", "choices": list(datasets.DATASETS)})
     data_dir: str | None = field(default=None, metadata={"help": "where the dataset lives (else $FASTSSL_DATA)"})
     split: str = field(default="train", metadata={"help": "which split", "choices": ["train", "test"]})
-    to: str | None = field(default=None, metadata={"help": "output format (required)", "choices": list(converter.WRITERS)})
+    to: str | None = field(default=None, metadata={"help": "output format (required)", "choices": list(contract.FORMATS)})
     out: str | None = field(default=None, metadata={"help": "output path: a .beton file (ffcv) or a directory (dali) (required)"})
     force: bool = field(default=False, metadata={"help": "replace an existing output"})
     workers: int = field(default=0, metadata={"help": "writer processes/threads; 0 = all available cores"})
@@ -79,14 +80,14 @@ def main(argv=None):
         root = cfg.data_dir or os.environ.get("FASTSSL_DATA")
         if not root:
             raise DataError("imagefolder needs a folder: pass --data-dir (or set $FASTSSL_DATA)")
-        data = imagefiles.scan(root, cfg.split, cfg.max_resolution)
+        data = imagefolder.scan(root, cfg.split, cfg.max_resolution)
         opts, size, encoding = {}, f"own sizes, longer side <= {cfg.max_resolution or 'any'}", "jpg"
     else:
         data = datasets.load(cfg.dataset, cfg.split, cfg.data_dir, image_size=cfg.image_size)
         height, width = data.images.shape[1:3]
         encoding = cfg.encoding or ("raw" if max(height, width) <= 32 else "jpg")
         opts, size = {"encoding": encoding, "max_resolution": cfg.max_resolution}, f"{height}x{width}"
-    m = converter.convert(data, cfg.to, cfg.out, force=cfg.force, workers=cfg.workers or None, source=source,
+    m = writer.convert(data, cfg.to, cfg.out, force=cfg.force, workers=cfg.workers or None, source=source,
                           quality=cfg.quality, order_seed=cfg.order_seed if cfg.order == "shuffled" else None, **opts)
     check = "exact" if m["verified"].get("psnr_db") is None else f"{m['verified']['psnr_db']:.1f} dB PSNR"
     print(f"wrote {m['count']} images ({len(m['classes'])} classes, {size}, {encoding}) to {m['path']} "

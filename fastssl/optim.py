@@ -22,7 +22,7 @@ import math
 import torch
 
 # Base learning rate per 256 images when the config leaves --lr unset. LARS and SGD: solo-learn's
-# SimCLR CIFAR recipe (0.4). AdamW: 1e-3, the usual Adam step size (Kingma & Ba; AdamW's own default);
+# SimCLR CIFAR learning rate (0.4). AdamW: 1e-3, the usual Adam step size (Kingma & Ba; AdamW's own default);
 # SGD-sized rates make Adam's normalised steps diverge.
 DEFAULT_LR = {"lars": 0.4, "sgd": 0.4, "adamw": 1e-3}
 EPS = 1e-8

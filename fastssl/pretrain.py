@@ -56,6 +56,9 @@ class PretrainConfig:
     method: str = field(default="simclr", metadata={"help": "training method", "choices": list(METHODS)})
     backbone: str = field(default="resnet18", metadata={"help": "backbone network", "choices": list(BACKBONES)})
     stem: str = field(default="cifar", metadata={"help": "cifar: 3x3 conv, no max-pool; imagenet: 7x7/2 conv + max-pool", "choices": ["cifar", "imagenet"]})
+    # The SimCLR defaults mix two sources: solo-learn's CIFAR temperature (0.2) and optimiser (below);
+    # SimCLR's own (Chen et al. 2020) 2048 -> 128 projection and CIFAR colour-jitter strength 0.5
+    # (the pipelines' SimCLRRecipe). solo-learn's CIFAR config projects to 256 and jitters at strength 1.0.
     proj_hidden_dim: int = field(default=2048, metadata={"help": "projection head hidden width"})
     proj_dim: int = field(default=128, metadata={"help": "projection (embedding) dimension"})
     # SimCLR's own code (and lightly) end the head with a BatchNorm; fastssl's default is decided by the
@@ -67,7 +70,9 @@ class PretrainConfig:
     dim_alpha: float = field(default=0.0, metadata={"help": "Deep InfoMax weight of the global MI term"})
     dim_beta: float = field(default=1.0, metadata={"help": "Deep InfoMax weight of the local MI term"})
     dim_gamma: float = field(default=0.1, metadata={"help": "Deep InfoMax weight of the adversarial uniform-prior matching"})
-    # optimisation (defaults follow solo-learn's SimCLR CIFAR recipe)
+    # optimisation: solo-learn's SimCLR CIFAR optimiser (LARS eta 0.02 clipped, lr 0.4 per 256 images,
+    # weight decay 1e-5 as in its simclr.sh, 10 warm-up epochs then cosine); 200 epochs and batch 512
+    # are fastssl's own (solo-learn: 1000 and 256)
     epochs: int = field(default=200, metadata={"help": "training epochs"})
     batch_size: int = field(default=512, metadata={"help": "global batch size (images; each gives two views)"})
     optimizer: str = field(default="lars", metadata={"help": "optimiser", "choices": ["lars", "sgd", "adamw"]})

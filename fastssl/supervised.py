@@ -11,8 +11,10 @@ The same network, pipelines and loop as pretraining (fastssl.train.train, method
 one random-crop (pad 4) + flip view, cross-entropy; bf16 + torch.compile on CUDA). Defaults are the
 usual CIFAR recipe: SGD with Nesterov momentum 0.9, lr 0.1 per 128 images (0.2 per 256, scaled by
 batch size), weight decay 5e-4, 2 warm-up epochs then cosine. After training, the classifier of
-the LAST epoch (never best.pt, which was chosen by the kNN monitor on the test set) is scored once
-on the test set; top-1/top-5 go into summary.json. Curves come from metrics.jsonl.
+the LAST epoch is scored once on the test set; top-1/top-5 go into summary.json. best.pt is not
+used: it holds the epoch with the best kNN monitor score on held-out training images (the
+--knn-val-fraction part, or the validation part of --split), or the lowest epoch loss when the
+monitor is off; the test set selects nothing. Curves come from metrics.jsonl.
 """
 import json
 import os
@@ -21,7 +23,7 @@ from dataclasses import asdict, field, fields, make_dataclass
 
 import torch
 
-from pipelines import sources
+from pipelines.formats import converted
 
 from . import checkpoint as ckpt
 from .config import cli, from_dict, parse
@@ -64,7 +66,7 @@ def test_accuracy(cfg, out: str, device) -> dict:
     from .methods import METHODS
 
     test = load_data(cfg.dataset, cfg.data_dir, cfg.split, cfg.split_seed).test
-    test = sources.sized(test, cfg.image_size, cfg.stem)  # a converted split: eval crops as in training
+    test = converted.sized(test, cfg.image_size, cfg.stem)  # a converted split: eval crops as in training
     state = ckpt.load(os.path.join(out, "last.pt"))
     method = METHODS["supervised"](cfg, len(test.classes))
     method.load_state_dict(state["model"])

@@ -10,14 +10,16 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 import pipelines
-from pipelines import datasets, sources
+from pipelines import datasets
+from pipelines.data import splits
+from pipelines.formats import converted
 from pipelines.recipes import SimCLRRecipe
 
 from . import checkpoint as ckpt
@@ -111,8 +113,81 @@ def _finished_summary(out: str, epochs: int) -> dict | None:
     return done if isinstance(done, dict) and done.get("epochs_run") == epochs else None
 
 
+@dataclass
+class Data:
+    """The training loader and the splits around it (build_data)."""
+    loader: object          # a pipelines loader: len(), set_epoch(e), iteration over Batches
+    train: object           # the training images, sized for the views
+    test: object | None     # scored once, for the final network; never selects anything
+    bank: object            # the kNN voters of that final test score
+    monitor: tuple | None   # (voters, queries) of the kNN monitor, or None when it is off
+    parts: object           # load_data's split, described in config.json
+    size: int | None        # the view side; None: the recipe's default (32)
+
+
+@dataclass
+class Run:
+    """What the phases of one run share, filled in phase by phase (see `_train`)."""
+    cfg: object
+    argv: list
+    command: str
+    rank: int
+    world: int
+    device: torch.device
+    stop: StopFlag
+    use_bf16: bool
+    use_compile: bool
+    data: Data | None = None                       # build_data
+    method: torch.nn.Module | None = None          # build_model: unwrapped, what checkpoints hold
+    optimizer: torch.optim.Optimizer | None = None
+    schedule: torch.optim.lr_scheduler.LambdaLR | None = None
+    lr: float = 0.0                                # the lr used: base lr x batch / 256
+    steps_per_epoch: int = 0
+    start_epoch: int = 0                           # restore: the first epoch still to train
+    best: float | None = None                      # best.pt's score so far (see save_checkpoints)
+    position: dict | None = None                   # a position inside start_epoch to continue from
+    step: TrainStep | None = None                  # build_step
+    history: list = field(default_factory=list)    # epoch summaries, a resumed run's earlier ones too
+    progress: Progress | None = None
+    t_start: float = 0.0                           # when training began: time-to-accuracy's zero
+
+    @property
+    def main_rank(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def out(self) -> str:
+        return self.cfg.out
+
+
 def _train(cfg, argv, command, rank, world, local_rank, stop):
-    main_rank = rank == 0
+    cfg, resume_state, finished = check_run_dir(cfg, argv, rank, world)
+    if finished is not None:  # resuming a finished run changes nothing
+        return finished
+    device = resolve_device(cfg.device, local_rank)
+    if cfg.batch_size % world:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is not divisible by the {world} processes")
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
+    setup_device(device)  # CUDA: TF32 matmuls, cuDNN autotuner
+    run = Run(cfg, argv, command, rank, world, device, stop, use_bf16, use_compile)
+    build_data(run)  # first: a bad dataset must fail before anything in --out is touched
+    build_model(run)
+    if resume_state is not None:
+        restore(run, resume_state)
+    build_step(run)
+    write_run_dir(run)
+    run.progress = Progress(cfg.epochs, run.steps_per_epoch, run.start_epoch, enabled=cfg.progress and run.main_rank)
+    run.t_start = time.perf_counter()
+    with run.progress:
+        for epoch in range(run.start_epoch, cfg.epochs):
+            run_epoch(run, epoch)
+    return finish(run)
+
+
+def check_run_dir(cfg, argv, rank, world):
+    """prepare_run_dir, agreed by every rank. Returns (cfg, resume state or None, the summary of
+    a run that already finished all its epochs or None)."""
     try:
         cfg, resume_state, error = *prepare_run_dir(cfg, list(argv)), None
     except Exception as e:
@@ -124,25 +199,23 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
                           f"resume with the same number (torchrun --nproc_per_node ...)")
     if resume_state is not None and "position" not in resume_state and resume_state["epoch"] >= cfg.epochs - 1:
         done = _finished_summary(cfg.out, cfg.epochs)
-        if done is not None:  # resuming a finished run changes nothing
-            if main_rank:
+        if done is not None:
+            if rank == 0:
                 print(f"{cfg.out} already finished all {cfg.epochs} epochs; nothing to do")
-            return done
-    device = resolve_device(cfg.device, local_rank)
-    if cfg.batch_size % world:
-        raise ConfigError(f"--batch-size {cfg.batch_size} is not divisible by the {world} processes")
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
-    setup_device(device)  # CUDA: TF32 matmuls, cuDNN autotuner
+            return cfg, resume_state, done
+    return cfg, resume_state, None
 
-    # Data first: a bad dataset must fail before anything in --out is touched.
+
+def build_data(run: Run) -> None:
+    """The training loader, the kNN monitor's split and the final test score's bank and queries."""
+    cfg, device, rank, world = run.cfg, run.device, run.rank, run.world
     method_cls = METHODS[cfg.method]
     # test "optional": e.g. an image folder without a test split gives only the validation score
     parts = load_data(cfg.dataset, cfg.data_dir, cfg.split, cfg.split_seed, subset=cfg.subset, seed=cfg.seed,
                       test="optional" if cfg.knn_every else "skip")
     train_data, test_data, monitor, bank = parts.train, parts.test, None, parts.train
-    # A converted dataset's views (and evaluation crops) get their side here (pipelines.sources.sized).
-    train_data, test_data, bank = (sources.sized(d, cfg.image_size, cfg.stem) for d in (train_data, test_data, bank))
+    # A converted dataset's views (and evaluation crops) get their side here (pipelines.formats.converted.sized).
+    train_data, test_data, bank = (converted.sized(d, cfg.image_size, cfg.stem) for d in (train_data, test_data, bank))
     if cfg.knn_every:
         if parts.val is None:
             monitor = monitor_split(train_data, cfg.knn_val_fraction, cfg.seed)
@@ -155,212 +228,280 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
         extra["spec"] = SimCLRRecipe(size=size)
     loader = pipelines.build(cfg.pipeline, train_data, batch_size=cfg.batch_size // world, device=device,
                              seed=cfg.seed, recipe=method_cls.recipe, rank=rank, world_size=world, **extra)
+    run.data = Data(loader, train_data, test_data, bank, monitor, parts, size)
 
+
+def build_model(run: Run) -> None:
+    """The method (seeded), its optimiser and the warm-up + cosine schedule, stepped per step."""
+    cfg = run.cfg
     torch.manual_seed(cfg.seed)
-    method = method_cls(cfg, len(train_data.classes)).to(device).to(memory_format=torch.channels_last)
-    if world > 1 and getattr(cfg, "sync_bn", False):  # before the optimiser: new BatchNorm parameters
+    method = METHODS[cfg.method](cfg, len(run.data.train.classes)).to(run.device).to(memory_format=torch.channels_last)
+    if run.world > 1 and getattr(cfg, "sync_bn", False):  # before the optimiser: new BatchNorm parameters
         convert_sync_batchnorm(method)  # BatchNorm over the global batch; same state_dict keys
-    steps_per_epoch = len(loader)
+    steps_per_epoch = len(run.data.loader)
     lr = base_lr(cfg.optimizer, cfg.lr) * cfg.batch_size / 256
     optimizer = build_optimizer(cfg.optimizer, method, lr, cfg.weight_decay, cfg.momentum, nesterov=cfg.nesterov,
                                 compiled=cfg.compile_optimizer, eta=cfg.lars_eta, clip=cfg.lars_clip)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)))
-    start_epoch, best, position = 0, None, None
-    if resume_state is not None:
-        last = os.path.join(cfg.out, "last.pt")
-        try:  # a checkpoint whose weights do not fit its config is refused before anything is written
-            method.load_state_dict(resume_state["model"])
-            optimizer.load_state_dict(resume_state["optimizer"])
-            schedule.load_state_dict(resume_state["schedule"])
-            ckpt.set_rng_state(resume_state["rng"], device)
-        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
-            raise ConfigError(f"{last} does not match its saved config: {str(e).strip().splitlines()[0][:200]}") from None
-        start_epoch, best = resume_state["epoch"] + 1, resume_state.get("best")
-        position = resume_state.get("position")  # saved inside an epoch (signal or --save-every-steps)
-        if position is not None:
-            if not 0 < position["step"] < steps_per_epoch:
-                raise ConfigError(f"{last}: saved at step {position['step']} of an epoch of {steps_per_epoch} steps")
-            start_epoch = position["epoch"]
-    resume_step = start_epoch * steps_per_epoch + (position["step"] if position else 0)
+    run.method, run.optimizer, run.schedule, run.lr, run.steps_per_epoch = method, optimizer, schedule, lr, steps_per_epoch
 
-    model, compile_step = method, use_compile
-    if world > 1:
+
+def restore(run: Run, state: dict) -> None:
+    """A resumed run's weights, optimiser, schedule and RNG, and the epoch (and step) to continue at.
+    A checkpoint whose weights do not fit its config is refused before anything is written."""
+    last = os.path.join(run.out, "last.pt")
+    try:
+        run.method.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.schedule.load_state_dict(state["schedule"])
+        ckpt.set_rng_state(state["rng"], run.device)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise ConfigError(f"{last} does not match its saved config: {str(e).strip().splitlines()[0][:200]}") from None
+    run.start_epoch, run.best = state["epoch"] + 1, state.get("best")
+    run.position = state.get("position")  # saved inside an epoch (signal or --save-every-steps)
+    if run.position is not None:
+        if not 0 < run.position["step"] < run.steps_per_epoch:
+            raise ConfigError(f"{last}: saved at step {run.position['step']} of an epoch of {run.steps_per_epoch} steps")
+        run.start_epoch = run.position["epoch"]
+
+
+def build_step(run: Run) -> None:
+    """The training step around the method: compiled, and under torchrun inside DistributedDataParallel."""
+    cfg, method, device = run.cfg, run.method, run.device
+    model, compile_step = method, run.use_compile
+    if run.world > 1:
         # Dynamo cannot trace DDP's own forward (its logger): under fullgraph a compiled step
         # around DDP fails. The method is compiled inside DDP instead (gradient hooks stay eager).
-        if use_compile and cfg.compile_mode == "reduce-overhead":
+        if run.use_compile and cfg.compile_mode == "reduce-overhead":
             raise ConfigError("--compile-mode reduce-overhead (CUDA graphs) is not supported under torchrun; "
                               "use default or max-autotune-no-cudagraphs")
         inner = method
-        if use_compile:
+        if run.use_compile:
             inner = torch.compile(method, mode=None if cfg.compile_mode == "default" else cfg.compile_mode,
                                   fullgraph=cfg.compile_fullgraph)
         model = torch.nn.parallel.DistributedDataParallel(inner, device_ids=[device.index] if device.type == "cuda" else None)
         compile_step = False
-    step = TrainStep(model, optimizer, schedule, device, bf16=use_bf16, compile=compile_step, mode=cfg.compile_mode,
-                     fullgraph=cfg.compile_fullgraph)
+    run.step = TrainStep(model, run.optimizer, run.schedule, device, bf16=run.use_bf16, compile=compile_step,
+                         mode=cfg.compile_mode, fullgraph=cfg.compile_fullgraph)
 
-    out = cfg.out
+
+def write_run_dir(run: Run) -> None:
+    """Rank 0 writes config.json and cuts metrics.jsonl back to the resumed position; the other
+    ranks wait for it. run.history starts as the epoch summaries kept."""
+    cfg, out, data, spe = run.cfg, run.out, run.data, run.steps_per_epoch
+    resume_step = run.start_epoch * spe + (run.position["step"] if run.position else 0)
     metrics_path = os.path.join(out, "metrics.jsonl")
-    prior, error = [], None  # epoch summaries of the run so far, for a complete summary.json after a resume
+    prior, error = [], None
     try:
-        if main_rank:
+        if run.main_rank:
             ckpt.remove_dead_temporaries(out)  # left by a writer that was killed
             if cfg.overwrite:
                 clear_run_dir(out)  # keeps the held lock file
             os.makedirs(out, exist_ok=True)
-            info = {"config": asdict(cfg), "command": ["python", "-m", command, *argv],
-                    "environment": environment(), "world_size": world, "steps_per_epoch": steps_per_epoch,
-                    "lr_used": lr, "bf16": use_bf16, "compile": use_compile, "device": str(device),
-                    "train_images": len(train_data.labels), "dataset_name": train_data.name, "split": parts.info(),
-                    "image_size": size,  # the view side used (a converted dataset's resolved default too)
+            info = {"config": asdict(cfg), "command": ["python", "-m", run.command, *run.argv],
+                    "environment": environment(), "world_size": run.world, "steps_per_epoch": spe,
+                    "lr_used": run.lr, "bf16": run.use_bf16, "compile": run.use_compile, "device": str(run.device),
+                    "train_images": len(data.train.labels), "dataset_name": data.train.name, "split": data.parts.info(),
+                    "image_size": data.size,  # the view side used (a converted dataset's resolved default too)
                     # the augmentation as this pipeline computes it (pipelines.recipes.name)
-                    "recipe": getattr(loader, "recipe_name", method_cls.recipe)}
+                    "recipe": getattr(data.loader, "recipe_name", METHODS[cfg.method].recipe)}
             ckpt.atomic_write_text(os.path.join(out, "config.json"), json.dumps(info, indent=2))
             # A crash after the last checkpoint may have logged steps that will now be redone.
             kept = [r for r in ckpt.read_jsonl(metrics_path)
-                    if r.get("epoch", -1) < start_epoch or ("step" in r and r["step"] <= resume_step)]
+                    if r.get("epoch", -1) < run.start_epoch or ("step" in r and r["step"] <= resume_step)]
             ckpt.atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
             prior = [r for r in kept if r.get("summary")]
     except Exception as e:
         error = e
     agree(error)  # the other ranks wait here until rank 0 has prepared --out
+    run.history = prior
 
-    def log(record):
-        if main_rank:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
 
-    images_per_step = cfg.batch_size  # global, counted in source images (each gives its views)
-    progress = Progress(cfg.epochs, steps_per_epoch, start_epoch, enabled=cfg.progress and main_rank)
-    t_start, history = time.perf_counter(), prior
+def run_epoch(run: Run, epoch: int) -> None:
+    """One epoch: its training steps, then its summary, monitor, checkpoints and stop check."""
+    summary = train_steps(run, epoch)
+    end_epoch(run, epoch, summary)
+
+
+def train_steps(run: Run, epoch: int) -> dict:
+    """The epoch's steps (from run.position's step when the run stopped inside this epoch).
+    Returns the epoch's summary record: mean logs, time, loader wait."""
+    cfg, loader, spe = run.cfg, run.data.loader, run.steps_per_epoch
     save_every = getattr(cfg, "save_every_steps", 0)
+    run.method.train()
+    loader.set_epoch(epoch)
+    epoch_sum, window_sum, window_steps, skip = None, None, 0, 0
+    if run.position is not None and epoch == run.position["epoch"]:
+        position = run.position
+        skip, window_steps = position["step"], position["window_steps"]
+        epoch_sum = position["epoch_sum"].to(run.device)
+        window_sum = None if position["window_sum"] is None else position["window_sum"].to(run.device)
+    t_window = t_epoch = t_asked = time.perf_counter()
+    data_wait = 0.0  # host seconds spent waiting for the loader (on CUDA: its queued work only)
+    for i, batch in enumerate(loader):
+        data_wait += time.perf_counter() - t_asked
+        if i < skip:  # the epoch's batches are a pure function of (seed, epoch): drop those done
+            run.progress.advance()
+            t_asked = time.perf_counter()
+            continue
+        logs = run.step(batch)  # autocast, forward, backward, optimiser, schedule (fastssl/step.py)
+        # Running sums stay on the device: no host sync here.
+        vals = torch.stack([v.float() for v in logs.values()])
+        window_sum = vals if window_sum is None else window_sum + vals
+        epoch_sum = vals if epoch_sum is None else epoch_sum + vals
+        window_steps += 1
+        run.progress.advance()
+        if window_steps == cfg.log_interval or i == spe - 1:
+            t_window = log_window(run, epoch, i, logs.keys(), window_sum / window_steps, window_steps, t_window)
+            window_sum, window_steps = None, 0
+        signum = stop_requested(run, i + 1)
+        due = save_every and (epoch * spe + i + 1) % save_every == 0
+        if i < spe - 1 and (signum or due):  # at the epoch's end the epoch checkpoint follows
+            save_position(run, epoch, i, epoch_sum, window_sum, window_steps)
+            if signum:
+                stop_now(run, signum, f"at epoch {epoch + 1}/{cfg.epochs}, step {i + 1}/{spe}")
+        t_asked = time.perf_counter()
+    epoch_means = dict(zip(logs.keys(), mean_over_ranks(epoch_sum / spe).tolist()))
+    epoch_time = time.perf_counter() - t_epoch
+    # The batch is global and counted in source images (each gives its views).
+    return {"epoch": epoch, "summary": True, **{f"epoch_{k}": v for k, v in epoch_means.items()},
+            "epoch_time_s": epoch_time, "epoch_img_per_s": spe * cfg.batch_size / epoch_time,
+            "epoch_data_wait_s": data_wait}
 
-    def training_state(epoch_done, pos=None):
-        state = {"model": method.state_dict(), "optimizer": optimizer.state_dict(),
-                 "schedule": schedule.state_dict(), "rng": ckpt.rng_state(device), "epoch": epoch_done,
-                 "best": best, "config": asdict(cfg), "world_size": world}
-        return {**state, "position": pos} if pos is not None else state
 
-    def stop_requested(step_in_epoch):
-        if world == 1:
-            return stop.signum
-        if step_in_epoch % STOP_SYNC_EVERY and step_in_epoch != steps_per_epoch:
-            return None
-        flag = torch.tensor([stop.signum or 0], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank stops at the same step
-        return int(flag.item()) or None  # host sync: every STOP_SYNC_EVERY steps under torchrun
+def log_window(run: Run, epoch: int, i: int, names, window_mean, window_steps: int, t_window: float) -> float:
+    """One metrics record for the steps since the last: their mean logs over the ranks too (one
+    all_reduce, then one host sync per log interval). Returns its time, the next window's start."""
+    means = mean_over_ranks(window_mean).tolist()
+    if not all(map(_finite, means)):
+        _diverged(epoch, i, run.steps_per_epoch, run.cfg, run.out)
+    now = time.perf_counter()
+    rate = window_steps * run.cfg.batch_size / (now - t_window)  # global batch, in source images
+    rec = {"epoch": epoch, "step": epoch * run.steps_per_epoch + i + 1,
+           **dict(zip(names, means)), "lr": run.schedule.get_last_lr()[0], "img_per_s": rate}
+    log(run, rec)
+    run.progress.update(epoch, rec["loss"], rate)
+    return now
 
-    def stop_now(signum, where):
-        if main_rank:
-            print(f"stopped by {signal_name(signum)} {where}; saved {os.path.join(out, 'last.pt')}; "
-                  f"resume with: python -m {command} --out {out} --resume", file=sys.stderr, flush=True)
-        raise SystemExit(128 + signum)
 
-    with progress:
-        for epoch in range(start_epoch, cfg.epochs):
-            method.train()
-            loader.set_epoch(epoch)
-            epoch_sum, window_sum, window_steps, skip = None, None, 0, 0
-            if position is not None and epoch == position["epoch"]:
-                skip, window_steps = position["step"], position["window_steps"]
-                epoch_sum = position["epoch_sum"].to(device)
-                window_sum = None if position["window_sum"] is None else position["window_sum"].to(device)
-            t_window = t_epoch = t_asked = time.perf_counter()
-            data_wait = 0.0  # host seconds spent waiting for the loader (on CUDA: its queued work only)
-            for i, batch in enumerate(loader):
-                data_wait += time.perf_counter() - t_asked
-                if i < skip:  # the epoch's batches are a pure function of (seed, epoch): drop those done
-                    progress.advance()
-                    t_asked = time.perf_counter()
-                    continue
-                logs = step(batch)  # autocast, forward, backward, optimiser, schedule (fastssl/step.py)
-                # Running sums stay on the device: no host sync here.
-                vals = torch.stack([v.float() for v in logs.values()])
-                window_sum = vals if window_sum is None else window_sum + vals
-                epoch_sum = vals if epoch_sum is None else epoch_sum + vals
-                window_steps += 1
-                progress.advance()
-                if window_steps == cfg.log_interval or i == steps_per_epoch - 1:
-                    # Mean over the ranks too (one all_reduce), then one host sync per log interval.
-                    means = mean_over_ranks(window_sum / window_steps).tolist()
-                    if not all(map(_finite, means)):
-                        _diverged(epoch, i, steps_per_epoch, cfg, out)
-                    now = time.perf_counter()
-                    rate = window_steps * images_per_step / (now - t_window)
-                    rec = {"epoch": epoch, "step": epoch * steps_per_epoch + i + 1,
-                           **dict(zip(logs.keys(), means)), "lr": schedule.get_last_lr()[0], "img_per_s": rate}
-                    log(rec)
-                    progress.update(epoch, rec["loss"], rate)
-                    window_sum, window_steps, t_window = None, 0, now
-                signum = stop_requested(i + 1)
-                due = save_every and (epoch * steps_per_epoch + i + 1) % save_every == 0
-                if i < steps_per_epoch - 1 and (signum or due):  # at the epoch's end the epoch checkpoint follows
-                    if not torch.isfinite(epoch_sum).all():  # host sync: never save a diverged model
-                        _diverged(epoch, i, steps_per_epoch, cfg, out)
-                    if main_rank:
-                        pos = {"epoch": epoch, "step": i + 1, "epoch_sum": epoch_sum.cpu(), "window_steps": window_steps,
-                               "window_sum": None if window_sum is None else window_sum.cpu()}
-                        ckpt.atomic_save(training_state(epoch - 1, pos), os.path.join(out, "last.pt"))
-                    if world > 1:
-                        dist.barrier()
-                    if signum:
-                        stop_now(signum, f"at epoch {epoch + 1}/{cfg.epochs}, step {i + 1}/{steps_per_epoch}")
-                t_asked = time.perf_counter()
-            epoch_means = dict(zip(logs.keys(), mean_over_ranks(epoch_sum / steps_per_epoch).tolist()))
-            epoch_time = time.perf_counter() - t_epoch
-            summary = {"epoch": epoch, "summary": True, **{f"epoch_{k}": v for k, v in epoch_means.items()},
-                       "epoch_time_s": epoch_time, "epoch_img_per_s": steps_per_epoch * images_per_step / epoch_time,
-                       "epoch_data_wait_s": data_wait}
-            last_epoch = epoch == cfg.epochs - 1
-            if main_rank and cfg.backbone_every and (epoch + 1) % cfg.backbone_every == 0:
-                ckpt.export_backbone(method.backbone, os.path.join(out, f"backbone_epoch{epoch + 1:03d}.pt"))
-            if monitor is not None and main_rank and (last_epoch or (epoch + 1) % cfg.knn_every == 0):
-                precision = "bf16" if use_bf16 else "fp32"
-                val = knn_eval(method.backbone, *monitor, device, cfg.knn_k, cfg.knn_t, precision=precision)
-                summary.update({"val_knn_top1": val["top1"], "val_knn_top5": val["top5"]})
-                note = f"epoch {epoch + 1}: kNN top-1 {val['top1']:.2f}% (validation)"
-                if last_epoch and test_data is not None:
-                    # The test split is scored once, for the final network, and never selects anything.
-                    test = knn_eval(method.backbone, bank, test_data, device, cfg.knn_k, cfg.knn_t,
-                                    precision=precision)
-                    summary.update({"knn_top1": test["top1"], "knn_top5": test["top5"]})
-                    note += f", {test['top1']:.2f}% (test)"
-                progress.note(note)
-            # Seconds since this process began training (compilation and kNN included): time-to-accuracy's x axis.
-            summary["wall_s"] = time.perf_counter() - t_start
-            log(summary)
-            history.append(summary)
-            if main_rank:
-                # "best" = highest validation kNN top-1 when the monitor ran, else lowest epoch loss.
-                score = summary.get("val_knn_top1", -summary["epoch_loss"])
-                improved = best is None or score > best
-                best = score if improved else best
-                state = training_state(epoch)
-                ckpt.atomic_save(state, os.path.join(out, "last.pt"))
-                if improved:
-                    ckpt.atomic_save(state, os.path.join(out, "best.pt"))
-            if world > 1:
-                dist.barrier()
-            signum = stop_requested(steps_per_epoch)
-            if signum and not last_epoch:
-                stop_now(signum, f"at the end of epoch {epoch + 1}/{cfg.epochs}")
-    wall = time.perf_counter() - t_start
+def save_position(run: Run, epoch: int, i: int, epoch_sum, window_sum, window_steps: int) -> None:
+    """last.pt at the exact position after step i of `epoch`, with the running sums, so that a
+    resumed epoch logs what an uninterrupted one would."""
+    if not torch.isfinite(epoch_sum).all():  # host sync: never save a diverged model
+        _diverged(epoch, i, run.steps_per_epoch, run.cfg, run.out)
+    if run.main_rank:
+        pos = {"epoch": epoch, "step": i + 1, "epoch_sum": epoch_sum.cpu(), "window_steps": window_steps,
+               "window_sum": None if window_sum is None else window_sum.cpu()}
+        ckpt.atomic_save(training_state(run, epoch - 1, pos), os.path.join(run.out, "last.pt"))
+    if run.world > 1:
+        dist.barrier()
+
+
+def end_epoch(run: Run, epoch: int, summary: dict) -> None:
+    """After the epoch's last step: backbone snapshot, kNN monitor, summary record, checkpoints,
+    then a stop request is honoured here, the epoch saved."""
+    cfg = run.cfg
+    last_epoch = epoch == cfg.epochs - 1
+    if run.main_rank and cfg.backbone_every and (epoch + 1) % cfg.backbone_every == 0:
+        ckpt.export_backbone(run.method.backbone, os.path.join(run.out, f"backbone_epoch{epoch + 1:03d}.pt"))
+    if run.data.monitor is not None and run.main_rank and (last_epoch or (epoch + 1) % cfg.knn_every == 0):
+        knn_monitor(run, epoch, summary, last_epoch)
+    # Seconds since this process began training (compilation and kNN included): time-to-accuracy's x axis.
+    summary["wall_s"] = time.perf_counter() - run.t_start
+    log(run, summary)
+    run.history.append(summary)
+    if run.main_rank:
+        save_checkpoints(run, epoch, summary)
+    if run.world > 1:
+        dist.barrier()
+    signum = stop_requested(run, run.steps_per_epoch)
+    if signum and not last_epoch:
+        stop_now(run, signum, f"at the end of epoch {epoch + 1}/{cfg.epochs}")
+
+
+def knn_monitor(run: Run, epoch: int, summary: dict, last_epoch: bool) -> None:
+    """kNN top-1/top-5 on the monitor's validation queries into `summary`; after the last epoch
+    also the test split's."""
+    cfg, data, device = run.cfg, run.data, run.device
+    precision = "bf16" if run.use_bf16 else "fp32"
+    val = knn_eval(run.method.backbone, *data.monitor, device, cfg.knn_k, cfg.knn_t, precision=precision)
+    summary.update({"val_knn_top1": val["top1"], "val_knn_top5": val["top5"]})
+    note = f"epoch {epoch + 1}: kNN top-1 {val['top1']:.2f}% (validation)"
+    if last_epoch and data.test is not None:
+        # The test split is scored once, for the final network, and never selects anything.
+        test = knn_eval(run.method.backbone, data.bank, data.test, device, cfg.knn_k, cfg.knn_t,
+                        precision=precision)
+        summary.update({"knn_top1": test["top1"], "knn_top5": test["top5"]})
+        note += f", {test['top1']:.2f}% (test)"
+    run.progress.note(note)
+
+
+def save_checkpoints(run: Run, epoch: int, summary: dict) -> None:
+    """last.pt after every epoch; best.pt too when the epoch scores best so far: highest
+    validation kNN top-1 when the monitor ran, else lowest epoch loss."""
+    score = summary.get("val_knn_top1", -summary["epoch_loss"])
+    improved = run.best is None or score > run.best
+    run.best = score if improved else run.best
+    state = training_state(run, epoch)
+    ckpt.atomic_save(state, os.path.join(run.out, "last.pt"))
+    if improved:
+        ckpt.atomic_save(state, os.path.join(run.out, "best.pt"))
+
+
+def finish(run: Run) -> dict:
+    """summary.json (a resumed run's earlier epochs counted), the final backbone.pt, the console table."""
+    cfg, history = run.cfg, run.history
+    wall = time.perf_counter() - run.t_start
     knn = next((h for h in reversed(history) if "knn_top1" in h), None)
     val = next((h for h in reversed(history) if "val_knn_top1" in h), None)
-    result = {"out": out, "epochs_run": len(history), "wall_time_s": wall,
+    result = {"out": run.out, "epochs_run": len(history), "wall_time_s": wall,
               "final_loss": history[-1]["epoch_loss"] if history else None,
               "img_per_s": (sum(h["epoch_img_per_s"] for h in history) / len(history)) if history else None,
               "knn_top1": knn["knn_top1"] if knn else None, "knn_top5": knn["knn_top5"] if knn else None,
               "val_knn_top1": val["val_knn_top1"] if val else None, "val_knn_top5": val["val_knn_top5"] if val else None,
               "split": cfg.split, "split_seed": cfg.split_seed}
-    if main_rank:
-        ckpt.export_backbone(method.backbone, os.path.join(out, "backbone.pt"))
-        ckpt.atomic_write_text(os.path.join(out, "summary.json"), json.dumps(result, indent=2))
+    if run.main_rank:
+        ckpt.export_backbone(run.method.backbone, os.path.join(run.out, "backbone.pt"))
+        ckpt.atomic_write_text(os.path.join(run.out, "summary.json"), json.dumps(result, indent=2))
         summary_table(result, cfg)
-    if world > 1:
+    if run.world > 1:
         dist.destroy_process_group()
     return result
+
+
+def training_state(run: Run, epoch_done: int, pos=None) -> dict:
+    """What last.pt and best.pt hold: everything a bit-exact resume needs."""
+    state = {"model": run.method.state_dict(), "optimizer": run.optimizer.state_dict(),
+             "schedule": run.schedule.state_dict(), "rng": ckpt.rng_state(run.device), "epoch": epoch_done,
+             "best": run.best, "config": asdict(run.cfg), "world_size": run.world}
+    return {**state, "position": pos} if pos is not None else state
+
+
+def log(run: Run, record: dict) -> None:
+    if run.main_rank:
+        with open(os.path.join(run.out, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def stop_requested(run: Run, step_in_epoch: int):
+    """The signal number of a pending stop request, or None; under torchrun every rank gets the same
+    answer at the same step."""
+    if run.world == 1:
+        return run.stop.signum
+    if step_in_epoch % STOP_SYNC_EVERY and step_in_epoch != run.steps_per_epoch:
+        return None
+    flag = torch.tensor([run.stop.signum or 0], device=run.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank stops at the same step
+    return int(flag.item()) or None  # host sync: every STOP_SYNC_EVERY steps under torchrun
+
+
+def stop_now(run: Run, signum: int, where: str):
+    out = run.out
+    if run.main_rank:
+        print(f"stopped by {signal_name(signum)} {where}; saved {os.path.join(out, 'last.pt')}; "
+              f"resume with: python -m {run.command} --out {out} --resume", file=sys.stderr, flush=True)
+    raise SystemExit(128 + signum)
 
 
 def monitor_split(data, fraction: float, seed: int):
@@ -368,10 +509,10 @@ def monitor_split(data, fraction: float, seed: int):
     images are the queries and the rest vote. Pretraining still sees every image (it uses no
     labels); only the choice of best.pt depends on this split, never on the test split."""
     labelled = np.flatnonzero(data.labels >= 0)
-    bank, val = datasets.stratified_split(data.labels[labelled], fraction, seed)
+    bank, val = splits.stratified_split(data.labels[labelled], fraction, seed)
     def part(idx):
         idx = labelled[idx]
-        return datasets.take(data, idx)
+        return data.take(idx)
     return part(bank), part(val)
 
 

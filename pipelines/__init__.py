@@ -20,15 +20,15 @@ from .recipes import RECIPES  # two SimCLR views / crop+flip / no augmentation
 
 # name -> module exposing `build(data, **kwargs) -> Loader` (and `EXTRA`, the pip extra it needs).
 PIPELINES = {
-    "gpu": "pipelines.gpu",
-    "dali": "pipelines.dali",
-    "ffcv": "pipelines.ffcv",
-    "torchvision": "pipelines.baseline",
+    "gpu": "pipelines.loaders.gpu",
+    "dali": "pipelines.loaders.dali",
+    "ffcv": "pipelines.loaders.ffcv",
+    "torchvision": "pipelines.loaders.torchvision",
 }
 
 
 def build(name: str, data, **kwargs) -> Loader:
-    """Build pipeline `name` over `data`: a datasets.ArrayDataset, or a sources.ConvertedDataset
+    """Build pipeline `name` over `data`: an ArrayDataset, or a ConvertedDataset
     (streamed from its file by ffcv / dali, whichever wrote it; gpu decodes it onto the device only
     when it fits; torchvision refuses it). Common keyword arguments:
     batch_size, device, seed, recipe (one of RECIPES), drop_last, shuffle, rank, world_size.

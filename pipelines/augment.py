@@ -406,3 +406,12 @@ def crop_flip_view(images, generator, mean, std, padding=PAD, flip_p=0.5) -> tor
 def eval_view(images, mean, std) -> torch.Tensor:
     """No augmentation: images (N, 3, H, W) uint8 -> float32 normalised, channels_last."""
     return normalize(to_unit(images), mean, std)
+
+
+def cropped_view(images, spec, generator, mean, std, colour=True):
+    """The rest of a view the loader already random-resized-cropped to spec.size: images uint8
+    (N, 3, S, S) -> flip (p = spec.flip_p) -> with colour: SimCLR's colour ops
+    (color_and_normalize), else normalise only (the supervised recipe) -> float32,
+    channels_last. Parameters drawn from `generator` on the device."""
+    x = hflip(to_unit(images), sample_mask(images.shape[0], spec.flip_p, generator))
+    return color_and_normalize(x, spec, generator, mean, std) if colour else normalize(x, mean, std)

@@ -34,6 +34,7 @@ LUMA = (0.2989, 0.587, 0.114)  # torchvision's rounding of the ITU-R 601-2 luma 
 BLUR_P = 0.5  # SimCLR's ImageNet recipe: probability of the Gaussian blur
 BLUR_SIGMA = (0.1, 2.0)  # its standard deviation, drawn uniformly per view, pixels
 BLUR_ABOVE = 32  # blur is part of the recipe for output sides above this (CIFAR's 32 px: none)
+CENTRE_CROP = 0.875  # eval recipe: resize the shorter side to S / 0.875, centre S x S crop (224 of 256)
 # A streamed (converted) dataset is shuffled within windows of this many samples, on DALI (its
 # reader's buffer) and FFCV (ffcv_order.windowed): the encoded samples held stay the same whatever
 # the dataset's size.

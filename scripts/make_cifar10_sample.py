@@ -7,7 +7,7 @@ The sample is the first 200 images of every class of the official train split (2
 100 of every class of test_batch (1,000), in their original order. Each image is stored as lossless
 WebP (about 1.8 KB each, 5.5 MB in all; the raw pixels would take 9.2 MB), with the labels, the
 indices into the official split (so tests can compare pixel for pixel) and a SHA-256 of the decoded
-pixels that `datasets.read_sample` checks on every load. The file is verified by decoding it again
+pixels that `cifar.read_sample` checks on every load. The file is verified by decoding it again
 before it atomically replaces the old one. Encoding takes a few minutes (WebP's slowest, smallest
 setting); decoding takes well under a second.
 """
@@ -22,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pipelines import datasets  # noqa: E402
+from pipelines.data import cifar, splits
 
 PER_CLASS = {"train": 200, "test": 100}
 
@@ -37,14 +38,14 @@ def webp(image):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", required=True, help="folder holding cifar-10-batches-py/ (or that folder itself)")
-    p.add_argument("--out", default=datasets.SAMPLE)
+    p.add_argument("--out", default=cifar.SAMPLE)
     p.add_argument("--workers", type=int, default=os.cpu_count())
     args = p.parse_args()
 
     arrays = {}
     for split, per in PER_CLASS.items():
         full = datasets.load("cifar10", split, args.data_dir, download=False)
-        index = datasets.first_per_class(full.labels, per * len(full.classes), len(full.classes))
+        index = splits.first_per_class(full.labels, per * len(full.classes), len(full.classes))
         images = full.images[index]
         with ProcessPoolExecutor(args.workers) as pool:
             blobs = list(pool.map(webp, images, chunksize=64))
@@ -52,7 +53,7 @@ def main():
         arrays.update({f"{split}/webp": np.frombuffer(b"".join(blobs), np.uint8), f"{split}/offsets": offsets,
                        f"{split}/labels": full.labels[index], f"{split}/index": index,
                        f"{split}/sha256": np.array(hashlib.sha256(images.tobytes()).hexdigest())})
-        assert np.array_equal(datasets.decode_images(arrays[f"{split}/webp"], offsets), images), "WebP is not lossless"
+        assert np.array_equal(cifar.decode_images(arrays[f"{split}/webp"], offsets), images), "WebP is not lossless"
         print(f"{split}: {len(index)} images, {offsets[-1] / 1e6:.2f} MB of WebP")
     arrays["classes"] = np.array(full.classes)
 
@@ -60,7 +61,7 @@ def main():
     np.savez(tmp, **arrays)  # WebP bytes do not compress further
     with np.load(tmp) as z:
         for split in PER_CLASS:
-            pixels = datasets.decode_images(z[f"{split}/webp"], z[f"{split}/offsets"])
+            pixels = cifar.decode_images(z[f"{split}/webp"], z[f"{split}/offsets"])
             assert hashlib.sha256(pixels.tobytes()).hexdigest() == str(z[f"{split}/sha256"])
     os.replace(tmp, args.out)
     print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.2f} MB)")

@@ -45,11 +45,11 @@ def cifar100_root() -> str:
 
 @pytest.fixture(autouse=True)
 def _own_checksum_stamps(tmp_path_factory, monkeypatch):
-    """Checksum stamps (pipelines.convert.VERIFIED_DIR) go to a folder of this test session, not
+    """Checksum stamps (pipelines.formats.verify.VERIFIED_DIR) go to a folder of this test session, not
     the user's ~/.cache: stamps left there by a user's runs never meet a test's files."""
-    from pipelines import convert
+    from pipelines.formats import verify
 
-    monkeypatch.setattr(convert, "VERIFIED_DIR", str(tmp_path_factory.getbasetemp() / "verified"))
+    monkeypatch.setattr(verify, "VERIFIED_DIR", str(tmp_path_factory.getbasetemp() / "verified"))
 
 
 @pytest.fixture(autouse=True)

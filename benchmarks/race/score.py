@@ -13,8 +13,8 @@ import torch
 
 from fastssl.checkpoint import atomic_write_text, load_backbone
 from fastssl.eval.knn import knn_eval
-from pipelines.convert import sha256
-from pipelines.datasets import ArrayDataset, fingerprint
+from pipelines.files import sha256
+from pipelines.data.arrays import ArrayDataset, fingerprint
 
 from .spec import RaceSpec, images
 

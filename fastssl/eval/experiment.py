@@ -21,7 +21,7 @@ import statistics
 import sys
 from dataclasses import asdict, dataclass, field
 
-from pipelines import datasets
+from pipelines.data import splits
 
 from .. import checkpoint as ckpt
 from ..config import ConfigError, cli, load_toml, parse
@@ -77,7 +77,7 @@ def _argv(values: dict) -> list[str]:
 _sizes = {}
 
 
-def _train_size(dataset: str, data_dir, split=datasets.OFFICIAL, split_seed=0) -> int:
+def _train_size(dataset: str, data_dir, split=splits.OFFICIAL, split_seed=0) -> int:
     """Images pretraining draws from: the training split, or the train part of a train/val/test split."""
     from .setup import load_data
 
@@ -131,7 +131,7 @@ def load_plan(path: str) -> tuple[dict, list[Cell]]:
                         raise ConfigError(f"{path}: data_fraction must be in (0, 1], got {frac!r}")
                     # A fraction of the pool [pretrain] draws from: its subset if it sets one, else the whole split.
                     pool = cfg.get("subset") or _train_size(cfg.get("dataset", "cifar10"), cfg.get("data_dir"),
-                                                            cfg.get("split", datasets.OFFICIAL), cfg.get("split_seed", 0))
+                                                            cfg.get("split", splits.OFFICIAL), cfg.get("split_seed", 0))
                     cfg["subset"] = cfg.get("subset") if frac == 1 else max(1, round(frac * pool))
                 name = _name({**point, "seed": seed})
                 if name in seen:
@@ -243,8 +243,8 @@ def result_row(cell: Cell) -> dict:
 
 def eval_label(data: dict) -> str | None:
     """What a probe was scored on: the dataset label, and the split's test part when not the official one."""
-    label, split = data.get("label"), data.get("split", datasets.OFFICIAL)
-    return label if label is None or split == datasets.OFFICIAL else f"{label}, test part of {split}"
+    label, split = data.get("label"), data.get("split", splits.OFFICIAL)
+    return label if label is None or split == splits.OFFICIAL else f"{label}, test part of {split}"
 
 
 def mean_std(values) -> str:

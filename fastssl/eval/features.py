@@ -7,15 +7,15 @@ import pipelines
 
 @torch.no_grad()
 def extract(backbone, data, device, batch_size=1024, resize=None, precision="fp32"):
-    """Features of every image of `data` (a pipelines.datasets.ArrayDataset, or a converted dataset:
-    pipelines.sources.ConvertedDataset, read batch by batch), in dataset order.
+    """Features of every image of `data` (an ArrayDataset, or a converted dataset:
+    ConvertedDataset, read batch by batch), in dataset order.
 
     Images go through the `gpu` pipeline's "eval" recipe (no augmentation, normalised with
     data.mean/std). `resize=S` upsamples to S×S on the device (ImageNet backbones on 32×32 data).
     Returns (features float32 (N, D), labels int64 (N,)), both on `device`.
     """
     # A converted dataset streams through its own format's pipeline (resize + centre crop to
-    # data.image_size, see pipelines.sources); in-memory data goes to the device whole.
+    # data.image_size, see pipelines/formats/converted.py); in-memory data goes to the device whole.
     name = getattr(data, "format", "gpu")
     loader = pipelines.build(name, data, batch_size=min(batch_size, len(data.labels)), device=device,
                              recipe="eval", drop_last=False, shuffle=False)

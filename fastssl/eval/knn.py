@@ -66,7 +66,7 @@ def knn_eval(backbone, train_data, test_data, device, k=200, t=0.1, batch_size=1
 @dataclass
 class KNNConfig:
     backbone: str = field(default="", metadata={"help": "run directory, checkpoint, backbone.pt or torchvision state_dict; 'random' for an untrained control"})
-    dataset: str = field(default="cifar10", metadata={"help": "labelled dataset: a name or the path of a converted dataset (its test split: the sibling path, see pipelines/sources.py)", "choices": datasets.Choices(datasets.DATASETS)})
+    dataset: str = field(default="cifar10", metadata={"help": "labelled dataset: a name or the path of a converted dataset (its test split: the sibling path, see pipelines/formats/converted.py)", "choices": datasets.Choices(datasets.DATASETS)})
     data_dir: str | None = field(default=None, metadata={"help": "dataset location (else $FASTSSL_DATA)"})
     split: str = split_field()
     split_seed: int = split_seed_field()

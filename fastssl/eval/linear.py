@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 
 from pipelines import DataError, datasets
+from pipelines.data import cifar, splits
 
 from .. import checkpoint as ckpt
 from ..config import ConfigError, cli, parse
@@ -131,7 +132,7 @@ def _md5(path: str) -> str:
 def _cifar100_files(data_dir: str | None) -> str | None:
     """The folder holding CIFAR-100's `train` and `test` pickles (found as datasets.load finds it), or None."""
     try:
-        return datasets.find_cifar("cifar100", data_dir, download=False)
+        return cifar.find_cifar("cifar100", data_dir, download=False)
     except DataError:
         return None
 
@@ -176,9 +177,9 @@ def describe_backbone(spec: str, info: dict) -> dict:
     label = f"{METHOD_NAMES.get(c.get('method'), c.get('method'))}{arch} ({data}{images}, {c.get('epochs')} ep{extra})"
     pretrain = {k: c.get(k) for k in ("method", "dataset", "subset", "epochs", "batch_size", "temperature", "lr", "seed")}
     pretrain["train_images"] = run.get("train_images")
-    pretrain["split"] = c.get("split", datasets.OFFICIAL)
-    pretrain["split_seed"] = c.get("split_seed") if pretrain["split"] != datasets.OFFICIAL else None
-    if pretrain["split"] != datasets.OFFICIAL:  # runs on two splits (or two draws of one) never average
+    pretrain["split"] = c.get("split", splits.OFFICIAL)
+    pretrain["split_seed"] = c.get("split_seed") if pretrain["split"] != splits.OFFICIAL else None
+    if pretrain["split"] != splits.OFFICIAL:  # runs on two splits (or two draws of one) never average
         label = f"{label[:-1]}, split {pretrain['split']} seed {pretrain['split_seed']})"
     return {"kind": c.get("method", "run"), "label": label, "seed": c.get("seed"), "pretrain": pretrain, **info}
 
@@ -232,8 +233,8 @@ def normalization(cfg: LinearConfig, backbone: dict, data) -> dict:
 
 
 def validation_indices(labels, fraction: float, seed: int) -> torch.Tensor:
-    """Indices of the stratified validation split (pipelines.datasets.stratified_split)."""
-    _, val = datasets.stratified_split(labels, fraction, seed)
+    """Indices of the stratified validation split (pipelines.data.splits.stratified_split)."""
+    _, val = splits.stratified_split(labels, fraction, seed)
     return torch.as_tensor(val, dtype=torch.long)
 
 

@@ -131,7 +131,7 @@ def linear_protocol(train_f, train_y, test_f, test_y, num_classes, *, val_idx, l
     """The whole protocol on cached features (see the module docstring).
 
     train_f (N, D), train_y (N,), test_f (M, D), test_y (M,) on one device; `val_idx` (V,) int64
-    indices into the training set held out for model selection (see pipelines.datasets.stratified_split).
+    indices into the training set held out for model selection (see pipelines.data.splits.stratified_split).
     `log(record)` receives every epoch record, tagged {"phase": "grid", "lr": [...], "weight_decay": [...]}
     or {"phase": "final"}. Returns a dict: chosen lr / weight_decay, the grid's validation top-1 per
     pair, validation top-1/top-5 of the chosen pair, test top-1/top-5 (last epoch, measured once),

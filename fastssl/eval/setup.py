@@ -19,7 +19,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from pipelines import datasets
+from pipelines import DataError, datasets
+from pipelines.data import arrays, splits
+from pipelines.formats import converted
 
 SPLIT_HELP = ("'official' (the dataset's train/test split) or train/val/test percentages of all its labelled "
               "images pooled, e.g. 80/10/10 (stratified, seeded by --split-seed)")
@@ -38,7 +40,7 @@ def run_info(path: str) -> dict | None:
 
 def split_field():
     """The `split` config field, identical in every command that takes it (check with check_split)."""
-    return field(default=datasets.OFFICIAL, metadata={"help": SPLIT_HELP})
+    return field(default=splits.OFFICIAL, metadata={"help": SPLIT_HELP})
 
 
 def split_seed_field():
@@ -47,7 +49,7 @@ def split_seed_field():
 
 def check_split(cfg) -> None:
     """__post_init__ check of the split fields (one DataError line for a bad --split)."""
-    datasets.parse_split(cfg.split)
+    splits.parse_split(cfg.split)
     if cfg.split_seed < 0:
         raise ValueError("--split-seed must be >= 0")
 
@@ -58,10 +60,10 @@ class EvalData:
     val: the split's validation part (None for the official split); test: scored once (None when
     not loaded). `subset` applies to `train` only."""
 
-    train: datasets.ArrayDataset
-    val: datasets.ArrayDataset | None
-    test: datasets.ArrayDataset | None
-    split: str = datasets.OFFICIAL
+    train: arrays.ArrayDataset
+    val: arrays.ArrayDataset | None
+    test: arrays.ArrayDataset | None
+    split: str = splits.OFFICIAL
     split_seed: int = 0
 
     def labelled(self):
@@ -70,7 +72,7 @@ class EvalData:
         if self.val is None:
             return self.train, None
         t, v = self.train, self.val
-        both = datasets.ArrayDataset(np.concatenate([t.images, v.images]), np.concatenate([t.labels, v.labels]),
+        both = arrays.ArrayDataset(np.concatenate([t.images, v.images]), np.concatenate([t.labels, v.labels]),
                                      t.classes, t.name, t.mean, t.std)
         return both, np.arange(len(t), len(t) + len(v), dtype=np.int64)
 
@@ -86,24 +88,24 @@ class EvalData:
                 "test_images": None if self.test is None else len(self.test)}
 
 
-def load_data(dataset, data_dir=None, split=datasets.OFFICIAL, split_seed=0, subset=None, seed=0,
+def load_data(dataset, data_dir=None, split=splits.OFFICIAL, split_seed=0, subset=None, seed=0,
               test="required") -> EvalData:
     """The parts of `split`. test: "required", "optional" (None when the dataset has no test split)
     or "skip" (official split only: not read)."""
-    if datasets.parse_split(split) is None:
+    if splits.parse_split(split) is None:
         train = datasets.load(dataset, "train", data_dir, subset=subset, seed=seed)
         held_out = None
         if test != "skip":
             try:
                 held_out = datasets.load(dataset, "test", data_dir)
-            except datasets.DataError:
+            except DataError:
                 if test == "required":
                     raise
         return EvalData(train, None, held_out, split, split_seed)
     parts = datasets.load_split(dataset, split, data_dir, seed=split_seed)
     train = parts["train"]
     if subset is not None:
-        train = datasets.take(train, datasets.first_per_class(train.labels, subset, len(train.classes)))
+        train = train.take(splits.first_per_class(train.labels, subset, len(train.classes)))
     return EvalData(train, parts["val"], parts["test"], split, split_seed)
 
 
@@ -117,7 +119,7 @@ def image_size_field():
 
 def view_size(cfg) -> int | None:
     """The evaluation view side: --image-size, else the one the backbone's run trained on (the
-    resolved side recorded in config.json, else its --image-size), else None (sources.sized's default)."""
+    resolved side recorded in config.json, else its --image-size), else None (converted.sized's default)."""
     if cfg.image_size:
         return cfg.image_size
     run = None if cfg.backbone in ("random", "imagenet") else run_info(cfg.backbone)
@@ -129,8 +131,6 @@ def view_size(cfg) -> int | None:
 def setup(cfg, subset=None, test="required"):
     """(device, EvalData) for a command config with device, dataset, data_dir, split, split_seed
     (and image_size, backbone: a converted dataset's views get view_size(cfg))."""
-    from pipelines import sources
-
     from ..config import ConfigError
     from ..runtime import resolve_device
 
@@ -138,11 +138,11 @@ def setup(cfg, subset=None, test="required"):
     data = load_data(cfg.dataset, cfg.data_dir, cfg.split, cfg.split_seed, subset=subset,
                      seed=getattr(cfg, "seed", 0), test=test)
     if hasattr(cfg, "image_size"):
-        if cfg.image_size and not isinstance(data.train, sources.ConvertedDataset):
+        if cfg.image_size and not isinstance(data.train, converted.ConvertedDataset):
             raise ConfigError(f"--image-size applies to converted datasets; {cfg.dataset} is held in memory "
                               "at its own size" + (" (--resize upsamples it)" if hasattr(cfg, "resize") else ""))
         size = view_size(cfg)
-        data = replace(data, **{k: sources.sized(getattr(data, k), size) for k in ("train", "val", "test")})
+        data = replace(data, **{k: converted.sized(getattr(data, k), size) for k in ("train", "val", "test")})
     return device, data
 
 
@@ -152,7 +152,7 @@ IMAGES = {"cifar10": {"cifar10"}, "cifar10-sample": {"cifar10"}, "cifar10+cifar1
 
 
 def _split_key(dataset, split, split_seed):
-    return ("official",) if datasets.parse_split(split) is None else (dataset, datasets.parse_split(split), split_seed)
+    return ("official",) if splits.parse_split(split) is None else (dataset, splits.parse_split(split), split_seed)
 
 
 def splits_conflict(pre_dataset, pre_split, pre_seed, dataset, split, split_seed) -> bool:
@@ -173,7 +173,7 @@ def check_backbone_split(spec: str, cfg) -> None:
     if run is None:
         return
     c = run["config"]
-    pre, pre_split, pre_seed = c.get("dataset"), c.get("split", datasets.OFFICIAL), c.get("split_seed", 0)
+    pre, pre_split, pre_seed = c.get("dataset"), c.get("split", splits.OFFICIAL), c.get("split_seed", 0)
     if splits_conflict(pre, pre_split, pre_seed, cfg.dataset, cfg.split, cfg.split_seed):
         raise ConfigError(f"{spec} was pretrained on {pre} with --split {pre_split} (--split-seed {pre_seed}); scoring "
                           f"it on {cfg.dataset} with --split {cfg.split} (--split-seed {cfg.split_seed}) would test "

@@ -18,13 +18,20 @@ discriminator's effective learning rate is thus gamma x the optimiser's. Default
 DIM(L): alpha = 0, beta = 1, gamma = 0.1. Sub-networks whose weight is 0 are not built, so every
 parameter gets a gradient (DistributedDataParallel requires it). Under torchrun the negatives are
 the images of the local batch.
+
+Two choices differ from published DIM (the paper, and the authors' rdevon/DIM prior_matching.py):
+- the prior is matched on sigmoid(Linear(y)), a 64-d code computed from the evaluated features y,
+  not on the representation itself (the paper's 64-d Y; the authors' code applies the sigmoid to Y).
+- the encoder's prior term is eq. 7's min-max form (maximise L_D, i.e. minimise E[log(1 - D(code))]),
+  not the authors' non-saturating -E[log D(code)], whose gradient does not vanish when D wins; the
+  min-max form is what one backward through reverse_gradient gives.
 """
 import math
 
 import torch
 from torch import nn
 
-from ..dim_losses import DIM_ESTIMATORS, local_scores, prior_matching_loss, reverse_gradient
+from ..losses import DIM_ESTIMATORS, local_scores, prior_matching_loss, reverse_gradient
 from ..models import BACKBONES
 
 EMBED = 512      # width of the critic's embeddings (the paper's CIFAR local critic: 512 units)
@@ -74,7 +81,7 @@ class MapEmbed(nn.Module):
 
 
 class DeepInfoMax(nn.Module):
-    recipe = "supervised"  # crop + flip, as the paper's CIFAR runs
+    recipe = "supervised"  # crop + flip; the paper describes augmentation (crops, flips) only for STL-10
 
     def __init__(self, cfg, num_classes: int = 0):
         super().__init__()

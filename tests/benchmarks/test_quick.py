@@ -3,7 +3,6 @@ Speed is never asserted: only the schema, positivity of the measured rates, and 
 and target is accounted for. The measuring tools themselves are checked against known answers."""
 import csv
 import json
-import time
 
 import pytest
 import torch
@@ -43,10 +42,7 @@ def check_summary(s):
     assert 0 < s["min"] <= s["median"] <= s["max"]
 
 
-def test_stopwatch_and_summary():
-    with common.Stopwatch("cpu") as sw:
-        time.sleep(0.02)
-    assert sw.seconds >= 0.02
+def test_summary():
     s = common.summarize([3.0, 1.0, 2.0, 10.0])
     assert (s["median"], s["min"], s["max"], s["n"]) == (2.5, 1.0, 10.0, 4)
 

@@ -17,7 +17,7 @@ from benchmarks.race.score import score
 from fastssl.checkpoint import export_backbone, load_backbone
 from fastssl.config import ConfigError
 from pipelines import DataError
-from pipelines.datasets import ArrayDataset
+from pipelines.data.arrays import ArrayDataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmarks import common, throughput
+from benchmarks import throughput, timing
 
 BATCH = 8
 
@@ -88,7 +88,7 @@ def naive(loader, clock, steps, step=None):
 @pytest.mark.parametrize("steps", [40, 20])  # a whole epoch of 40 batches; a part longer than the queue
 def test_a_full_queue_neither_flatters_nor_penalises(monkeypatch, ahead, steps):
     clock = Clock()
-    monkeypatch.setattr(common, "Stopwatch", virtual_stopwatch(clock))
+    monkeypatch.setattr(timing, "Stopwatch", virtual_stopwatch(clock))
     rate, depth = 100.0, 16
     loader = SimLoader(clock, n=40, rate=rate, depth=depth, ahead=ahead)
     for epoch in range(0, 12, 4):

@@ -11,7 +11,10 @@ import pytest
 
 pytest.importorskip("nvidia.dali")
 from fastssl import convert as cli  # noqa: E402
-from pipelines import convert, dali_format, datasets  # noqa: E402
+from pipelines import datasets, files  # noqa: E402
+from pipelines.data import arrays
+from pipelines.formats import writer
+from pipelines.formats import dali as dali_format
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -69,13 +72,13 @@ def test_user_errors_are_one_line_and_exit_2(cifar_root, tmp_path, capsys):
 def test_existing_output_needs_force(cifar_root, tmp_path, capsys):
     data = datasets.load("cifar10", "test", data_dir=cifar_root)
     out = str(tmp_path / "existing")
-    small = datasets.ArrayDataset(images=data.images[:50], labels=data.labels[:50], classes=data.classes,
+    small = arrays.ArrayDataset(images=data.images[:50], labels=data.labels[:50], classes=data.classes,
                                   name="first50", mean=data.mean, std=data.std)
-    convert.convert(small, "dali", out, progress=False)
-    before = {f: convert.sha256(os.path.join(out, f)) for f in os.listdir(out)}
+    writer.convert(small, "dali", out, progress=False)
+    before = {f: files.sha256(os.path.join(out, f)) for f in os.listdir(out)}
     argv = ["--dataset", "cifar10", "--data-dir", cifar_root, "--split", "test", "--to", "dali", "--out", out]
     assert "already exists" in fails(argv, capsys)
-    assert {f: convert.sha256(os.path.join(out, f)) for f in os.listdir(out)} == before
+    assert {f: files.sha256(os.path.join(out, f)) for f in os.listdir(out)} == before
     assert cli.main(argv + ["--force", "--encoding", "jpg", "--quality", "95"]) == 0
     summary = capsys.readouterr().out.strip().splitlines()
     assert len(summary) == 1 and "jpg" in summary[0] and "dB PSNR" in summary[0]
@@ -127,7 +130,7 @@ def test_injected_enospc_in_dali_shards(tmp_path, capsys, monkeypatch):
 
 def test_a_writer_worker_killed_by_a_signal_does_not_hang(tmp_path, capsys, monkeypatch):
     pytest.importorskip("ffcv")
-    from pipelines import ffcv_format
+    from pipelines.formats import ffcv as ffcv_format
 
     monkeypatch.setattr(ffcv_format, "STALL_S", 1.0)
     real_getitem, parent = ffcv_format._Samples.__getitem__, os.getpid()

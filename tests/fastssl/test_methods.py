@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import pipelines
 from fastssl import checkpoint as ckpt
 from fastssl.config import parse
-from fastssl.dim_losses import infonce_mi, jsd_mi, prior_matching_loss
+from fastssl.losses import infonce_mi, jsd_mi, prior_matching_loss
 from fastssl.methods import METHODS
 from fastssl.models import Decoder, resnet18, resnet50
 from fastssl.pretrain import PretrainConfig, main

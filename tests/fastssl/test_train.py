@@ -137,13 +137,13 @@ def test_cli_subprocess_no_traceback(tmp_path):
 
 def test_monitor_split_is_stratified_disjoint_and_leaves_out_unlabelled():
     import numpy as np
-    from pipelines import datasets
+    from pipelines.data import arrays
     from fastssl.train import monitor_split
 
     labels = np.repeat(np.arange(4), 50)
     labels[::7] = -1  # unlabelled images (cifar10+cifar100) are neither queries nor voters
     images = np.arange(len(labels), dtype=np.uint8)[:, None, None, None].repeat(2, 1).repeat(2, 2).repeat(3, 3)
-    data = datasets.ArrayDataset(images, labels, list("abcd"), "toy", (0.5,) * 3, (0.25,) * 3)
+    data = arrays.ArrayDataset(images, labels, list("abcd"), "toy", (0.5,) * 3, (0.25,) * 3)
     bank, val = monitor_split(data, 0.2, seed=3)
     ids_bank, ids_val = set(bank.images[:, 0, 0, 0]), set(val.images[:, 0, 0, 0])
     assert not ids_bank & ids_val and ids_bank | ids_val == set(np.flatnonzero(labels >= 0))

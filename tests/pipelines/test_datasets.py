@@ -13,6 +13,8 @@ import pytest
 from PIL import Image
 
 from pipelines import DataError, datasets
+from pipelines.data import cifar, splits
+from pipelines.data.arrays import UNLABELLED, ArrayDataset, as_dataset, channel_stats
 
 C10 = "cifar-10-batches-py"
 
@@ -63,7 +65,7 @@ def test_cifar10_train_and_test(cifar_root, c10_train, c10_test):
     for d, per in ((c10_train, 5000), (c10_test, 1000)):
         assert d.images.dtype == np.uint8 and d.labels.dtype == np.int64 and d.images.flags.c_contiguous
         assert np.bincount(d.labels).tolist() == [per] * 10
-        assert d.name == "cifar10" and d.mean == datasets.CIFAR10_MEAN and d.std == datasets.CIFAR10_STD
+        assert d.name == "cifar10" and d.mean == cifar.CIFAR10_MEAN and d.std == cifar.CIFAR10_STD
     assert c10_train.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                                  "truck"]
     assert c10_train.labels[:5].tolist() == [6, 9, 9, 4, 1]
@@ -86,9 +88,9 @@ def test_cifar10_found_by_folder_and_environment(cifar_root, c10_test, monkeypat
 
 def test_cifar10_constants_match_train_statistics(c10_train):
     mean, std = reference_stats(c10_train.images)
-    np.testing.assert_allclose(mean, datasets.CIFAR10_MEAN, atol=1e-3)
-    np.testing.assert_allclose(std, datasets.CIFAR10_STD, atol=1e-3)
-    np.testing.assert_allclose(datasets.channel_stats(c10_train.images), [mean, std], atol=1e-9)
+    np.testing.assert_allclose(mean, cifar.CIFAR10_MEAN, atol=1e-3)
+    np.testing.assert_allclose(std, cifar.CIFAR10_STD, atol=1e-3)
+    np.testing.assert_allclose(channel_stats(c10_train.images), [mean, std], atol=1e-9)
 
 
 def test_cifar100(cifar100_root):
@@ -102,16 +104,16 @@ def test_cifar100(cifar100_root):
     raw = raw_batch(os.path.join(cifar100_root, "cifar-100-python", "train"))
     assert train.labels[:20].tolist() == raw[b"fine_labels"][:20]
     mean, std = reference_stats(train.images)
-    np.testing.assert_allclose(mean, datasets.CIFAR100_MEAN, atol=2e-3)
+    np.testing.assert_allclose(mean, cifar.CIFAR100_MEAN, atol=2e-3)
     # JPEG recompression smooths the pixels, which lowers the std of this copy by up to 2.4e-3.
-    np.testing.assert_allclose(std, datasets.CIFAR100_STD, atol=3e-3)
+    np.testing.assert_allclose(std, cifar.CIFAR100_STD, atol=3e-3)
 
 
 def test_cifar10_plus_cifar100_adds_unlabelled_images(cifar_root, cifar100_root, c10_train, c10_test):
     train = datasets.load("cifar10+cifar100", "train", data_dir=cifar_root)
     c100 = datasets.load("cifar100", "train", data_dir=cifar100_root)
     assert np.array_equal(train.images[:50000], c10_train.images) and np.array_equal(train.images[50000:], c100.images)
-    assert np.array_equal(train.labels[:50000], c10_train.labels) and (train.labels[50000:] == datasets.UNLABELLED).all()
+    assert np.array_equal(train.labels[:50000], c10_train.labels) and (train.labels[50000:] == UNLABELLED).all()
     test = datasets.load("cifar10+cifar100", "test", data_dir=cifar_root)
     assert np.array_equal(test.images, c10_test.images) and test.classes == c10_train.classes
     assert train.mean == test.mean == c10_train.mean  # both splits normalised alike
@@ -123,15 +125,15 @@ def test_subset_is_the_first_images_of_each_class(c10_train, cifar_root):
     sub = datasets.load("cifar10", "train", data_dir=cifar_root, subset=100)
     keep = first_of_each_class(c10_train.labels, 10)
     assert np.array_equal(sub.images, c10_train.images[keep]) and np.array_equal(sub.labels, c10_train.labels[keep])
-    assert sub.mean == datasets.CIFAR10_MEAN  # statistics of the full training split
-    uneven = datasets.first_per_class(c10_train.labels, 23, 10)
+    assert sub.mean == cifar.CIFAR10_MEAN  # statistics of the full training split
+    uneven = splits.first_per_class(c10_train.labels, 23, 10)
     assert np.bincount(c10_train.labels[uneven]).tolist() == [3, 3, 3] + [2] * 7
     assert np.all(np.diff(uneven) > 0)
     for bad in (0, -5, 50001, 2.5):
         with pytest.raises(DataError, match="subset"):
-            datasets.first_per_class(c10_train.labels, bad, 10)
+            splits.first_per_class(c10_train.labels, bad, 10)
     with pytest.raises(DataError, match="class 1"):
-        datasets.first_per_class(np.array([0, 0, 0, 1]), 4, 2)
+        splits.first_per_class(np.array([0, 0, 0, 1]), 4, 2)
 
 
 def test_sample_is_pixel_exact(c10_train, c10_test):
@@ -140,8 +142,8 @@ def test_sample_is_pixel_exact(c10_train, c10_test):
         keep = first_of_each_class(full.labels, per)
         assert np.array_equal(sample.images, full.images[keep]), split
         assert np.array_equal(sample.labels, full.labels[keep]) and sample.classes == full.classes
-        assert sample.mean == datasets.CIFAR10_MEAN and sample.name == "cifar10-sample"
-    assert os.path.getsize(datasets.SAMPLE) < 6.5e6
+        assert sample.mean == cifar.CIFAR10_MEAN and sample.name == "cifar10-sample"
+    assert os.path.getsize(cifar.SAMPLE) < 6.5e6
 
 
 def test_sample_needs_no_data_dir(monkeypatch, tmp_path):
@@ -151,11 +153,11 @@ def test_sample_needs_no_data_dir(monkeypatch, tmp_path):
 
 
 def test_damaged_sample_is_reported(monkeypatch, tmp_path):
-    with np.load(datasets.SAMPLE) as z:
+    with np.load(cifar.SAMPLE) as z:
         arrays = {k: z[k] for k in z.files}
     arrays["test/sha256"] = np.array("0" * 64)
     np.savez(tmp_path / "sample.npz", **arrays)
-    monkeypatch.setattr(datasets, "SAMPLE", str(tmp_path / "sample.npz"))
+    monkeypatch.setattr(cifar, "SAMPLE", str(tmp_path / "sample.npz"))
     with pytest.raises(DataError, match="SHA-256"):
         datasets.load("cifar10-sample", "test")
 
@@ -188,7 +190,7 @@ def test_missing_folder(tmp_path):
 
 
 def test_missing_file_is_named_and_never_downloaded_over(fake_c10, monkeypatch):
-    monkeypatch.setattr(datasets, "_open", lambda *a, **k: pytest.fail("an existing folder was downloaded over"))
+    monkeypatch.setattr(cifar, "_open", lambda *a, **k: pytest.fail("an existing folder was downloaded over"))
     assert len(datasets.load("cifar10", "test", data_dir=fake_c10.parent)) == 10000
     with pytest.raises(DataError, match="missing file .*data_batch_1"):
         datasets.load("cifar10", "train", data_dir=fake_c10.parent, download=True)
@@ -243,12 +245,12 @@ def test_offline_download_says_where_to_put_the_files(tmp_path, monkeypatch):
     def offline(url):
         raise urllib.error.URLError("no route to host")
 
-    monkeypatch.setattr(datasets, "_open", offline)
+    monkeypatch.setattr(cifar, "_open", offline)
     root = tmp_path / "data"
     with pytest.raises(DataError) as e:
         datasets.load("cifar10", "train", data_dir=root)
     msg = str(e.value)
-    assert "download" in msg and "no route to host" in msg and datasets.ARCHIVES["cifar10"].url in msg
+    assert "download" in msg and "no route to host" in msg and cifar.ARCHIVES["cifar10"].url in msg
     assert f"extracted {C10}/ folder in {root}" in msg and "--data-dir" in msg and "FASTSSL_DATA" in msg
     assert "\n" not in msg and not root.exists()  # nothing created, nothing half-written left behind
 
@@ -261,10 +263,10 @@ def test_a_machine_without_dns_is_told_at_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: time.sleep(30))
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("connected without a resolved host"))
-    monkeypatch.setattr(datasets, "RESOLVE_TIMEOUT", 0.3)
+    monkeypatch.setattr(cifar, "RESOLVE_TIMEOUT", 0.3)
     t0 = time.monotonic()
     with pytest.raises(DataError) as e:
-        datasets.find_cifar("cifar100", tmp_path / "data", download=True)
+        cifar.find_cifar("cifar100", tmp_path / "data", download=True)
     assert time.monotonic() - t0 < 3
     msg = str(e.value)
     assert "no DNS answer for www.cs.toronto.edu within 0.3 s (offline?)" in msg and "\n" not in msg
@@ -272,7 +274,7 @@ def test_a_machine_without_dns_is_told_at_once(tmp_path, monkeypatch):
 
 
 def test_download_with_wrong_md5_leaves_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets, "_open", lambda url: io.BytesIO(b"<html>"))
+    monkeypatch.setattr(cifar, "_open", lambda url: io.BytesIO(b"<html>"))
     with pytest.raises(DataError, match="md5"):
         datasets.load("cifar100", "test", data_dir=tmp_path)
     assert os.listdir(tmp_path) == []
@@ -284,8 +286,8 @@ def test_download_is_verified_and_extracted(tmp_path, monkeypatch, cifar_root, c
         tar.add(os.path.join(cifar_root, C10), arcname=C10)
     with open(archive, "rb") as f:
         md5 = hashlib.md5(f.read()).hexdigest()
-    monkeypatch.setitem(datasets.ARCHIVES, "cifar10", datasets.ARCHIVES["cifar10"]._replace(md5=md5))
-    monkeypatch.setattr(datasets, "_open", lambda url: open(archive, "rb"))
+    monkeypatch.setitem(cifar.ARCHIVES, "cifar10", cifar.ARCHIVES["cifar10"]._replace(md5=md5))
+    monkeypatch.setattr(cifar, "_open", lambda url: open(archive, "rb"))
     root = tmp_path / "data"
     got = datasets.load("cifar10", "test", data_dir=root / C10)  # pointing at the folder-to-be works too
     assert np.array_equal(got.images, c10_test.images) and np.array_equal(got.labels, c10_test.labels)
@@ -387,31 +389,31 @@ def test_stratified_split():
     labels = np.repeat(np.arange(10), 50)
     np.random.default_rng(0).shuffle(labels)
     labels = np.concatenate([labels, [10] * 7, [11]])  # a small class and a lone image
-    train, val = datasets.stratified_split(labels, 0.1, seed=3)
+    train, val = splits.stratified_split(labels, 0.1, seed=3)
     assert len(np.intersect1d(train, val)) == 0 and np.array_equal(np.union1d(train, val), np.arange(len(labels)))
     assert train.dtype == val.dtype == np.int64
     assert np.bincount(labels[val], minlength=12).tolist() == [5] * 10 + [1, 0]
-    again, other = datasets.stratified_split(labels, 0.1, seed=3), datasets.stratified_split(labels, 0.1, seed=4)
+    again, other = splits.stratified_split(labels, 0.1, seed=3), splits.stratified_split(labels, 0.1, seed=4)
     assert np.array_equal(again[1], val) and not np.array_equal(other[1], val)
     for bad in (0, 1, -0.5):
         with pytest.raises(DataError, match="fraction"):
-            datasets.stratified_split(labels, bad)
+            splits.stratified_split(labels, bad)
 
 
 def test_array_dataset_checks_and_replace():
     images = np.zeros((4, 2, 2, 3), np.uint8)
-    data = datasets.ArrayDataset(images, [0, 1, 0, 1], ["a", "b"], "tiny", (0.5,) * 3, (0.25,) * 3)
+    data = ArrayDataset(images, [0, 1, 0, 1], ["a", "b"], "tiny", (0.5,) * 3, (0.25,) * 3)
     assert data.labels.dtype == np.int64 and len(data) == 4 and "4 images 2x2" in repr(data)
     assert dataclasses.replace(data, mean=(0.1, 0.2, 0.3)).mean == (0.1, 0.2, 0.3)
     with pytest.raises(DataError, match="uint8"):
-        datasets.ArrayDataset(images.astype(np.float32), [0] * 4, ["a"], "bad", (0.5,) * 3, (0.25,) * 3)
+        ArrayDataset(images.astype(np.float32), [0] * 4, ["a"], "bad", (0.5,) * 3, (0.25,) * 3)
     with pytest.raises(DataError, match="4 integers"):
-        datasets.ArrayDataset(images, [0] * 3, ["a"], "bad", (0.5,) * 3, (0.25,) * 3)
+        ArrayDataset(images, [0] * 3, ["a"], "bad", (0.5,) * 3, (0.25,) * 3)
     with pytest.raises(DataError, match="empty"):
-        datasets.ArrayDataset(images[:0], np.zeros(0, np.int64), ["a"], "bad", (0.5,) * 3, (0.25,) * 3)
+        ArrayDataset(images[:0], np.zeros(0, np.int64), ["a"], "bad", (0.5,) * 3, (0.25,) * 3)
     for mean, std in [((0.5,) * 3, (0.25, 0.0, 0.25)), ((0.5, float("nan"), 0.5), (0.25,) * 3)]:
         with pytest.raises(DataError, match="std positive"):
-            datasets.ArrayDataset(images, [0] * 4, ["a"], "bad", mean, std)
+            ArrayDataset(images, [0] * 4, ["a"], "bad", mean, std)
 
 
 def test_as_dataset_is_the_one_check_every_pipeline_runs():
@@ -419,14 +421,14 @@ def test_as_dataset_is_the_one_check_every_pipeline_runs():
 
     images = np.arange(4 * 2 * 2 * 3, dtype=np.uint8).reshape(4, 2, 2, 3)
     duck = SimpleNamespace(images=images, labels=[0, 1, 0, 1], mean=(0.5,) * 3, std=(0.25,) * 3)
-    data = datasets.as_dataset(duck)
-    assert isinstance(data, datasets.ArrayDataset) and data.images is images  # validated, not copied
-    assert datasets.as_dataset(data) is data
+    data = as_dataset(duck)
+    assert isinstance(data, ArrayDataset) and data.images is images  # validated, not copied
+    assert as_dataset(data) is data
     with pytest.raises(DataError, match="lacks mean, std"):
-        datasets.as_dataset(SimpleNamespace(images=images, labels=[0] * 4))
+        as_dataset(SimpleNamespace(images=images, labels=[0] * 4))
     bad = SimpleNamespace(images=images.astype(np.float32), labels=[0] * 4, mean=(0.5,) * 3, std=(0.25,) * 3)
     for name in ("torchvision", "dali", "ffcv", "gpu"):
-        module = pytest.importorskip(f"pipelines.{'baseline' if name == 'torchvision' else name}")
+        module = pytest.importorskip(f"pipelines.loaders.{name}")
         if name in ("dali", "ffcv"):
             pytest.importorskip({"dali": "nvidia.dali", "ffcv": "ffcv"}[name])
         with pytest.raises(DataError, match="uint8"):

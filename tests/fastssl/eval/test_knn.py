@@ -46,7 +46,7 @@ def test_topk_accuracy_hand_made():
 def test_unlabelled_training_images_do_not_vote():
     import numpy as np
     from fastssl.eval.knn import knn_eval
-    from pipelines.datasets import UNLABELLED, ArrayDataset
+    from pipelines.data.arrays import ArrayDataset, UNLABELLED
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)

@@ -58,7 +58,8 @@ SUITE_MARGIN_S = 25     # the suite's grace (15 s) + writing results, inside a c
 @dataclass
 class WindowConfig:
     data_src: str = field(default=os.path.join("..", "shared", "data"), metadata={"help": "folder of cifar10.npz, unpack.py and README.md (plan)"})
-    stage_dir: str | None = field(default=None, metadata={"help": f"plan/check: where the calls' folders go (default <repo>/{STAGE}, what the commands carry)"})
+    # The default is the folder the calls' carry lists name (see describe).
+    stage_dir: str | None = field(default=None, metadata={"help": f"plan/check: where the calls' folders go (default <repo>/{STAGE})"})
     out: str | None = field(default=None, metadata={"help": "call1/call2: where results go (default $OUT)"})
     results: str | None = field(default=None, metadata={"help": "next: the first window's committed folder (holding call1/ and call2/)"})
     smoke: bool = field(default=False, metadata={"help": "call1/call2 on a CPU with tiny sizes (the rehearsal); numbers mean nothing"})

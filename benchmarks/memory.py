@@ -82,7 +82,8 @@ CASE_TIMEOUT_S = 1800  # a case that hangs becomes a failed row, never a hung be
 
 @dataclass
 class MemoryConfig:
-    sizes: str = field(default="10000,20000", metadata={"help": "comma-separated dataset sizes (images); the largest is generated, the others are its first N"})
+    # Only the largest is generated; each smaller size is its first N images.
+    sizes: str = field(default="10000,20000", metadata={"help": "comma-separated dataset sizes (images)"})
     views: str = field(default="96,224", metadata={"help": "comma-separated view sides, pixels"})
     pipelines: str = field(default="ffcv,dali", metadata={"help": f"comma-separated, from {', '.join(LOADERS)}"})
     side_min: int = field(default=64, metadata={"help": "smallest generated image side, pixels"})
@@ -97,12 +98,15 @@ class MemoryConfig:
     device: str = field(default="cpu", metadata={"help": "where the views are made (cpu: DALI's CPU graph)", "choices": ["cpu", "cuda"]})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads in each case (default: torch's own; --quick 1)"})
     seed: int = field(default=0, metadata={"help": "seed of the images, data order and augmentation"})
-    work_dir: str | None = field(default=None, metadata={"help": "folder for the images and conversions (default: a temporary one); reused when it already holds them"})
+    # Reused when it already holds them, so a rerun skips generating and converting them.
+    work_dir: str | None = field(default=None, metadata={"help": "folder for the images and conversions (default: a temporary one)"})
     keep_work: bool = field(default=False, metadata={"help": "keep the default temporary --work-dir afterwards"})
     quick: bool = field(default=False, metadata={"help": "tiny sizes and sides: a smoke run in seconds (the test)"})
     out: str | None = field(default=None, metadata={"help": "output directory (default benchmarks/results/<device>-<date>/memory)"})
     overwrite: bool = field(default=False, metadata={"help": "replace memory.* files already in --out"})
-    allocator: str = field(default="fixed", metadata={"help": "fixed: glibc's mmap threshold fixed at 128 KiB in each case (a reproducible peak); default: glibc's own", "choices": list(ALLOCATORS)})
+    # fixed makes the peak reproducible: with glibc's own threshold it depends on thread timing (see the
+    # docstring).
+    allocator: str = field(default="fixed", metadata={"help": "fixed: glibc's mmap threshold fixed at 128 KiB in each case; default: glibc's own", "choices": list(ALLOCATORS)})
 
     def __post_init__(self):
         q = self.quick

@@ -114,15 +114,20 @@ class StepConfig:
     batch_size: int | None = field(default=None, metadata={"help": "images per step, each giving two views (default 512; --quick 2)"})
     image_size: int | None = field(default=None, metadata={"help": "side of the synthetic views (default 32 = CIFAR; --quick 8)"})
     steps: int | None = field(default=None, metadata={"help": "timed steps per repeat (default 20 on CUDA, 3 on CPU; --quick 1)"})
-    repeats: int | None = field(default=None, metadata={"help": "timed repeats, interleaved over the settings (default 5; >= 5 unless --quick, which does 1)"})
+    # Interleaved: each repeat times every setting once, so a drift in the machine's speed reaches all
+    # settings alike.
+    repeats: int | None = field(default=None, metadata={"help": "timed repeats, interleaved over the settings (default 5; >= 5 unless --quick: 1)"})
     warmup: int | None = field(default=None, metadata={"help": "untimed steps per setting first, compilation included (default 3; --quick 1)"})
     compile_backend: str | None = field(default=None, metadata={"help": "torch.compile backend (default inductor; --quick eager: dynamo capture only)"})
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda or cuda:N"})
     peak_tflops: float | None = field(default=None, metadata={"help": "peak dense bf16 TFLOP/s of the device for MFU (default: table by GPU model)"})
     seed: int = field(default=0, metadata={"help": "seed of the model and the synthetic batch"})
-    precisions: str = field(default="fp32,bf16", metadata={"help": "comma-separated precisions to compare (fp32, bf16); CPUs without native bf16 run bf16 steps very slowly"})
-    compile_modes: str = field(default="default,max-autotune-no-cudagraphs,reduce-overhead", metadata={"help": f"comma-separated torch.compile modes, each a row on the fastest setting ({', '.join(fstep.COMPILE_MODES)}; the grid uses default)"})
-    optimizer_paths: str = field(default="loop,foreach,compiled", metadata={"help": "comma-separated LARS update paths, each a row on the fastest setting (loop, foreach, compiled; the grid uses foreach)"})
+    # CPUs without native bf16 run bf16 steps very slowly.
+    precisions: str = field(default="fp32,bf16", metadata={"help": "comma-separated precisions to compare (fp32, bf16)"})
+    # Each mode is one row, run on the fastest setting of the grid; the grid itself uses default.
+    compile_modes: str = field(default="default,max-autotune-no-cudagraphs,reduce-overhead", metadata={"help": f"comma-separated torch.compile modes ({', '.join(fstep.COMPILE_MODES)})"})
+    # Each path is one row, run on the fastest setting of the grid; the grid itself uses foreach.
+    optimizer_paths: str = field(default="loop,foreach,compiled", metadata={"help": "comma-separated LARS update paths (loop, foreach, compiled)"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's own; --quick 1)"})
     quick: bool = field(default=False, metadata={"help": "CPU smoke run in seconds: tiny batch and image, 1 repeat"})
     out: str | None = field(default=None, metadata={"help": "output directory (default benchmarks/results/<device>-<date>)"})

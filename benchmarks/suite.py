@@ -58,21 +58,31 @@ SMOKE = dict(FULL, matmul_n=128, step_batch=2, image_size=8, step_steps=1, step_
 @dataclass
 class SuiteConfig:
     budget: float | None = field(default=None, metadata={"help": "seconds for the whole suite (default 540: one 10-minute call with margin; --smoke 180)"})
-    stages: str = field(default=",".join(stages.STAGES), metadata={"help": "comma-separated stages to run, in this order: " + ", ".join(stages.all_stages()) + " (families: only when named)"})
+    # Stages run in the order listed, whatever the order given; race and families, outside the default, run
+    # only when named (each is a GPU call of its own).
+    stages: str = field(default=",".join(stages.STAGES), metadata={"help": "comma-separated: " + ", ".join(stages.all_stages())})
     data_dir: str | None = field(default=None, metadata={"help": "where CIFAR-10 / CIFAR-100 live (else $FASTSSL_DATA); nothing is downloaded"})
     pipelines: str = field(default="gpu,torchvision,ffcv,dali", metadata={"help": "pipelines of the throughput stage (those not installed are listed as skipped)"})
-    throughput_dataset: str | None = field(default=None, metadata={"help": "data of the throughput stage (default cifar10; cifar10-sample, shipped, before CIFAR-10 is staged; --smoke: the sample)", "choices": ["cifar10", "cifar10-sample"]})
-    estimates: str | None = field(default=None, metadata={"help": "stage=seconds,... replacing stages' estimated seconds, i.e. their shares of --budget (e.g. throughput=140,time_to_accuracy=150)"})
-    rates_from: str | None = field(default=None, metadata={"help": "suite.json of an earlier run on the same GPU whose throughput/step stage gives the epoch time (when this run skips those stages)"})
-    epochs: int | None = field(default=None, metadata={"help": "time-to-accuracy epochs (default: chosen from the measured costs so that the run and its probes fit, at most --max-epochs)"})
+    # cifar10-sample ships with fastssl, so it serves before CIFAR-10 is staged.
+    throughput_dataset: str | None = field(default=None, metadata={"help": "data of the throughput stage (default cifar10; --smoke: cifar10-sample)", "choices": ["cifar10", "cifar10-sample"]})
+    # A stage's estimated seconds are its share of --budget.
+    estimates: str | None = field(default=None, metadata={"help": "stage=seconds,... replacing stages' estimates, e.g. throughput=140,time_to_accuracy=150"})
+    # For a run that skips the throughput and step stages: the earlier run's throughput/step stage gives the
+    # epoch time.
+    rates_from: str | None = field(default=None, metadata={"help": "suite.json of an earlier run on the same GPU, for the epoch time"})
+    # The plan chooses them from the measured costs so that the training run and its probes fit.
+    epochs: int | None = field(default=None, metadata={"help": "time-to-accuracy epochs (default: planned from measured costs, at most --max-epochs)"})
     max_epochs: int | None = field(default=None, metadata={"help": "most epochs the time-to-accuracy plan may choose (default 200; --smoke 2)"})
-    compile: bool | None = field(default=None, metadata={"help": "torch.compile where the suite compiles (default: yes if a compile check of a few seconds passes first; --no-compile: eager everywhere, rows labelled so)"})
+    # The check takes a few seconds and runs first. --no-compile runs eager everywhere, with the rows labelled
+    # so.
+    compile: bool | None = field(default=None, metadata={"help": "torch.compile where the suite compiles (default: yes if a quick compile check passes)"})
     compile_check_timeout: float = field(default=90.0, metadata={"help": "seconds the compile check may take before compiling counts as not working"})
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda or cuda:N"})
     peak_tflops: float | None = field(default=None, metadata={"help": "datasheet dense bf16 TFLOP/s, for a GPU missing from benchmarks/peaks.py"})
     seed: int = field(default=0, metadata={"help": "seed of every stage"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's own; --smoke 1)"})
-    smoke: bool = field(default=False, metadata={"help": "every stage's code path on the CPU with tiny sizes (seconds to minutes; numbers mean nothing)"})
+    # A rehearsal of the code paths; it takes seconds to minutes.
+    smoke: bool = field(default=False, metadata={"help": "every stage's code path on the CPU with tiny sizes; numbers mean nothing"})
     grace: float = field(default=15.0, metadata={"help": "seconds a stage may run past its deadline before it is interrupted"})
     out: str | None = field(default=None, metadata={"help": "output folder (default benchmarks/results/<device>-<date>)"})
     work_dir: str | None = field(default=None, metadata={"help": "folder for the training run and probes (default: a temporary one)"})

@@ -52,8 +52,12 @@ class ConvertConfig:
     encoding: str | None = field(default=None, metadata={"help": "raw (exact) or jpg; default raw up to 32x32 images, jpg above", "choices": ["raw", "jpg"]})
     quality: int = field(default=90, metadata={"help": "JPEG quality 1-100 (jpg encoding only)"})
     max_resolution: int | None = field(default=None, metadata={"help": "shrink images whose longer side exceeds this many pixels"})
-    image_size: int | None = field(default=None, metadata={"help": "imagefolder only: resize the shorter side to this, centre-crop a square (needed when image sizes differ)"})
-    order: str = field(default="shuffled", metadata={"help": "sample order in the output: shuffled (seeded by --order-seed; streamed loaders shuffle within a window, so a folder's class-by-class order would give one-class batches) or source", "choices": ["shuffled", "source"]})
+    # Needed when the images differ in size and must be stored at one size (as --encoding raw needs); without
+    # it a jpg conversion keeps each image at its own size.
+    image_size: int | None = field(default=None, metadata={"help": "imagefolder only: resize the shorter side to this many pixels, centre-crop a square"})
+    # Shuffled by default: streamed loaders (DALI, FFCV) shuffle only within a window, so an image folder's
+    # class-by-class order would give one-class batches.
+    order: str = field(default="shuffled", metadata={"help": "sample order in the output: shuffled (seeded by --order-seed) or source", "choices": ["shuffled", "source"]})
     order_seed: int = field(default=0, metadata={"help": "seed of the shuffled order (recorded in the manifest)"})
 
     def __post_init__(self):

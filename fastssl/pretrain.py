@@ -35,7 +35,7 @@ import pipelines
 from pipelines import datasets
 
 from .config import cli, parse
-from .eval.setup import check_split, split_field, split_seed_field
+from .data import check_split, split_field, split_seed_field
 from .methods import METHODS
 from .models import BACKBONES
 from .step import COMPILE_MODES
@@ -44,14 +44,19 @@ from .step import COMPILE_MODES
 @dataclass
 class PretrainConfig:
     # data
-    dataset: str = field(default="cifar10", metadata={"help": "training data: a name or the path of a converted dataset (.beton file or DALI shard directory written by fastssl.convert); cifar10-sample is a 2,000-image CIFAR-10 sample shipped with fastssl", "choices": datasets.Choices(datasets.DATASETS)})
+    # Converted datasets are written by fastssl.convert. cifar10-sample is a 2,000-image CIFAR-10 sample
+    # shipped with fastssl, so it needs no download.
+    dataset: str = field(default="cifar10", metadata={"help": "training data: a name or a converted dataset's path (.beton file or DALI shard directory)", "choices": datasets.Choices(datasets.DATASETS)})
     data_dir: str | None = field(default=None, metadata={"help": "where the dataset lives (else $FASTSSL_DATA)"})
     subset: int | None = field(default=None, metadata={"help": "use only the first N training images, class-balanced"})
     split: str = split_field()  # a train/val/test split: pretrain on its train part, monitor its validation part
     split_seed: int = split_seed_field()
     pipeline: str = field(default="gpu", metadata={"help": "data pipeline", "choices": list(pipelines.PIPELINES)})
     workers: int | None = field(default=None, metadata={"help": "loader worker processes/threads (torchvision, dali, ffcv)"})
-    image_size: int | None = field(default=None, metadata={"help": "side of the views in pixels (RandomResizedCrop output; evaluation: resize + centre crop). Default: 32 (the CIFAR recipe) for named datasets; for a converted dataset its stored side when all images share one, else 224 with --stem imagenet and 96 with the cifar stem (STL-10-like data)"})
+    # The views are RandomResizedCrop outputs; evaluation resizes and centre-crops to the same side. Unset: 32
+    # (the CIFAR recipe) for named datasets; for a converted dataset its stored side when all images share
+    # one, else 224 with --stem imagenet and 96 with the cifar stem (STL-10-like data).
+    image_size: int | None = field(default=None, metadata={"help": "side of the views in pixels (unset: 32 for named datasets, else from the converted data)"})
     # method and model
     method: str = field(default="simclr", metadata={"help": "training method", "choices": list(METHODS)})
     backbone: str = field(default="resnet18", metadata={"help": "backbone network", "choices": list(BACKBONES)})
@@ -65,7 +70,9 @@ class PretrainConfig:
     # race's ablation (benchmarks/race, docs/race.md).
     proj_out_bn: bool = field(default=False, metadata={"help": "BatchNorm1d on the projection's output (and no bias on its last Linear)"})
     temperature: float = field(default=0.2, metadata={"help": "NT-Xent temperature"})
-    ae_noise: float = field(default=0.0, metadata={"help": "autoencoder: std of the Gaussian noise added to the input view (normalised units; 0: plain, > 0: denoising)"})
+    # Above 0 it is a denoising autoencoder (Vincent et al. 2008): the encoder sees the noisy view and the
+    # target stays the clean one.
+    ae_noise: float = field(default=0.0, metadata={"help": "autoencoder: std of Gaussian noise on the input view, normalised units (0: plain)"})
     dim_estimator: str = field(default="jsd", metadata={"help": "Deep InfoMax MI estimator", "choices": ["jsd", "infonce"]})
     dim_alpha: float = field(default=0.0, metadata={"help": "Deep InfoMax weight of the global MI term"})
     dim_beta: float = field(default=1.0, metadata={"help": "Deep InfoMax weight of the local MI term"})
@@ -76,10 +83,13 @@ class PretrainConfig:
     epochs: int = field(default=200, metadata={"help": "training epochs"})
     batch_size: int = field(default=512, metadata={"help": "global batch size (images; each gives two views)"})
     optimizer: str = field(default="lars", metadata={"help": "optimiser", "choices": ["lars", "sgd", "adamw"]})
-    lr: float | None = field(default=None, metadata={"help": "base learning rate per 256 images: lr_used = lr * batch_size / 256 (default per optimiser: lars 0.4, sgd 0.4, adamw 1e-3)"})
+    # Linear scaling, lr_used = lr * batch_size / 256, so one base rate serves every batch size.
+    lr: float | None = field(default=None, metadata={"help": "base learning rate per 256 images (default per optimiser: lars 0.4, sgd 0.4, adamw 1e-3)"})
     weight_decay: float = field(default=1e-5, metadata={"help": "weight decay (not applied to biases and BatchNorm)"})
     momentum: float = field(default=0.9, metadata={"help": "SGD/LARS momentum"})
-    nesterov: bool = field(default=False, metadata={"help": "sgd only: Nesterov momentum (off: plain momentum, the rule LARS uses for biases and BatchNorm, so sgd is LARS without the trust ratio)"})
+    # Plain momentum is the rule LARS uses for biases and BatchNorm, so sgd without Nesterov is LARS without
+    # the trust ratio.
+    nesterov: bool = field(default=False, metadata={"help": "sgd only: Nesterov momentum (off: plain momentum)"})
     # solo-learn's LARS: eta 0.02 with clipping (step min(lr, eta*|w|/|g|)); SimCLR's TF code and lightly:
     # eta 0.001 without clipping (step lr*eta*|w|/|g|). See fastssl/optim.py.
     lars_eta: float = field(default=0.02, metadata={"help": "lars only: trust coefficient"})
@@ -89,23 +99,30 @@ class PretrainConfig:
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda or cuda:N"})
     precision: str = field(default="auto", metadata={"help": "auto: bf16 autocast on CUDA, fp32 on CPU", "choices": ["auto", "bf16", "fp32"]})
     compile: bool | None = field(default=None, metadata={"help": "torch.compile the training step (default: on for CUDA)"})
-    compile_mode: str = field(default="default", metadata={"help": "torch.compile mode of the model + loss graph; reduce-overhead = CUDA graphs (static input buffers)", "choices": list(COMPILE_MODES)})
+    # reduce-overhead's CUDA graphs replay from static input buffers.
+    compile_mode: str = field(default="default", metadata={"help": "torch.compile mode of the model + loss graph; reduce-overhead = CUDA graphs", "choices": list(COMPILE_MODES)})
     compile_fullgraph: bool = field(default=True, metadata={"help": "compile the model + loss as one graph: a graph break is an error, not a silent split"})
-    compile_optimizer: bool = field(default=False, metadata={"help": "lars only: torch.compile the LARS update into fused kernels (the multi-tensor update is used either way)"})
-    sync_bn: bool = field(default=True, metadata={"help": "under torchrun: BatchNorm statistics over the global batch (all ranks), as with one process; off: per-rank statistics"})
+    # The multi-tensor LARS update is used either way: this flag only decides whether it is compiled.
+    compile_optimizer: bool = field(default=False, metadata={"help": "lars only: torch.compile the LARS update into fused kernels"})
+    # On by default so that a multi-process run normalises like one process with the same global batch.
+    sync_bn: bool = field(default=True, metadata={"help": "under torchrun: BatchNorm statistics over the global batch (all ranks); off: per rank"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation, data order and augmentation"})
     # monitoring and outputs
     out: str = field(default="runs/simclr", metadata={"help": "run directory"})
     resume: bool = field(default=False, metadata={"help": "continue the run in --out from its last checkpoint"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing run directory"})
     knn_every: int = field(default=10, metadata={"help": "kNN monitor (on the validation split) every N epochs and at the end (0: never)"})
-    knn_val_fraction: float = field(default=0.1, metadata={"help": "stratified fraction of the labelled training images the kNN monitor scores (their labels do not vote); best.pt is chosen on it, the test split is scored once, at the end"})
+    # These images' labels do not vote. best.pt is chosen on them, so the test split is scored only once, at
+    # the end.
+    knn_val_fraction: float = field(default=0.1, metadata={"help": "stratified fraction of the labelled training images the kNN monitor scores"})
     knn_k: int = field(default=200, metadata={"help": "kNN neighbours"})
     knn_t: float = field(default=0.1, metadata={"help": "kNN temperature"})
     log_interval: int = field(default=50, metadata={"help": "steps between metric records (each costs one host sync)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
-    backbone_every: int = field(default=0, metadata={"help": "also export backbone_epochNNN.pt every N epochs, outside the timed epoch (0: only the final backbone.pt)"})
-    save_every_steps: int = field(default=0, metadata={"help": "also checkpoint the exact position every N steps inside an epoch (0: only at epoch ends); bounds what a kill -9 loses"})
+    # Exported outside the timed epoch, so the epoch times do not include the export.
+    backbone_every: int = field(default=0, metadata={"help": "also export backbone_epochNNN.pt every N epochs (0: only the final backbone.pt)"})
+    # Bounds what a kill -9 loses to N steps.
+    save_every_steps: int = field(default=0, metadata={"help": "also checkpoint the exact position every N steps inside an epoch (0: only at epoch ends)"})
 
     def __post_init__(self):
         positive = ["epochs", "batch_size", "proj_hidden_dim", "proj_dim", "log_interval", "knn_k"]

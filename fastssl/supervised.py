@@ -62,7 +62,8 @@ def test_accuracy(cfg, out: str, device) -> dict:
     """Top-1/top-5 (%) of the last checkpoint's backbone + classifier on the test split (or the test
     part of cfg.split)."""
     from .eval.knn import topk_accuracy
-    from .eval.setup import features, load_data, on_device
+    from .data import load_data
+    from .eval.setup import features, on_device
     from .methods import METHODS
 
     test = load_data(cfg.dataset, cfg.data_dir, cfg.split, cfg.split_seed).test

@@ -24,8 +24,8 @@ from pipelines.recipes import SimCLRRecipe
 
 from . import checkpoint as ckpt
 from .config import ConfigError, from_dict, parse
+from .data import load_data, view_side
 from .eval.knn import knn_eval
-from .eval.setup import load_data
 from .lock import RunLock, clear_run_dir, has_content
 from .methods import METHODS
 from .optim import base_lr, build_optimizer, warmup_cosine
@@ -129,8 +129,8 @@ class Data:
 class Run:
     """What the phases of one run share, filled in phase by phase (see `_train`)."""
     cfg: object
-    argv: list
-    command: str
+    argv: list | tuple   # the command line, for config.json
+    command: str         # the module run, e.g. fastssl.pretrain
     rank: int
     world: int
     device: torch.device
@@ -161,6 +161,8 @@ class Run:
 
 
 def _train(cfg, argv, command, rank, world, local_rank, stop):
+    """The run's phases in order, each a function below: check_run_dir, build_data, build_model,
+    restore (when resuming), build_step, write_run_dir, run_epoch per epoch, finish."""
     cfg, resume_state, finished = check_run_dir(cfg, argv, rank, world)
     if finished is not None:  # resuming a finished run changes nothing
         return finished
@@ -214,7 +216,7 @@ def build_data(run: Run) -> None:
     parts = load_data(cfg.dataset, cfg.data_dir, cfg.split, cfg.split_seed, subset=cfg.subset, seed=cfg.seed,
                       test="optional" if cfg.knn_every else "skip")
     train_data, test_data, monitor, bank = parts.train, parts.test, None, parts.train
-    # A converted dataset's views (and evaluation crops) get their side here (pipelines.formats.converted.sized).
+    # The one place a converted dataset's view side (and evaluation crops) is decided: this command's stem.
     train_data, test_data, bank = (converted.sized(d, cfg.image_size, cfg.stem) for d in (train_data, test_data, bank))
     if cfg.knn_every:
         if parts.val is None:
@@ -223,7 +225,7 @@ def build_data(run: Run) -> None:
             monitor = (train_data, parts.val)  # train + validation, as for fastssl.knn
             bank, _ = parts.labelled()
     extra = {"workers": cfg.workers} if cfg.workers is not None and cfg.pipeline != "gpu" else {}
-    size = getattr(train_data, "image_size", None) or getattr(cfg, "image_size", None)
+    size = view_side(train_data, cfg.image_size)
     if size is not None:  # else the recipe's default side (32)
         extra["spec"] = SimCLRRecipe(size=size)
     loader = pipelines.build(cfg.pipeline, train_data, batch_size=cfg.batch_size // world, device=device,
@@ -244,7 +246,8 @@ def build_model(run: Run) -> None:
                                 compiled=cfg.compile_optimizer, eta=cfg.lars_eta, clip=cfg.lars_clip)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)))
-    run.method, run.optimizer, run.schedule, run.lr, run.steps_per_epoch = method, optimizer, schedule, lr, steps_per_epoch
+    run.method, run.optimizer, run.schedule = method, optimizer, schedule
+    run.lr, run.steps_per_epoch = lr, steps_per_epoch
 
 
 def restore(run: Run, state: dict) -> None:
@@ -259,11 +262,11 @@ def restore(run: Run, state: dict) -> None:
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
         raise ConfigError(f"{last} does not match its saved config: {str(e).strip().splitlines()[0][:200]}") from None
     run.start_epoch, run.best = state["epoch"] + 1, state.get("best")
-    run.position = state.get("position")  # saved inside an epoch (signal or --save-every-steps)
-    if run.position is not None:
-        if not 0 < run.position["step"] < run.steps_per_epoch:
-            raise ConfigError(f"{last}: saved at step {run.position['step']} of an epoch of {run.steps_per_epoch} steps")
-        run.start_epoch = run.position["epoch"]
+    run.position = position = state.get("position")  # saved inside an epoch (signal or --save-every-steps)
+    if position is not None:
+        if not 0 < position["step"] < run.steps_per_epoch:
+            raise ConfigError(f"{last}: saved at step {position['step']} of an epoch of {run.steps_per_epoch} steps")
+        run.start_epoch = position["epoch"]
 
 
 def build_step(run: Run) -> None:
@@ -289,8 +292,8 @@ def build_step(run: Run) -> None:
 def write_run_dir(run: Run) -> None:
     """Rank 0 writes config.json and cuts metrics.jsonl back to the resumed position; the other
     ranks wait for it. run.history starts as the epoch summaries kept."""
-    cfg, out, data, spe = run.cfg, run.out, run.data, run.steps_per_epoch
-    resume_step = run.start_epoch * spe + (run.position["step"] if run.position else 0)
+    cfg, out, data, steps_per_epoch = run.cfg, run.out, run.data, run.steps_per_epoch
+    resume_step = run.start_epoch * steps_per_epoch + (run.position["step"] if run.position else 0)
     metrics_path = os.path.join(out, "metrics.jsonl")
     prior, error = [], None
     try:
@@ -300,7 +303,7 @@ def write_run_dir(run: Run) -> None:
                 clear_run_dir(out)  # keeps the held lock file
             os.makedirs(out, exist_ok=True)
             info = {"config": asdict(cfg), "command": ["python", "-m", run.command, *run.argv],
-                    "environment": environment(), "world_size": run.world, "steps_per_epoch": spe,
+                    "environment": environment(), "world_size": run.world, "steps_per_epoch": steps_per_epoch,
                     "lr_used": run.lr, "bf16": run.use_bf16, "compile": run.use_compile, "device": str(run.device),
                     "train_images": len(data.train.labels), "dataset_name": data.train.name, "split": data.parts.info(),
                     "image_size": data.size,  # the view side used (a converted dataset's resolved default too)
@@ -327,7 +330,7 @@ def run_epoch(run: Run, epoch: int) -> None:
 def train_steps(run: Run, epoch: int) -> dict:
     """The epoch's steps (from run.position's step when the run stopped inside this epoch).
     Returns the epoch's summary record: mean logs, time, loader wait."""
-    cfg, loader, spe = run.cfg, run.data.loader, run.steps_per_epoch
+    cfg, loader, steps_per_epoch = run.cfg, run.data.loader, run.steps_per_epoch
     save_every = getattr(cfg, "save_every_steps", 0)
     run.method.train()
     loader.set_epoch(epoch)
@@ -352,21 +355,21 @@ def train_steps(run: Run, epoch: int) -> dict:
         epoch_sum = vals if epoch_sum is None else epoch_sum + vals
         window_steps += 1
         run.progress.advance()
-        if window_steps == cfg.log_interval or i == spe - 1:
+        if window_steps == cfg.log_interval or i == steps_per_epoch - 1:
             t_window = log_window(run, epoch, i, logs.keys(), window_sum / window_steps, window_steps, t_window)
             window_sum, window_steps = None, 0
         signum = stop_requested(run, i + 1)
-        due = save_every and (epoch * spe + i + 1) % save_every == 0
-        if i < spe - 1 and (signum or due):  # at the epoch's end the epoch checkpoint follows
+        due = save_every and (epoch * steps_per_epoch + i + 1) % save_every == 0
+        if i < steps_per_epoch - 1 and (signum or due):  # at the epoch's end the epoch checkpoint follows
             save_position(run, epoch, i, epoch_sum, window_sum, window_steps)
             if signum:
-                stop_now(run, signum, f"at epoch {epoch + 1}/{cfg.epochs}, step {i + 1}/{spe}")
+                stop_now(run, signum, f"at epoch {epoch + 1}/{cfg.epochs}, step {i + 1}/{steps_per_epoch}")
         t_asked = time.perf_counter()
-    epoch_means = dict(zip(logs.keys(), mean_over_ranks(epoch_sum / spe).tolist()))
+    epoch_means = dict(zip(logs.keys(), mean_over_ranks(epoch_sum / steps_per_epoch).tolist()))
     epoch_time = time.perf_counter() - t_epoch
     # The batch is global and counted in source images (each gives its views).
     return {"epoch": epoch, "summary": True, **{f"epoch_{k}": v for k, v in epoch_means.items()},
-            "epoch_time_s": epoch_time, "epoch_img_per_s": spe * cfg.batch_size / epoch_time,
+            "epoch_time_s": epoch_time, "epoch_img_per_s": steps_per_epoch * cfg.batch_size / epoch_time,
             "epoch_data_wait_s": data_wait}
 
 
@@ -399,8 +402,8 @@ def save_position(run: Run, epoch: int, i: int, epoch_sum, window_sum, window_st
 
 
 def end_epoch(run: Run, epoch: int, summary: dict) -> None:
-    """After the epoch's last step: backbone snapshot, kNN monitor, summary record, checkpoints,
-    then a stop request is honoured here, the epoch saved."""
+    """After the epoch's last step: backbone snapshot, kNN monitor, summary record and checkpoints;
+    a pending stop request ends the run here, the epoch saved."""
     cfg = run.cfg
     last_epoch = epoch == cfg.epochs - 1
     if run.main_rank and cfg.backbone_every and (epoch + 1) % cfg.backbone_every == 0:

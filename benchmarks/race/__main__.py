@@ -33,7 +33,9 @@ SMOKE = {"dataset": "cifar10-sample", "subset": 64, "epochs": 2, "batch_size": 1
 
 @dataclass
 class RaceConfig(RaceSpec):
-    entrants: str = field(default="fastssl,lightly,plain", metadata={"help": "comma-separated entrants, each NAME or NAME:knob=value,... (see benchmarks/race/__init__.py)"})
+    # The entrants are the keys of ENTRANTS in benchmarks/race/__init__.py; each entrant's module lists its
+    # KNOBS.
+    entrants: str = field(default="fastssl,lightly,plain", metadata={"help": "comma-separated entrants, each NAME or NAME:knob=value,..."})
     seeds: str = field(default="0,1,2", metadata={"help": "comma-separated seeds; accuracy is reported as mean and spread over them"})
     out: str = field(default="runs/race", metadata={"help": "where race.{json,csv,md,png} go"})
     work: str | None = field(default=None, metadata={"help": "where the runs (backbones) go (default: OUT/runs)"})

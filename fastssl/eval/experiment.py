@@ -79,7 +79,7 @@ _sizes = {}
 
 def _train_size(dataset: str, data_dir, split=splits.OFFICIAL, split_seed=0) -> int:
     """Images pretraining draws from: the training split, or the train part of a train/val/test split."""
-    from .setup import load_data
+    from ..data import load_data
 
     key = (dataset, data_dir, split, split_seed)
     if key not in _sizes:

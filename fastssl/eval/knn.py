@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from pipelines import datasets
 
 from ..config import cli, parse
+from ..data import check_split, split_field, split_seed_field
 from .features import extract
-from .setup import (check_backbone_split, check_split, image_size_field, on_device, setup, split_field,
-                    split_seed_field)
+from .setup import check_backbone_split, image_size_field, on_device, setup
 
 
 @torch.no_grad()
@@ -65,8 +65,10 @@ def knn_eval(backbone, train_data, test_data, device, k=200, t=0.1, batch_size=1
 
 @dataclass
 class KNNConfig:
-    backbone: str = field(default="", metadata={"help": "run directory, checkpoint, backbone.pt or torchvision state_dict; 'random' for an untrained control"})
-    dataset: str = field(default="cifar10", metadata={"help": "labelled dataset: a name or the path of a converted dataset (its test split: the sibling path, see pipelines/formats/converted.py)", "choices": datasets.Choices(datasets.DATASETS)})
+    # 'random' scores an untrained backbone: the control that trained backbones are compared with.
+    backbone: str = field(default="", metadata={"help": "run directory, checkpoint, backbone.pt, torchvision state_dict, or 'random'"})
+    # A converted dataset's test split is read from the sibling path (see pipelines/formats/converted.py).
+    dataset: str = field(default="cifar10", metadata={"help": "labelled dataset: a name or the path of a converted dataset", "choices": datasets.Choices(datasets.DATASETS)})
     data_dir: str | None = field(default=None, metadata={"help": "dataset location (else $FASTSSL_DATA)"})
     split: str = split_field()
     split_seed: int = split_seed_field()

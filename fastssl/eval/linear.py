@@ -38,7 +38,8 @@ from pipelines.data import cifar, splits
 
 from .. import checkpoint as ckpt
 from ..config import ConfigError, cli, parse
-from .setup import check_split, image_size_field, run_info, split_field, split_seed_field
+from ..data import check_split, split_field, split_seed_field
+from .setup import image_size_field, run_info
 
 # torchvision's ResNet18_Weights.IMAGENET1K_V1 (69.758% ImageNet top-1); the name ends in the
 # first 8 hex digits of its SHA-256, which torch.hub verifies.
@@ -53,21 +54,30 @@ METHOD_NAMES = {"simclr": "SimCLR", "supervised": "supervised", "autoencoder": "
 
 @dataclass
 class LinearConfig:
-    backbone: str | None = field(default=None, metadata={"help": "run directory, checkpoint, backbone.pt, torchvision-format ResNet-18 or ResNet-50 state_dict, 'imagenet' (torchvision ImageNet weights: resnet18 IMAGENET1K_V1, or the resnet18/resnet50 file given by --weights) or 'random' (untrained ResNet-18 control)"})
-    weights: str | None = field(default=None, metadata={"help": f"--backbone imagenet: local copy of {IMAGENET_URL} or of torchvision's resnet50 weights (else torch.hub's cache, else download the resnet18 file)"})
+    # State dicts are in torchvision's format. 'imagenet': torchvision's ImageNet weights (resnet18
+    # IMAGENET1K_V1, or the resnet18/resnet50 file given by --weights); 'random': an untrained ResNet-18, as a
+    # control.
+    backbone: str | None = field(default=None, metadata={"help": "run directory, checkpoint, backbone.pt, ResNet-18/50 state_dict, 'imagenet' or 'random'"})
+    # The resnet18 file is IMAGENET_URL (IMAGENET1K_V1). Unset: torch.hub's cache, else that file is
+    # downloaded.
+    weights: str | None = field(default=None, metadata={"help": f"--backbone imagenet: local {IMAGENET_URL.rsplit('/', 1)[1]} or torchvision's resnet50 weights"})
     stem: str = field(default="cifar", metadata={"help": "stem of the 'random' backbone", "choices": ["cifar", "imagenet"]})
     # data
     dataset: str = field(default="cifar100", metadata={"help": "labelled dataset to probe on: a name or the path of a converted dataset", "choices": datasets.Choices(datasets.DATASETS)})
     data_dir: str | None = field(default=None, metadata={"help": "dataset location (else $FASTSSL_DATA)"})
     subset: int | None = field(default=None, metadata={"help": "use only N training images, class-balanced (quick looks, tests)"})
-    data_note: str | None = field(default=None, metadata={"help": "note shown after the dataset name in results (default: detected, e.g. 'JPEG-recompressed copy')"})
+    # Detected, e.g. 'JPEG-recompressed copy' for CIFAR-100 files whose md5 differs from the official archive,
+    # so that no number measured on them passes for an official result (see dataset_label).
+    data_note: str | None = field(default=None, metadata={"help": "note shown after the dataset name in results (default: detected)"})
     split: str = split_field()
     split_seed: int = split_seed_field()
-    val_fraction: float = field(default=0.1, metadata={"help": "official split: stratified fraction of the training set held out to choose lr and weight decay (a train/val/test --split uses its validation part)"})
+    # A train/val/test --split has its own validation part, which is used instead.
+    val_fraction: float = field(default=0.1, metadata={"help": "official split: stratified training fraction held out to choose lr and weight decay"})
     # features
     resize: int | None = field(default=None, metadata={"help": "upsample images to SxS before the backbone (224 for ImageNet backbones)"})
     image_size: int | None = image_size_field()
-    normalize: str = field(default="auto", metadata={"help": "pixel normalisation: auto = ImageNet mean/std for ImageNet-trained backbones, else the dataset's", "choices": ["auto", "dataset", "imagenet"]})
+    # A backbone is fed pixels normalised as in its training: ImageNet mean/std for ImageNet-trained weights.
+    normalize: str = field(default="auto", metadata={"help": "pixel normalisation: auto = ImageNet's for ImageNet-trained backbones, else the dataset's", "choices": ["auto", "dataset", "imagenet"]})
     precision: str = field(default="fp32", metadata={"help": "feature extraction precision (bf16 only on CUDA)", "choices": ["fp32", "bf16"]})
     feature_batch_size: int = field(default=1024, metadata={"help": "images per feature-extraction batch"})
     # classifier

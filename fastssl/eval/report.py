@@ -38,7 +38,9 @@ METRIC_NAMES = {"linear_top1": "linear top-1", "linear_top5": "linear top-5", "k
 
 @dataclass
 class ReportConfig:
-    runs: str = field(default="", metadata={"help": "run / experiment directories or folders holding them (positional arguments; comma-separated here)"})
+    # Usually given as positional arguments (python -m fastssl.report RUNS...), which main() joins into this
+    # field; with --runs or in a TOML file they are comma-separated.
+    runs: str = field(default="", metadata={"help": "run / experiment directories or folders holding them, comma-separated"})
     out: str = field(default="report", metadata={"help": "output directory"})
     title: str = field(default="fastssl results", metadata={"help": "report title"})
     html: bool = field(default=True, metadata={"help": "also write a self-contained report.html"})

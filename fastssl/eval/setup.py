@@ -5,26 +5,19 @@
     bank, val_idx = data.labelled()    # what classifiers learn from; val_idx: the split's validation images
     feats = features(on_device(backbone, device), {"train": bank, "test": data.test}, device)  # name -> (f, y)
 
-Splits (`--split`): "official" is the dataset's own train/test split; "80/10/10" pools every
-labelled image (train + test split) and divides it into train / validation / test percentages,
-stratified per class and seeded by `--split-seed` (pipelines.datasets.load_split). Pretraining
-learns from the train part; classifiers (linear probe, kNN) learn from train + validation with the
-validation part held out for every choice; the test part is scored once. A backbone and its
-evaluation must use the same split: the other split's test part was in this one's training images.
+The split and its parts: fastssl/data.py. A backbone and its evaluation must use the same split:
+the other split's test part was in this one's training images.
 """
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 
-import numpy as np
 import torch
 
-from pipelines import DataError, datasets
-from pipelines.data import arrays, splits
+from pipelines.data import splits
 from pipelines.formats import converted
 
-SPLIT_HELP = ("'official' (the dataset's train/test split) or train/val/test percentages of all its labelled "
-              "images pooled, e.g. 80/10/10 (stratified, seeded by --split-seed)")
+from ..data import load_data
 
 
 def run_info(path: str) -> dict | None:
@@ -38,83 +31,13 @@ def run_info(path: str) -> dict | None:
     return info if isinstance(info, dict) and "config" in info else None
 
 
-def split_field():
-    """The `split` config field, identical in every command that takes it (check with check_split)."""
-    return field(default=splits.OFFICIAL, metadata={"help": SPLIT_HELP})
-
-
-def split_seed_field():
-    return field(default=0, metadata={"help": "seed of the --split draw (equal for a backbone and its evaluations)"})
-
-
-def check_split(cfg) -> None:
-    """__post_init__ check of the split fields (one DataError line for a bad --split)."""
-    splits.parse_split(cfg.split)
-    if cfg.split_seed < 0:
-        raise ValueError("--split-seed must be >= 0")
-
-
-@dataclass
-class EvalData:
-    """train: what pretraining learns from (the official train split, or the split's train part);
-    val: the split's validation part (None for the official split); test: scored once (None when
-    not loaded). `subset` applies to `train` only."""
-
-    train: arrays.ArrayDataset
-    val: arrays.ArrayDataset | None
-    test: arrays.ArrayDataset | None
-    split: str = splits.OFFICIAL
-    split_seed: int = 0
-
-    def labelled(self):
-        """(dataset, val_idx) a classifier learns from: train + validation, with the validation
-        images' indices (None for the official split: the command holds out its own)."""
-        if self.val is None:
-            return self.train, None
-        t, v = self.train, self.val
-        both = arrays.ArrayDataset(np.concatenate([t.images, v.images]), np.concatenate([t.labels, v.labels]),
-                                     t.classes, t.name, t.mean, t.std)
-        return both, np.arange(len(t), len(t) + len(v), dtype=np.int64)
-
-    def image_size(self) -> list:
-        """[h, w] of the images the backbone sees: the stored size (in memory) or the view side (converted)."""
-        t = self.train
-        return list(t.images.shape[1:3]) if hasattr(t, "images") else [t.image_size] * 2
-
-    def info(self) -> dict:
-        """The split as stored in summaries and config.json."""
-        return {"split": self.split, "split_seed": None if self.val is None else self.split_seed,
-                "train_images": len(self.train), "val_images": None if self.val is None else len(self.val),
-                "test_images": None if self.test is None else len(self.test)}
-
-
-def load_data(dataset, data_dir=None, split=splits.OFFICIAL, split_seed=0, subset=None, seed=0,
-              test="required") -> EvalData:
-    """The parts of `split`. test: "required", "optional" (None when the dataset has no test split)
-    or "skip" (official split only: not read)."""
-    if splits.parse_split(split) is None:
-        train = datasets.load(dataset, "train", data_dir, subset=subset, seed=seed)
-        held_out = None
-        if test != "skip":
-            try:
-                held_out = datasets.load(dataset, "test", data_dir)
-            except DataError:
-                if test == "required":
-                    raise
-        return EvalData(train, None, held_out, split, split_seed)
-    parts = datasets.load_split(dataset, split, data_dir, seed=split_seed)
-    train = parts["train"]
-    if subset is not None:
-        train = train.take(splits.first_per_class(train.labels, subset, len(train.classes)))
-    return EvalData(train, parts["val"], parts["test"], split, split_seed)
-
-
 def image_size_field():
     """The `image_size` field of the evaluation commands (resolved by view_size)."""
-    return field(default=None, metadata={"help": "converted datasets: side of the evaluation crops (shorter side "
-                                                 "resized to S / 0.875, centre S x S crop); 0 or unset: the backbone "
-                                                 "run's view side (its config.json), else 224 when the largest stored "
-                                                 "side reaches 224, else 96"})
+    # The crops follow the usual evaluation transform (224 from 256 on ImageNet): shorter side resized to
+    # S / 0.875, then the centre S x S crop. 0 or unset: the backbone run's view side (its config.json), else
+    # 224 when the largest stored side reaches 224, else 96.
+    return field(default=None, metadata={"help": "converted datasets: evaluation crop side S (0/unset: the "
+                                                 "backbone run's, else 224 or 96)"})
 
 
 def view_size(cfg) -> int | None:
@@ -129,7 +52,7 @@ def view_size(cfg) -> int | None:
 
 
 def setup(cfg, subset=None, test="required"):
-    """(device, EvalData) for a command config with device, dataset, data_dir, split, split_seed
+    """(device, SplitData) for a command config with device, dataset, data_dir, split, split_seed
     (and image_size, backbone: a converted dataset's views get view_size(cfg))."""
     from ..config import ConfigError
     from ..runtime import resolve_device

@@ -8,7 +8,7 @@ import pytest
 
 from fastssl import pretrain
 from fastssl.eval import knn, linear
-from fastssl.eval.setup import load_data
+from fastssl.data import load_data
 
 BAD = ["80/10", "50/50/50", "80/-10/30", "-80/90/90", "eighty/10/10"]
 PRE = ["--dataset", "imagefolder", "--stem", "imagenet", "--batch-size", "16", "--epochs", "1", "--warmup-epochs", "0",

@@ -10,7 +10,7 @@ extras = {
     "ffcv": ["ffcv==1.0.2", "numba>=0.60"],
     # the SSL library benchmarks.race compares fastssl with (its tests use it as an independent reference)
     "peers": ["lightly>=1.6"],
-    "dev": ["pytest>=7", "pytest-timeout", "lightly>=1.6"],
+    "dev": ["pytest>=7", "pytest-timeout", "lightly>=1.6", "ruff>=0.6"],
 }
 extras["all"] = sorted({d for k in ("torchvision", "dali", "ffcv") for d in extras[k]})
 
@@ -18,7 +18,9 @@ setup(
     name="fastssl",
     version="0.1.0",
     description="Fast self-supervised pretraining (SimCLR and friends) on CIFAR with GPU-side data pipelines",
-    packages=find_packages(include=["fastssl", "fastssl.*", "pipelines", "pipelines.*", "benchmarks", "benchmarks.*"]),
+    packages=find_packages(
+        include=["fastssl", "fastssl.*", "pipelines", "pipelines.*", "benchmarks", "benchmarks.*"]
+    ),
     package_data={"pipelines": ["assets/*.npz"]},
     python_requires=">=3.11",  # tomllib
     install_requires=core,

@@ -7,6 +7,7 @@ and the min-max over the repeats.
 Every output (JSON, CSV, markdown, PNG) is written atomically and carries the environment and the
 exact command that produced it.
 """
+
 import csv
 import datetime
 import importlib.metadata
@@ -30,6 +31,7 @@ from . import peaks
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # ----------------------------------------------------------------------------- environment
+
 
 def _run(cmd):
     try:
@@ -79,21 +81,27 @@ def environment(module: str, argv) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         # A copy of the tree without .git (an offline GPU machine's) is told its commit by the stager.
         "git_commit": _run(["git", "rev-parse", "HEAD"]) or os.environ.get("FASTSSL_GIT_COMMIT"),
-        "git_dirty": bool(status) if status is not None else {"1": True, "0": False}.get(os.environ.get("FASTSSL_GIT_DIRTY", "")),
+        "git_dirty": bool(status)
+        if status is not None
+        else {"1": True, "0": False}.get(os.environ.get("FASTSSL_GIT_DIRTY", "")),
         "gpu": torch.cuda.get_device_name() if cuda else None,
         "gpu_count": torch.cuda.device_count() if cuda else 0,
         "gpu_driver": driver.splitlines()[0] if driver else None,
-        "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if cuda else None,
-        "cpu": cpu_model(), "cpu_cores": os.cpu_count(), "cpu_cores_usable": len(os.sched_getaffinity(0)),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "cpu": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "cpu_cores_usable": len(os.sched_getaffinity(0)),
         "torch_threads": torch.get_num_threads(),
         # Other processes on the machine skew CPU timings; the load average says how busy it was.
         "load_average_1_5_15min": load,
-        "python": platform.python_version(), "torch": torch.__version__,
-        "torchvision": _version("torchvision"), "dali": _version("nvidia-dali"),
-        "ffcv": _version("ffcv"), "numpy": _version("numpy"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": _version("torchvision"),
+        "dali": _version("nvidia-dali"),
+        "ffcv": _version("ffcv"),
+        "numpy": _version("numpy"),
     }
-
-
 
 
 def apply_quick(cfg) -> bool:
@@ -133,11 +141,17 @@ def default_out(kind: str, device: torch.device, quick: bool) -> str:
 
 # ----------------------------------------------------------------------------- summaries
 
+
 def summarize(values) -> dict:
     """Median and min-max of a list of numbers (one per repeat)."""
     values = [float(v) for v in values]
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values),
-            "values": values}
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+        "values": values,
+    }
 
 
 def fmt(x, spec=",.0f", none="n/a") -> str:
@@ -149,19 +163,27 @@ def fmt_range(s: dict, spec=",.0f") -> str:
     return f"{format(s['median'], spec)} ({format(s['min'], spec)}-{format(s['max'], spec)})"
 
 
-def target(name: str, value, threshold, higher_is_better: bool, measurable: bool, reason: str = "",
-           unit: str = "") -> dict:
+def target(
+    name: str, value, threshold, higher_is_better: bool, measurable: bool, reason: str = "", unit: str = ""
+) -> dict:
     """One target line: status is "met", "not met" or "not measured" (with the reason)."""
     if not measurable or value is None:
         status = "not measured"
     else:
         ok = value >= threshold if higher_is_better else value <= threshold
         status = "met" if ok else "not met"
-    return {"target": name, "threshold": threshold, "unit": unit, "value": value, "status": status,
-            "reason": reason if status == "not measured" else ""}
+    return {
+        "target": name,
+        "threshold": threshold,
+        "unit": unit,
+        "value": value,
+        "status": status,
+        "reason": reason if status == "not measured" else "",
+    }
 
 
 # ----------------------------------------------------------------------------- writers
+
 
 def check_out(out: str, names, overwrite: bool) -> list:
     """Paths of the files a benchmark will write in `out`; refuses to replace existing ones unless
@@ -243,8 +265,11 @@ def bar_chart(path: str, groups, series: dict, ylabel: str, title: str, log: boo
         err = [[s["median"] - s["min"] for _, s in pts], [s["max"] - s["median"] for _, s in pts]]
         ax.bar([x for x, _ in pts], med, width, yerr=err, capsize=3, label=name)
     ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels(groups, rotation=20 if max(map(len, groups), default=0) > 10 else 0, ha="right"
-                       if max(map(len, groups), default=0) > 10 else "center")
+    ax.set_xticklabels(
+        groups,
+        rotation=20 if max(map(len, groups), default=0) > 10 else 0,
+        ha="right" if max(map(len, groups), default=0) > 10 else "center",
+    )
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     if log:
@@ -265,10 +290,12 @@ def write_all(out: str, stem: str, result: dict, rows, table: str, chart) -> Non
     env = result["environment"]
     write_json(os.path.join(out, f"{stem}.json"), result)
     write_csv(os.path.join(out, f"{stem}.csv"), rows, env)
-    header = (f"<!-- {env['command']} -->\n"
-              f"`{env['command']}`  \n{env['date']}, commit {env['git_commit']}"
-              f"{' (dirty)' if env['git_dirty'] else ''}, {env['gpu'] or env['cpu']} "
-              f"({env['cpu_cores_usable']} usable cores), torch {env['torch']}\n\n")
+    header = (
+        f"<!-- {env['command']} -->\n"
+        f"`{env['command']}`  \n{env['date']}, commit {env['git_commit']}"
+        f"{' (dirty)' if env['git_dirty'] else ''}, {env['gpu'] or env['cpu']} "
+        f"({env['cpu_cores_usable']} usable cores), torch {env['torch']}\n\n"
+    )
     write_text(os.path.join(out, f"{stem}.md"), header + table)
     chart(os.path.join(out, f"{stem}.png"))
     print(f"wrote {os.path.join(out, stem)}.{{json,csv,md,png}}", file=sys.stderr)

@@ -19,6 +19,7 @@ seconds whether torch.compile works (benchmarks.preflight); if not, it measures 
 --smoke runs a call's code path on a CPU in seconds (tests/benchmarks/test_gpu_window.py rehearses
 both calls in a copy of the tree that holds only what travels, with python3 alone on the PATH).
 """
+
 import datetime
 import hashlib
 import json
@@ -36,9 +37,9 @@ from pipelines.files import sha256
 from . import common, preflight
 
 MIB = 2**20
-CARRY_LIMIT = 64 * MIB          # what one call may carry, tree included
-CARRY_TARGET = 62 * MIB         # what we let it carry: 2 MiB to spare
-COMMAND_LIMIT = 2000            # characters of one device command
+CARRY_LIMIT = 64 * MIB  # what one call may carry, tree included
+CARRY_TARGET = 62 * MIB  # what we let it carry: 2 MiB to spare
+COMMAND_LIMIT = 2000  # characters of one device command
 RESULT_FILES, RESULT_BYTES = 8, 16 * MIB
 STAGE = os.path.join(".cache", "gpu-window")
 DATA = os.path.join(".cache", "data")
@@ -48,25 +49,49 @@ NPZ = "cifar10.npz"
 WINDOW_MIN, MARGIN_MIN, START_MIN, TRANSFER_MIN = 15.0, 2.0, 2.0, 0.5
 CALLS = {  # stages, seconds the command may run (the device call's timeout_s), stage shares
     "call1": {"stages": "environment,step,nt_xent", "limit_s": 255, "estimates": None},
-    "call2": {"stages": "environment,throughput,time_to_accuracy", "limit_s": 315,
-              "estimates": "throughput=130,time_to_accuracy=140"},
+    "call2": {
+        "stages": "environment,throughput,time_to_accuracy",
+        "limit_s": 315,
+        "estimates": "throughput=130,time_to_accuracy=140",
+    },
 }
-TTA_EPOCHS = 30         # the short time-to-accuracy run of call 2
-SUITE_MARGIN_S = 25     # the suite's grace (15 s) + writing results, inside a call's limit
+TTA_EPOCHS = 30  # the short time-to-accuracy run of call 2
+SUITE_MARGIN_S = 25  # the suite's grace (15 s) + writing results, inside a call's limit
 
 
 @dataclass
 class WindowConfig:
-    data_src: str = field(default=os.path.join("..", "shared", "data"), metadata={"help": "folder of cifar10.npz, unpack.py and README.md (plan)"})
+    data_src: str = field(
+        default=os.path.join("..", "shared", "data"),
+        metadata={"help": "folder of cifar10.npz, unpack.py and README.md (plan)"},
+    )
     # The default is the folder the calls' carry lists name (see describe).
-    stage_dir: str | None = field(default=None, metadata={"help": f"plan/check: where the calls' folders go (default <repo>/{STAGE})"})
+    stage_dir: str | None = field(
+        default=None, metadata={"help": f"plan/check: where the calls' folders go (default <repo>/{STAGE})"}
+    )
     out: str | None = field(default=None, metadata={"help": "call1/call2: where results go (default $OUT)"})
-    results: str | None = field(default=None, metadata={"help": "next: the first window's committed folder (holding call1/ and call2/)"})
-    smoke: bool = field(default=False, metadata={"help": "call1/call2 on a CPU with tiny sizes (the rehearsal); numbers mean nothing"})
-    stages: str | None = field(default=None, metadata={"help": "call1/call2: suite stages instead of the call's own"})
-    epochs: int | None = field(default=None, metadata={"help": f"call2: time-to-accuracy epochs (default: planned, at most {TTA_EPOCHS})"})
-    rates_from: str | None = field(default=None, metadata={"help": "call2: a suite.json whose rates plan the epochs (the next window)"})
-    limit_s: int | None = field(default=None, metadata={"help": "call1/call2: seconds the call may run (default: the call's limit in the plan)"})
+    results: str | None = field(
+        default=None,
+        metadata={"help": "next: the first window's committed folder (holding call1/ and call2/)"},
+    )
+    smoke: bool = field(
+        default=False,
+        metadata={"help": "call1/call2 on a CPU with tiny sizes (the rehearsal); numbers mean nothing"},
+    )
+    stages: str | None = field(
+        default=None, metadata={"help": "call1/call2: suite stages instead of the call's own"}
+    )
+    epochs: int | None = field(
+        default=None,
+        metadata={"help": f"call2: time-to-accuracy epochs (default: planned, at most {TTA_EPOCHS})"},
+    )
+    rates_from: str | None = field(
+        default=None, metadata={"help": "call2: a suite.json whose rates plan the epochs (the next window)"}
+    )
+    limit_s: int | None = field(
+        default=None,
+        metadata={"help": "call1/call2: seconds the call may run (default: the call's limit in the plan)"},
+    )
 
     def __post_init__(self):
         if self.epochs is not None and self.epochs <= 0:
@@ -79,14 +104,17 @@ def repo() -> str:
 
 def tree_files(root: str) -> list:
     """Paths (relative) of what travels with every call: tracked and untracked-not-ignored files."""
-    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
-                         capture_output=True, check=True).stdout.decode()
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=root,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
     return [p for p in out.split("\0") if p and os.path.isfile(os.path.join(root, p))]
 
 
 def folder_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
-
 
 
 def command(call: str, extra=()) -> str:
@@ -95,6 +123,7 @@ def command(call: str, extra=()) -> str:
 
 
 # ----------------------------------------------------------------------------- plan / check (here)
+
 
 def plan(cfg) -> dict:
     """Split cifar10.npz into the two calls' folders under .cache/gpu-window, each sized from the
@@ -109,8 +138,10 @@ def plan(cfg) -> dict:
     extras = [f for f in ("unpack.py", "README.md") if os.path.isfile(os.path.join(src, f))]
     small = sum(os.path.getsize(os.path.join(src, f)) for f in extras) + 64 * 1024  # + manifest, slack
     if tree + half + small > CARRY_TARGET:
-        raise ConfigError(f"{NPZ} ({size / MIB:.1f} MiB) does not fit two calls: the tree that travels with each is "
-                          f"{tree / MIB:.1f} MiB, half the file {half / MIB:.1f} MiB, limit {CARRY_TARGET // MIB} MiB")
+        raise ConfigError(
+            f"{NPZ} ({size / MIB:.1f} MiB) does not fit two calls: the tree that travels with each is "
+            f"{tree / MIB:.1f} MiB, half the file {half / MIB:.1f} MiB, limit {CARRY_TARGET // MIB} MiB"
+        )
     stage = cfg.stage_dir or os.path.join(root, STAGE)
     shutil.rmtree(stage, ignore_errors=True)
     parts = []
@@ -123,12 +154,24 @@ def plan(cfg) -> dict:
             parts.append({"call": call, "name": name, "bytes": n, "sha256": sha256(path)})
     for f in extras:  # unpack.py must sit beside the joined file; it travels with call 2
         shutil.copy2(os.path.join(src, f), os.path.join(stage, "call2", f))
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                capture_output=True, text=True).stdout.strip())
-    manifest = {"file": NPZ, "bytes": size, "sha256": sha256(os.path.join(src, NPZ)), "parts": parts,
-                "commit": commit, "dirty": dirty, "tree_bytes": tree,
-                "staged": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = bool(
+        subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+    )
+    manifest = {
+        "file": NPZ,
+        "bytes": size,
+        "sha256": sha256(os.path.join(src, NPZ)),
+        "parts": parts,
+        "commit": commit,
+        "dirty": dirty,
+        "tree_bytes": tree,
+        "staged": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
     for call in CALLS:
         common.write_json(os.path.join(stage, call, "manifest.json"), manifest)
     text = describe(manifest, {c: folder_bytes(os.path.join(stage, c)) for c in CALLS})
@@ -140,28 +183,38 @@ def plan(cfg) -> dict:
 def timeline() -> list:
     """[(step, minutes)] of the window, in order."""
     c1, c2 = CALLS["call1"]["limit_s"] / 60, CALLS["call2"]["limit_s"] / 60
-    return [("machine start", START_MIN), ("call 1: transfer (tree + part A)", TRANSFER_MIN),
-            ("call 1: preflight, environment, step ablation, NT-Xent (limit)", c1),
-            ("call 2: transfer (tree + part B)", TRANSFER_MIN),
-            ("call 2: preflight, join + unpack CIFAR-10, throughput, time to accuracy (limit)", c2)]
+    return [
+        ("machine start", START_MIN),
+        ("call 1: transfer (tree + part A)", TRANSFER_MIN),
+        ("call 1: preflight, environment, step ablation, NT-Xent (limit)", c1),
+        ("call 2: transfer (tree + part B)", TRANSFER_MIN),
+        ("call 2: preflight, join + unpack CIFAR-10, throughput, time to accuracy (limit)", c2),
+    ]
 
 
 def describe(manifest, carried: dict) -> str:
     tree = manifest["tree_bytes"]
-    lines = [f"GPU window: {WINDOW_MIN:.0f} min, {MARGIN_MIN:.0f} min of it kept as margin; tree that travels with "
-             f"each call: {tree / MIB:.2f} MiB (commit {manifest['commit'][:12]}{', dirty' if manifest['dirty'] else ''})"]
+    lines = [
+        f"GPU window: {WINDOW_MIN:.0f} min, {MARGIN_MIN:.0f} min of it kept as margin; tree that travels with "
+        f"each call: {tree / MIB:.2f} MiB (commit {manifest['commit'][:12]}{', dirty' if manifest['dirty'] else ''})"
+    ]
     for i, call in enumerate(CALLS, 1):
         c, total = CALLS[call], tree + carried[call]
-        lines += ["", f"call {i}: carry [\"{STAGE}/{call}\"]  timeout_s {c['limit_s']}  travels {total / MIB:.2f} MiB "
-                      f"(limit {CARRY_LIMIT // MIB}: tree {tree / MIB:.2f} + folder {carried[call] / MIB:.2f})",
-                  f"  command ({len(command(call))} chars): {command(call)}",
-                  f"  stages: {c['stages']}; results: $OUT/{call}/ (suite.json, suite.md, charts, preflight.json, log.txt)"]
+        lines += [
+            "",
+            f'call {i}: carry ["{STAGE}/{call}"]  timeout_s {c["limit_s"]}  travels {total / MIB:.2f} MiB '
+            f"(limit {CARRY_LIMIT // MIB}: tree {tree / MIB:.2f} + folder {carried[call] / MIB:.2f})",
+            f"  command ({len(command(call))} chars): {command(call)}",
+            f"  stages: {c['stages']}; results: $OUT/{call}/ (suite.json, suite.md, charts, preflight.json, log.txt)",
+        ]
     lines += ["", "expected minutes:"]
     total = 0.0
     for step, minutes in timeline():
         total += minutes
         lines.append(f"  {minutes:5.2f}  {step}")
-    lines.append(f"  {total:5.2f}  in all (<= {WINDOW_MIN - MARGIN_MIN:.0f}); fire call 2 as soon as call 1 returns")
+    lines.append(
+        f"  {total:5.2f}  in all (<= {WINDOW_MIN - MARGIN_MIN:.0f}); fire call 2 as soon as call 1 returns"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -193,19 +246,26 @@ def check(cfg) -> list:
     for call, c in CALLS.items():
         total = tree + folder_bytes(os.path.join(stage, call))
         if total > CARRY_TARGET:
-            problems.append(f"{call}: {total / MIB:.2f} MiB would travel (tree {tree / MIB:.2f} MiB), over {CARRY_TARGET // MIB} MiB")
+            problems.append(
+                f"{call}: {total / MIB:.2f} MiB would travel (tree {tree / MIB:.2f} MiB), over {CARRY_TARGET // MIB} MiB"
+            )
         if len(command(call)) > COMMAND_LIMIT:
             problems.append(f"{call}: command of {len(command(call))} characters, over {COMMAND_LIMIT}")
         if not 0 < c["limit_s"] <= 600:
             problems.append(f"{call}: limit {c['limit_s']} s outside 1..600")
     if sum(m for _, m in timeline()) > WINDOW_MIN - MARGIN_MIN:
-        problems.append(f"the calls need {sum(m for _, m in timeline()):.2f} min, over {WINDOW_MIN - MARGIN_MIN:.0f}")
+        problems.append(
+            f"the calls need {sum(m for _, m in timeline()):.2f} min, over {WINDOW_MIN - MARGIN_MIN:.0f}"
+        )
     if tree != manifest["tree_bytes"]:
-        print(f"note: the tree is {tree - manifest['tree_bytes']:+d} bytes since the plan (checked against today's)")
+        print(
+            f"note: the tree is {tree - manifest['tree_bytes']:+d} bytes since the plan (checked against today's)"
+        )
     return problems
 
 
 # ----------------------------------------------------------------------------- the calls (device)
+
 
 class Log:
     """Everything the call prints, also into <out>/log.txt (it comes back with the results)."""
@@ -221,14 +281,23 @@ class Log:
 def gpu_facts(device: str) -> dict:
     import torch
 
-    facts = {"python": sys.version.split()[0], "executable": sys.executable, "torch": torch.__version__,
-             "cuda": torch.version.cuda, "device": device}
+    facts = {
+        "python": sys.version.split()[0],
+        "executable": sys.executable,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "device": device,
+    }
     if device == "cuda":
         facts["gpu"] = torch.cuda.get_device_name()
         smi = shutil.which("nvidia-smi")
         if smi:
-            q = subprocess.run([smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                               capture_output=True, text=True, timeout=20)
+            q = subprocess.run(
+                [smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
             facts["nvidia_smi"] = q.stdout.strip() or q.stderr.strip()
     return facts
 
@@ -247,8 +316,10 @@ def run_call(cfg, call: str) -> int:
 
     device = "cpu" if cfg.smoke or not torch.cuda.is_available() else "cuda"
     facts = gpu_facts(device)
-    log(f"{call}: {facts.get('gpu', 'no GPU')} {facts.get('nvidia_smi', '')} | torch {facts['torch']} "
-        f"CUDA {facts['cuda']} | Python {facts['python']}")
+    log(
+        f"{call}: {facts.get('gpu', 'no GPU')} {facts.get('nvidia_smi', '')} | torch {facts['torch']} "
+        f"CUDA {facts['cuda']} | Python {facts['python']}"
+    )
     # Call 2 trusts call 1's check when the machine stayed warm (same machine, same image).
     known, backend = os.path.join(root, STAGE, "compile-check.json"), "eager" if cfg.smoke else "inductor"
     try:
@@ -257,17 +328,35 @@ def run_call(cfg, call: str) -> int:
         if (check.get("backend"), check.get("device")) != (backend, device):
             raise ValueError("checked for another backend or device")
     except (OSError, ValueError):
-        check = {**preflight.compile_check(device, backend, timeout=20 if cfg.smoke else 60), "device": device}
+        check = {
+            **preflight.compile_check(device, backend, timeout=20 if cfg.smoke else 60),
+            "device": device,
+        }
         common.write_json(known, check)
-    log(f"compile check{' (call 1)' if check.get('from') else ''}: {'ok' if check['ok'] else 'FAILED: ' + check['reason']} "
-        f"({check['seconds']:.1f} s)" + ("" if check["ok"] else "; measuring eager (--no-compile), rows labelled so"))
-    pre = {"call": call, "facts": facts, "compile_check": check, "stages": cfg.stages or CALLS[call]["stages"]}
+    log(
+        f"compile check{' (call 1)' if check.get('from') else ''}: {'ok' if check['ok'] else 'FAILED: ' + check['reason']} "
+        f"({check['seconds']:.1f} s)"
+        + ("" if check["ok"] else "; measuring eager (--no-compile), rows labelled so")
+    )
+    pre = {
+        "call": call,
+        "facts": facts,
+        "compile_check": check,
+        "stages": cfg.stages or CALLS[call]["stages"],
+    }
     manifest = _manifest(root, call)
     env = dict(os.environ)
     if manifest:  # no .git travels: the stager's commit goes into every record
         env.update(FASTSSL_GIT_COMMIT=manifest["commit"], FASTSSL_GIT_DIRTY="1" if manifest["dirty"] else "0")
         pre["commit"] = manifest["commit"]
-    argv = ["--stages", pre["stages"], "--out", res, "--overwrite", "--compile" if check["ok"] else "--no-compile"]
+    argv = [
+        "--stages",
+        pre["stages"],
+        "--out",
+        res,
+        "--overwrite",
+        "--compile" if check["ok"] else "--no-compile",
+    ]
     if call == "call2":
         data = assemble(root, log, cfg.smoke)
         pre["data"] = data
@@ -276,8 +365,15 @@ def run_call(cfg, call: str) -> int:
             argv += [] if cfg.smoke else ["--max-epochs", str(TTA_EPOCHS)]
             argv += ["--estimates", CALLS[call]["estimates"]] if not cfg.stages else []
         else:
-            argv = ["--stages", "environment,throughput", "--throughput-dataset", "cifar10-sample",
-                    "--pipelines", "gpu,torchvision", *argv[2:]]
+            argv = [
+                "--stages",
+                "environment,throughput",
+                "--throughput-dataset",
+                "cifar10-sample",
+                "--pipelines",
+                "gpu,torchvision",
+                *argv[2:],
+            ]
         argv += ["--epochs", str(cfg.epochs)] if cfg.epochs else []
         argv += ["--rates-from", cfg.rates_from] if cfg.rates_from else []
     argv += ["--smoke"] if cfg.smoke else []
@@ -286,15 +382,23 @@ def run_call(cfg, call: str) -> int:
     pre["suite_command"] = shlex.join(["python3", "-m", "benchmarks.suite", *argv])
     common.write_json(os.path.join(res, "preflight.json"), pre)
     log(f"+ {pre['suite_command']}")
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.suite", *argv], cwd=root, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.suite", *argv],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     for line in proc.stdout:
         log(line.rstrip("\n"))
     code = proc.wait()
     files = sorted(os.listdir(res))
     big = [f for f in files if os.path.getsize(os.path.join(res, f)) > RESULT_BYTES]
-    log(f"{call} done in {time.monotonic() - t0:.0f} s (limit {limit}); suite exit {code}; "
-        f"{len(files)} files in $OUT/{call}" + (f"; over {RESULT_BYTES // MIB} MiB: {big}" if big else ""))
+    log(
+        f"{call} done in {time.monotonic() - t0:.0f} s (limit {limit}); suite exit {code}; "
+        f"{len(files)} files in $OUT/{call}" + (f"; over {RESULT_BYTES // MIB} MiB: {big}" if big else "")
+    )
     return code
 
 
@@ -318,13 +422,19 @@ def assemble(root: str, log, smoke: bool) -> dict:
     joined = os.path.join(stage, "joined")
     os.makedirs(joined, exist_ok=True)
     target = os.path.join(joined, NPZ)
-    if not (os.path.isfile(target) and os.path.getsize(target) == manifest["bytes"] and sha256(target) == manifest["sha256"]):
+    if not (
+        os.path.isfile(target)
+        and os.path.getsize(target) == manifest["bytes"]
+        and sha256(target) == manifest["sha256"]
+    ):
         for part in manifest["parts"]:
             path = os.path.join(stage, part["call"], part["name"])
             if not os.path.isfile(path) or sha256(path) != part["sha256"]:
-                why = (f"{part['name']} is not on this machine or damaged (part A comes with call 1 and lasts only "
-                       f"while the machine stays warm): CIFAR-10 not assembled; throughput on the shipped sample, "
-                       f"time to accuracy not run")
+                why = (
+                    f"{part['name']} is not on this machine or damaged (part A comes with call 1 and lasts only "
+                    f"while the machine stays warm): CIFAR-10 not assembled; throughput on the shipped sample, "
+                    f"time to accuracy not run"
+                )
                 log(why)
                 return {"ok": False, "reason": why}
         tmp = f"{target}.tmp-{os.getpid()}"
@@ -338,8 +448,11 @@ def assemble(root: str, log, smoke: bool) -> dict:
             return {"ok": False, "reason": "joined file checksum mismatch"}
         os.replace(tmp, target)
     shutil.copy2(os.path.join(stage, "call2", "unpack.py"), os.path.join(joined, "unpack.py"))
-    done = subprocess.run([sys.executable, os.path.join(joined, "unpack.py"), os.path.join(root, DATA), "--only", "cifar10"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, os.path.join(joined, "unpack.py"), os.path.join(root, DATA), "--only", "cifar10"],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
         log(f"unpacking CIFAR-10 failed: {why}")
@@ -349,6 +462,7 @@ def assemble(root: str, log, smoke: bool) -> dict:
 
 
 # ----------------------------------------------------------------------------- the next window
+
 
 def next_window(cfg) -> str:
     """The second window's plan, from the first window's result folder: the full time-to-accuracy
@@ -376,21 +490,34 @@ def next_window(cfg) -> str:
     epochs = max(1, int((target_s - compile_s - knn_s) // per))
     limit = 540
     rates = os.path.join(cfg.results, "call2", "suite.json")
-    c2 = command("call2", ["--stages", "environment,time_to_accuracy", "--epochs", str(epochs),
-                           "--rates-from", shlex.quote(rates), "--limit-s", str(limit)])
+    c2 = command(
+        "call2",
+        [
+            "--stages",
+            "environment,time_to_accuracy",
+            "--epochs",
+            str(epochs),
+            "--rates-from",
+            shlex.quote(rates),
+            "--limit-s",
+            str(limit),
+        ],
+    )
     c1 = command("call1", ["--stages", "environment", "--limit-s", "60"])
     reached = next((p for p in curve if p["knn_top1"] >= 85.0), None)
     last = curve[-1] if curve else {}
-    lines = [f"second window, sized from {path}:",
-             f"  measured: {epoch_s:.2f} s per epoch (median of {len(epoch_times)}), compile {compile_s:.1f} s, "
-             f"kNN pass {knn_s:.1f} s, checkpoint {costs['checkpoint_s']:.2f} s",
-             f"  first window: kNN top-1 {last.get('knn_top1', float('nan')):.2f}% after {last.get('epoch')} epochs"
-             + (f"; 85% reached at {reached['wall_s']:.0f} s" if reached else "; 85% not reached"),
-             f"  plan: {epochs} epochs (warm-up + cosine over all of them) end within {target_s:.0f} s of training wall time",
-             f"  call 1: carry [\"{STAGE}/call1\"] timeout_s 60: {c1}",
-             f"  call 2: carry [\"{STAGE}/call2\"] timeout_s {limit}: {c2}",
-             f"  window: {START_MIN + 2 * TRANSFER_MIN + 1 + limit / 60:.1f} min of {WINDOW_MIN - MARGIN_MIN:.0f} "
-             f"(start {START_MIN}, transfers {2 * TRANSFER_MIN}, call 1 1.0, call 2 {limit / 60:.1f})"]
+    lines = [
+        f"second window, sized from {path}:",
+        f"  measured: {epoch_s:.2f} s per epoch (median of {len(epoch_times)}), compile {compile_s:.1f} s, "
+        f"kNN pass {knn_s:.1f} s, checkpoint {costs['checkpoint_s']:.2f} s",
+        f"  first window: kNN top-1 {last.get('knn_top1', float('nan')):.2f}% after {last.get('epoch')} epochs"
+        + (f"; 85% reached at {reached['wall_s']:.0f} s" if reached else "; 85% not reached"),
+        f"  plan: {epochs} epochs (warm-up + cosine over all of them) end within {target_s:.0f} s of training wall time",
+        f'  call 1: carry ["{STAGE}/call1"] timeout_s 60: {c1}',
+        f'  call 2: carry ["{STAGE}/call2"] timeout_s {limit}: {c2}',
+        f"  window: {START_MIN + 2 * TRANSFER_MIN + 1 + limit / 60:.1f} min of {WINDOW_MIN - MARGIN_MIN:.0f} "
+        f"(start {START_MIN}, transfers {2 * TRANSFER_MIN}, call 1 1.0, call 2 {limit / 60:.1f})",
+    ]
     for c in (c1, c2):
         if len(c) > COMMAND_LIMIT:
             raise ConfigError(f"command of {len(c)} characters, over {COMMAND_LIMIT}: {c[:80]}...")
@@ -399,8 +526,13 @@ def next_window(cfg) -> str:
     return text
 
 
-VERBS = {"plan": plan, "check": check, "call1": lambda cfg: run_call(cfg, "call1"),
-         "call2": lambda cfg: run_call(cfg, "call2"), "next": next_window}
+VERBS = {
+    "plan": plan,
+    "check": check,
+    "call1": lambda cfg: run_call(cfg, "call1"),
+    "call2": lambda cfg: run_call(cfg, "call2"),
+    "next": next_window,
+}
 
 
 @cli
@@ -410,7 +542,9 @@ def main(argv=None):
         print(__doc__)
         return None
     if not argv or argv[0] not in VERBS:
-        raise ConfigError(f"first argument: one of {', '.join(VERBS)} (python3 -m benchmarks.gpu_window --help)")
+        raise ConfigError(
+            f"first argument: one of {', '.join(VERBS)} (python3 -m benchmarks.gpu_window --help)"
+        )
     cfg = parse(WindowConfig, argv[1:], description=__doc__)
     result = VERBS[argv[0]](cfg)
     if argv[0] == "check":

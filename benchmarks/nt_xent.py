@@ -13,6 +13,7 @@ and through torch.compile, at each N and input dtype (fp32; bf16 inputs), it rep
   they exist anyway); device-independent, so meaningful on the CPU too;
 - peak CUDA memory above what was allocated before the call (torch.cuda.max_memory_allocated).
 """
+
 import sys
 from dataclasses import dataclass, field
 
@@ -28,20 +29,41 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 @dataclass
 class NTXentConfig:
-    sizes: str | None = field(default=None, metadata={"help": "comma-separated N (images per view) (default 256,512,1024,4096; --quick 64,128)"})
+    sizes: str | None = field(
+        default=None,
+        metadata={"help": "comma-separated N (images per view) (default 256,512,1024,4096; --quick 64,128)"},
+    )
     dim: int = field(default=128, metadata={"help": "embedding dimension"})
     dtypes: str = field(default="fp32,bf16", metadata={"help": "input dtypes, comma-separated: fp32, bf16"})
     temperature: float = field(default=0.2, metadata={"help": "NT-Xent temperature"})
-    iters: int | None = field(default=None, metadata={"help": "fwd+bwd calls per timed repeat (default 20 on CUDA, 2 on CPU; --quick 1)"})
-    repeats: int | None = field(default=None, metadata={"help": "timed repeats, interleaved over all cases (default 5; >= 5 unless --quick)"})
+    iters: int | None = field(
+        default=None,
+        metadata={"help": "fwd+bwd calls per timed repeat (default 20 on CUDA, 2 on CPU; --quick 1)"},
+    )
+    repeats: int | None = field(
+        default=None,
+        metadata={"help": "timed repeats, interleaved over all cases (default 5; >= 5 unless --quick)"},
+    )
     warmup: int = field(default=2, metadata={"help": "untimed calls per case first (the first one compiles)"})
-    compile_backend: str | None = field(default=None, metadata={"help": "torch.compile backend (default inductor; --quick aot_eager, which skips code generation)"})
-    modes: str = field(default="eager,compiled", metadata={"help": "comma-separated: eager, compiled (eager alone where torch.compile does not work)"})
+    compile_backend: str | None = field(
+        default=None,
+        metadata={
+            "help": "torch.compile backend (default inductor; --quick aot_eager, which skips code generation)"
+        },
+    )
+    modes: str = field(
+        default="eager,compiled",
+        metadata={"help": "comma-separated: eager, compiled (eager alone where torch.compile does not work)"},
+    )
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda or cuda:N"})
     seed: int = field(default=0, metadata={"help": "seed of the random embeddings"})
-    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's own; --quick 1)"})
+    threads: int | None = field(
+        default=None, metadata={"help": "torch CPU threads (default: torch's own; --quick 1)"}
+    )
     quick: bool = field(default=False, metadata={"help": "CPU smoke run in seconds: small N, 2 repeats"})
-    out: str | None = field(default=None, metadata={"help": "output directory (default benchmarks/results/<device>-<date>)"})
+    out: str | None = field(
+        default=None, metadata={"help": "output directory (default benchmarks/results/<device>-<date>)"}
+    )
     overwrite: bool = field(default=False, metadata={"help": "replace nt_xent.* files already in --out"})
 
     def __post_init__(self):
@@ -68,10 +90,18 @@ class NTXentConfig:
             raise ValueError(f"--dtypes: {', '.join(bad) or 'none given'}; choose from {', '.join(DTYPES)}")
         if not self.size_list or min(self.size_list) < 2:
             raise ValueError("--sizes: every N must be >= 2")
-        if self.dim <= 0 or self.iters <= 0 or self.repeats <= 0 or self.warmup < 1 or not self.temperature > 0:
+        if (
+            self.dim <= 0
+            or self.iters <= 0
+            or self.repeats <= 0
+            or self.warmup < 1
+            or not self.temperature > 0
+        ):
             raise ValueError("--dim, --iters, --repeats and --temperature must be positive and --warmup >= 1")
         if self.repeats < 5 and not q:
-            raise ValueError(f"--repeats must be >= 5 for a reported benchmark (got {self.repeats}); --quick allows fewer")
+            raise ValueError(
+                f"--repeats must be >= 5 for a reported benchmark (got {self.repeats}); --quick allows fewer"
+            )
 
 
 def saved_bytes(f, z1, z2, temperature) -> int:
@@ -120,8 +150,9 @@ def measure(cfg, device, env, expired=lambda: False) -> dict:
     for fname, fn in functions.items():
         for mode in cfg.mode_list:
             if fn is None:
-                unavailable.append({"function": fname, "mode": mode, "status": "unavailable: fastssl.losses has no "
-                                    f"{fname}"})
+                unavailable.append(
+                    {"function": fname, "mode": mode, "status": f"unavailable: fastssl.losses has no {fname}"}
+                )
                 continue
             f = torch.compile(fn, dynamic=False, backend=cfg.compile_backend) if mode == "compiled" else fn
             for dname in cfg.dtype_list:
@@ -133,7 +164,10 @@ def measure(cfg, device, env, expired=lambda: False) -> dict:
         if expired():
             c["status"] = "cut: out of time before its warm-up"
             continue
-        z = [torch.randn(c["n"], cfg.dim, generator=g).to(device, DTYPES[c["dtype"]]).requires_grad_() for _ in range(2)]
+        z = [
+            torch.randn(c["n"], cfg.dim, generator=g).to(device, DTYPES[c["dtype"]]).requires_grad_()
+            for _ in range(2)
+        ]
         c["z"] = z
         try:
             for _ in range(cfg.warmup):
@@ -173,35 +207,67 @@ def measure(cfg, device, env, expired=lambda: False) -> dict:
         ok = c["status"] == "ok" and bool(c["times"])
         if c["status"] == "ok" and not ok:
             c["status"] = "cut: out of time before the first repeat"
-        records.append({"function": c["function"], "mode": c["mode"], "dtype": c["dtype"], "n": c["n"],
-                        "status": c["status"], "fwd_bwd_ms": common.summarize(c["times"]) if ok else None,
-                        "saved_bytes": c.get("saved") if ok else None,
-                        "saved_vs_2n_squared_fp32": c["saved"] / matrix if ok else None,
-                        "peak_cuda_bytes": c.get("peak") if ok else None})
+        records.append(
+            {
+                "function": c["function"],
+                "mode": c["mode"],
+                "dtype": c["dtype"],
+                "n": c["n"],
+                "status": c["status"],
+                "fwd_bwd_ms": common.summarize(c["times"]) if ok else None,
+                "saved_bytes": c.get("saved") if ok else None,
+                "saved_vs_2n_squared_fp32": c["saved"] / matrix if ok else None,
+                "peak_cuda_bytes": c.get("peak") if ok else None,
+            }
+        )
     records += [{**u, "dtype": None, "n": None} for u in unavailable]
 
     def find(fname, mode, dtype, n):
-        return next((r for r in records if (r["function"], r["mode"], r["dtype"], r["n"]) == (fname, mode, dtype, n)
-                     and r["status"] == "ok"), None)
+        return next(
+            (
+                r
+                for r in records
+                if (r["function"], r["mode"], r["dtype"], r["n"]) == (fname, mode, dtype, n)
+                and r["status"] == "ok"
+            ),
+            None,
+        )
 
     fast = find("nt_xent", "compiled", "fp32", 1024)
     mem = find("nt_xent", "compiled", "fp32", 4096)
     why = peaks.not_target_reason(env["gpu"])
     targets = [
-        common.target(f"compiled nt_xent fp32 fwd+bwd at N=1024 <= 1 ms ({peaks.TARGET_CLASS})",
-                      fast["fwd_bwd_ms"]["median"] if fast else None, 1.0, False,
-                      not why and cfg.compile_backend == "inductor" and fast is not None,
-                      "; ".join(r for r in (why, "" if fast else "N=1024 fp32 compiled not run") if r)
-                      or f"compile backend {cfg.compile_backend}, not inductor", "ms"),
-        common.target("compiled nt_xent fp32 saved-for-backward at N=4096 <= ~one (2N)^2 fp32 matrix (x1.05)",
-                      mem["saved_vs_2n_squared_fp32"] if mem else None, 1.05, False, mem is not None,
-                      "N=4096 fp32 compiled not run", "x (2N)^2*4 bytes"),
+        common.target(
+            f"compiled nt_xent fp32 fwd+bwd at N=1024 <= 1 ms ({peaks.TARGET_CLASS})",
+            fast["fwd_bwd_ms"]["median"] if fast else None,
+            1.0,
+            False,
+            not why and cfg.compile_backend == "inductor" and fast is not None,
+            "; ".join(r for r in (why, "" if fast else "N=1024 fp32 compiled not run") if r)
+            or f"compile backend {cfg.compile_backend}, not inductor",
+            "ms",
+        ),
+        common.target(
+            "compiled nt_xent fp32 saved-for-backward at N=4096 <= ~one (2N)^2 fp32 matrix (x1.05)",
+            mem["saved_vs_2n_squared_fp32"] if mem else None,
+            1.05,
+            False,
+            mem is not None,
+            "N=4096 fp32 compiled not run",
+            "x (2N)^2*4 bytes",
+        ),
     ]
-    return {"benchmark": STEM, "environment": env, "device": str(device),
-            "cut": repeats_done < cfg.repeats or any(c["status"].startswith("cut") for c in cases),
-            "repeats_done": repeats_done, "peak": peak,
-            "settings": {k: v for k, v in vars(cfg).items() if k not in ("size_list", "dtype_list", "mode_list")},
-            "records": records, "targets": targets}
+    return {
+        "benchmark": STEM,
+        "environment": env,
+        "device": str(device),
+        "cut": repeats_done < cfg.repeats or any(c["status"].startswith("cut") for c in cases),
+        "repeats_done": repeats_done,
+        "peak": peak,
+        "settings": {k: v for k, v in vars(cfg).items() if k not in ("size_list", "dtype_list", "mode_list")},
+        "records": records,
+        "targets": targets,
+    }
 
 
 def render(result) -> str:
@@ -211,15 +277,42 @@ def render(result) -> str:
         if r["status"] != "ok":
             rows.append([r["function"], r["mode"], r["dtype"] or "-", r["n"] or "-", r["status"], "", "", ""])
             continue
-        rows.append([r["function"], r["mode"], r["dtype"], r["n"], "ok", common.fmt_range(r["fwd_bwd_ms"], ".3f"),
-                     f"{r['saved_bytes'] / 2**20:.2f} ({r['saved_vs_2n_squared_fp32']:.2f}x)",
-                     common.fmt(r["peak_cuda_bytes"] and r["peak_cuda_bytes"] / 2**20, ".2f")])
-    table = common.markdown_table(["function", "mode", "dtype", "N", "status", "fwd+bwd ms median (min-max)",
-                                   "saved for backward MiB (x (2N)^2 fp32)", "peak CUDA MiB"], rows)
+        rows.append(
+            [
+                r["function"],
+                r["mode"],
+                r["dtype"],
+                r["n"],
+                "ok",
+                common.fmt_range(r["fwd_bwd_ms"], ".3f"),
+                f"{r['saved_bytes'] / 2**20:.2f} ({r['saved_vs_2n_squared_fp32']:.2f}x)",
+                common.fmt(r["peak_cuda_bytes"] and r["peak_cuda_bytes"] / 2**20, ".2f"),
+            ]
+        )
+    table = common.markdown_table(
+        [
+            "function",
+            "mode",
+            "dtype",
+            "N",
+            "status",
+            "fwd+bwd ms median (min-max)",
+            "saved for backward MiB (x (2N)^2 fp32)",
+            "peak CUDA MiB",
+        ],
+        rows,
+    )
     table += "\n" + common.markdown_table(
         ["target", "value", "status"],
-        [[t["target"], common.fmt(t["value"], ".3f"), t["status"] + (f" ({t['reason']})" if t["reason"] else "")]
-         for t in targets])
+        [
+            [
+                t["target"],
+                common.fmt(t["value"], ".3f"),
+                t["status"] + (f" ({t['reason']})" if t["reason"] else ""),
+            ]
+            for t in targets
+        ],
+    )
     return table
 
 
@@ -228,13 +321,28 @@ def chart(path, result) -> None:
     sizes = sorted({r["n"] for r in records if r["n"]})
 
     def find(fn, mode, d, n):
-        return next((r for r in records if (r["function"], r["mode"], r["dtype"], r["n"]) == (fn, mode, d, n)
-                     and r["fwd_bwd_ms"]), None)
+        return next(
+            (
+                r
+                for r in records
+                if (r["function"], r["mode"], r["dtype"], r["n"]) == (fn, mode, d, n) and r["fwd_bwd_ms"]
+            ),
+            None,
+        )
+
     names = dict.fromkeys((r["function"], r["mode"], r["dtype"]) for r in records if r["dtype"])
-    series = {f"{fn} {mode} {d}": [(find(fn, mode, d, n) or {}).get("fwd_bwd_ms") for n in sizes]
-              for fn, mode, d in names}
-    common.bar_chart(path, [f"N={n}" for n in sizes], series, "fwd+bwd ms (median, min-max; log)",
-                     f"NT-Xent, dim {cfg['dim']}, {env['gpu'] or env['cpu']}", log=True)
+    series = {
+        f"{fn} {mode} {d}": [(find(fn, mode, d, n) or {}).get("fwd_bwd_ms") for n in sizes]
+        for fn, mode, d in names
+    }
+    common.bar_chart(
+        path,
+        [f"N={n}" for n in sizes],
+        series,
+        "fwd+bwd ms (median, min-max; log)",
+        f"NT-Xent, dim {cfg['dim']}, {env['gpu'] or env['cpu']}",
+        log=True,
+    )
 
 
 @cli

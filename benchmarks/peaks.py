@@ -6,6 +6,7 @@ delivers. Targets are stated for the H100/H200 class; `target_class` decides tha
 name with whole-word patterns, never a bare substring ("H100" is inside "GH100"-style names and
 "L4" inside "L40S").
 """
+
 import re
 
 import torch
@@ -23,7 +24,7 @@ PEAKS = [
     (r"\bH100\b.*\bPCIe\b", "H100 PCIe", 756.0, True),
     (r"\bH100\b.*\bNVL\b", "H100 NVL", 835.5, True),
     (r"\bH100\b", "H100 SXM", 989.4, True),  # "NVIDIA H100 80GB HBM3" is the SXM part
-    (r"\bA100\b", "A100", 312.0, False),      # SXM and PCIe share the tensor-core peak
+    (r"\bA100\b", "A100", 312.0, False),  # SXM and PCIe share the tensor-core peak
     (r"\bL40S\b", "L40S", 362.05, False),
     (r"\bL4\b", "L4", 121.0, False),
     (r"\bB200\b", "B200", 2250.0, False),
@@ -71,8 +72,13 @@ def measure_matmul(device, n: int = 8192, iters: int | None = None, dtype=torch.
         times.append(sw.seconds)
     del c
     best = min(times)  # a peak: the fastest window is the capability, slower ones are interference
-    return {"n": n, "dtype": str(dtype).replace("torch.", ""), "iters": iters,
-            "tflops": 2 * n**3 * iters / best / 1e12, "window_s": times}
+    return {
+        "n": n,
+        "dtype": str(dtype).replace("torch.", ""),
+        "iters": iters,
+        "tflops": 2 * n**3 * iters / best / 1e12,
+        "window_s": times,
+    }
 
 
 def peak_info(device, override: float | None = None, measure: bool | None = None, n: int = 8192) -> dict:
@@ -82,8 +88,14 @@ def peak_info(device, override: float | None = None, measure: bool | None = None
     device = torch.device(device)
     cuda = device.type == "cuda"
     name = torch.cuda.get_device_name(device) if cuda else None
-    info = {"device_name": name, "target_class": target_class(name), "datasheet_tflops": None,
-            "datasheet_source": "", "measured_tflops": None, "measured": None}
+    info = {
+        "device_name": name,
+        "target_class": target_class(name),
+        "datasheet_tflops": None,
+        "datasheet_source": "",
+        "measured_tflops": None,
+        "measured": None,
+    }
     if override is not None:
         info.update(datasheet_tflops=float(override), datasheet_source="--peak-tflops")
     elif not cuda:
@@ -102,6 +114,8 @@ def peak_info(device, override: float | None = None, measure: bool | None = None
 
 def mfu(tflops, info: dict) -> dict:
     """{"mfu": vs datasheet, "mfu_measured": vs the measured matmul rate}; None where a yardstick is missing."""
+
     def ratio(peak):
         return tflops / peak if tflops is not None and peak else None
+
     return {"mfu": ratio(info.get("datasheet_tflops")), "mfu_measured": ratio(info.get("measured_tflops"))}

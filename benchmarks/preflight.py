@@ -14,6 +14,7 @@ eager with the reason recorded. Inductor does not raise when it declines CUDA gr
 "skipping cudagraphs ..." and runs without them; cudagraph_watch catches that message and the skip
 counter, so a row can say "not engaged" instead of being labelled CUDA graphs.
 """
+
 import logging
 import os
 import subprocess
@@ -32,22 +33,42 @@ print("compile ok")
 """
 
 
-def compile_check(device: str, backend: str = "inductor", timeout: float = 90.0, python: str | None = None) -> dict:
+def compile_check(
+    device: str, backend: str = "inductor", timeout: float = 90.0, python: str | None = None
+) -> dict:
     """Whether torch.compile(backend) runs a small function on `device`, in a child process that
     is killed after `timeout` seconds: {"ok", "reason" (one line), "seconds", "backend"}."""
     t0 = time.monotonic()
     cmd = [python or sys.executable, "-c", CHECK, str(device), backend]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        done = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
     except subprocess.TimeoutExpired:
-        return {"ok": False, "reason": f"compile check still running after {timeout:.0f} s", "backend": backend,
-                "seconds": time.monotonic() - t0}
+        return {
+            "ok": False,
+            "reason": f"compile check still running after {timeout:.0f} s",
+            "backend": backend,
+            "seconds": time.monotonic() - t0,
+        }
     except OSError as e:
-        return {"ok": False, "reason": f"compile check could not start: {e}", "backend": backend,
-                "seconds": time.monotonic() - t0}
+        return {
+            "ok": False,
+            "reason": f"compile check could not start: {e}",
+            "backend": backend,
+            "seconds": time.monotonic() - t0,
+        }
     ok = done.returncode == 0 and "compile ok" in done.stdout
-    return {"ok": ok, "reason": "" if ok else _last_error(done.stderr or done.stdout, done.returncode),
-            "backend": backend, "seconds": time.monotonic() - t0}
+    return {
+        "ok": ok,
+        "reason": "" if ok else _last_error(done.stderr or done.stdout, done.returncode),
+        "backend": backend,
+        "seconds": time.monotonic() - t0,
+    }
 
 
 def _last_error(text: str, code: int) -> str:
@@ -91,7 +112,11 @@ class cudagraph_watch:
     def reason(self) -> str:
         if self.engaged:
             return ""
-        return self.skipped[0] if self.skipped else f"inductor skipped CUDA graphs {self.count} time(s) (no reason logged)"
+        return (
+            self.skipped[0]
+            if self.skipped
+            else f"inductor skipped CUDA graphs {self.count} time(s) (no reason logged)"
+        )
 
 
 def _skip_counter() -> int:

@@ -24,6 +24,7 @@ Functions for other benchmarks (benchmarks.suite): `TrainStep(cfg, device, ...)`
 device)`, `run_setting(setting, cfg, device, batches) -> dict` (one row, timed alone) and
 `measure(cfg, device, env) -> result dict` (the whole interleaved table, no files written).
 """
+
 import itertools
 import math
 import statistics
@@ -60,10 +61,22 @@ class TrainStep(fstep.TrainStep):
     are summed on the device as train.py does (`log_sum`).
     """
 
-    def __init__(self, cfg, device, *, bf16: bool, compile: bool, channels_last: bool = True,
-                 compile_backend: str = "inductor", num_classes: int = 10, compile_mode: str = "default",
-                 fullgraph: bool = True, fast_optimizer: bool = True, compile_optimizer: bool = False,
-                 cudagraphs: bool = False):
+    def __init__(
+        self,
+        cfg,
+        device,
+        *,
+        bf16: bool,
+        compile: bool,
+        channels_last: bool = True,
+        compile_backend: str = "inductor",
+        num_classes: int = 10,
+        compile_mode: str = "default",
+        fullgraph: bool = True,
+        fast_optimizer: bool = True,
+        compile_optimizer: bool = False,
+        cudagraphs: bool = False,
+    ):
         from fastssl.methods import METHODS
         from fastssl.optim import base_lr, build_optimizer, warmup_cosine
 
@@ -75,12 +88,30 @@ class TrainStep(fstep.TrainStep):
         if channels_last:
             method = method.to(memory_format=torch.channels_last)
         lr = base_lr(cfg.optimizer, cfg.lr) * cfg.batch_size / 256
-        optimizer = build_optimizer(cfg.optimizer, method, lr, cfg.weight_decay, cfg.momentum, nesterov=cfg.nesterov,
-                                    foreach=fast_optimizer, compiled=compile_optimizer, backend=compile_backend)
+        optimizer = build_optimizer(
+            cfg.optimizer,
+            method,
+            lr,
+            cfg.weight_decay,
+            cfg.momentum,
+            nesterov=cfg.nesterov,
+            foreach=fast_optimizer,
+            compiled=compile_optimizer,
+            backend=compile_backend,
+        )
         # A long schedule (10^6 steps, 1% warm-up) keeps the lr in its normal range for any benchmark length.
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(10**6, 10**4))
-        super().__init__(method, optimizer, schedule, device, bf16=bf16, compile=compile, mode=compile_mode,
-                         fullgraph=fullgraph, backend=compile_backend)
+        super().__init__(
+            method,
+            optimizer,
+            schedule,
+            device,
+            bf16=bf16,
+            compile=compile,
+            mode=compile_mode,
+            fullgraph=fullgraph,
+            backend=compile_backend,
+        )
         self.method, self.channels_last = method, channels_last
         self.log_sum = None
 
@@ -111,26 +142,58 @@ def synthetic_batch(batch_size: int, size: int, device, channels_last: bool, see
 
 @dataclass
 class StepConfig:
-    batch_size: int | None = field(default=None, metadata={"help": "images per step, each giving two views (default 512; --quick 2)"})
-    image_size: int | None = field(default=None, metadata={"help": "side of the synthetic views (default 32 = CIFAR; --quick 8)"})
-    steps: int | None = field(default=None, metadata={"help": "timed steps per repeat (default 20 on CUDA, 3 on CPU; --quick 1)"})
+    batch_size: int | None = field(
+        default=None, metadata={"help": "images per step, each giving two views (default 512; --quick 2)"}
+    )
+    image_size: int | None = field(
+        default=None, metadata={"help": "side of the synthetic views (default 32 = CIFAR; --quick 8)"}
+    )
+    steps: int | None = field(
+        default=None, metadata={"help": "timed steps per repeat (default 20 on CUDA, 3 on CPU; --quick 1)"}
+    )
     # Interleaved: each repeat times every setting once, so a drift in the machine's speed reaches all
     # settings alike.
-    repeats: int | None = field(default=None, metadata={"help": "timed repeats, interleaved over the settings (default 5; >= 5 unless --quick: 1)"})
-    warmup: int | None = field(default=None, metadata={"help": "untimed steps per setting first, compilation included (default 3; --quick 1)"})
-    compile_backend: str | None = field(default=None, metadata={"help": "torch.compile backend (default inductor; --quick eager: dynamo capture only)"})
+    repeats: int | None = field(
+        default=None,
+        metadata={"help": "timed repeats, interleaved over the settings (default 5; >= 5 unless --quick: 1)"},
+    )
+    warmup: int | None = field(
+        default=None,
+        metadata={"help": "untimed steps per setting first, compilation included (default 3; --quick 1)"},
+    )
+    compile_backend: str | None = field(
+        default=None,
+        metadata={"help": "torch.compile backend (default inductor; --quick eager: dynamo capture only)"},
+    )
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda or cuda:N"})
-    peak_tflops: float | None = field(default=None, metadata={"help": "peak dense bf16 TFLOP/s of the device for MFU (default: table by GPU model)"})
+    peak_tflops: float | None = field(
+        default=None,
+        metadata={"help": "peak dense bf16 TFLOP/s of the device for MFU (default: table by GPU model)"},
+    )
     seed: int = field(default=0, metadata={"help": "seed of the model and the synthetic batch"})
     # CPUs without native bf16 run bf16 steps very slowly.
-    precisions: str = field(default="fp32,bf16", metadata={"help": "comma-separated precisions to compare (fp32, bf16)"})
+    precisions: str = field(
+        default="fp32,bf16", metadata={"help": "comma-separated precisions to compare (fp32, bf16)"}
+    )
     # Each mode is one row, run on the fastest setting of the grid; the grid itself uses default.
-    compile_modes: str = field(default="default,max-autotune-no-cudagraphs,reduce-overhead", metadata={"help": f"comma-separated torch.compile modes ({', '.join(fstep.COMPILE_MODES)})"})
+    compile_modes: str = field(
+        default="default,max-autotune-no-cudagraphs,reduce-overhead",
+        metadata={"help": f"comma-separated torch.compile modes ({', '.join(fstep.COMPILE_MODES)})"},
+    )
     # Each path is one row, run on the fastest setting of the grid; the grid itself uses foreach.
-    optimizer_paths: str = field(default="loop,foreach,compiled", metadata={"help": "comma-separated LARS update paths (loop, foreach, compiled)"})
-    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's own; --quick 1)"})
-    quick: bool = field(default=False, metadata={"help": "CPU smoke run in seconds: tiny batch and image, 1 repeat"})
-    out: str | None = field(default=None, metadata={"help": "output directory (default benchmarks/results/<device>-<date>)"})
+    optimizer_paths: str = field(
+        default="loop,foreach,compiled",
+        metadata={"help": "comma-separated LARS update paths (loop, foreach, compiled)"},
+    )
+    threads: int | None = field(
+        default=None, metadata={"help": "torch CPU threads (default: torch's own; --quick 1)"}
+    )
+    quick: bool = field(
+        default=False, metadata={"help": "CPU smoke run in seconds: tiny batch and image, 1 repeat"}
+    )
+    out: str | None = field(
+        default=None, metadata={"help": "output directory (default benchmarks/results/<device>-<date>)"}
+    )
     overwrite: bool = field(default=False, metadata={"help": "replace step.* files already in --out"})
 
     def __post_init__(self):
@@ -139,9 +202,14 @@ class StepConfig:
         # --quick: a tiny batch of 8x8 views, one repeat, dynamo without code generation. On CPUs
         # without native bf16, bf16 convolutions on contiguous tensors take a slow path costing ~2 s
         # a step whatever the size, which is most of the quick run's time.
-        defaults = dict(batch_size=2 if q else 512, image_size=8 if q else 32,
-                        steps=1 if q else (20 if cuda else 3), repeats=1 if q else 5, warmup=1 if q else 3,
-                        compile_backend="eager" if q else "inductor")
+        defaults = dict(
+            batch_size=2 if q else 512,
+            image_size=8 if q else 32,
+            steps=1 if q else (20 if cuda else 3),
+            repeats=1 if q else 5,
+            warmup=1 if q else 3,
+            compile_backend="eager" if q else "inductor",
+        )
         for k, v in defaults.items():
             if getattr(self, k) is None:
                 setattr(self, k, v)
@@ -151,7 +219,9 @@ class StepConfig:
         if self.warmup < 1:
             raise ValueError("--warmup must be >= 1 (the first step compiles and autotunes)")
         if self.repeats < 5 and not q:
-            raise ValueError(f"--repeats must be >= 5 for a reported benchmark (got {self.repeats}); --quick allows fewer")
+            raise ValueError(
+                f"--repeats must be >= 5 for a reported benchmark (got {self.repeats}); --quick allows fewer"
+            )
         if self.batch_size < 2:
             raise ValueError("--batch-size must be >= 2 (BatchNorm and NT-Xent need several images)")
         wanted = [p.strip() for p in self.precisions.split(",") if p.strip()]
@@ -160,7 +230,9 @@ class StepConfig:
         for name, valid in (("compile_modes", fstep.COMPILE_MODES), ("optimizer_paths", OPTIMIZER_PATHS)):
             got = _items(getattr(self, name))
             if not got or set(got) - set(valid):
-                raise ValueError(f"--{name.replace('_', '-')} takes {', '.join(valid)}, got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"--{name.replace('_', '-')} takes {', '.join(valid)}, got {getattr(self, name)!r}"
+                )
 
 
 def _items(text: str) -> list:
@@ -168,8 +240,11 @@ def _items(text: str) -> list:
 
 
 def setting_name(s: dict) -> str:
-    parts = ["compiled" if s["compile"] else "eager", "channels_last" if s["channels_last"] else "contiguous",
-             "bf16" if s["bf16"] else "fp32"]
+    parts = [
+        "compiled" if s["compile"] else "eager",
+        "channels_last" if s["channels_last"] else "contiguous",
+        "bf16" if s["bf16"] else "fp32",
+    ]
     if s["mode"] != "default":
         parts.append(f"mode {s['mode']}")
     if s["optimizer"] != "foreach":
@@ -181,8 +256,10 @@ def settings(cfg, device) -> tuple:
     """(rows to run, rows skipped here with their reason) for a StepConfig. A setting is a dict of
     compile, channels_last, bf16, mode (torch.compile mode) and optimizer (LARS update path)."""
     bf16_options = [p == "bf16" for p in ("fp32", "bf16") if p in _items(cfg.precisions)]
-    run = [dict(zip(FACTORS, combo), mode="default", optimizer="foreach")
-           for combo in itertools.product((False, True), (False, True), bf16_options)]
+    run = [
+        dict(zip(FACTORS, combo), mode="default", optimizer="foreach")
+        for combo in itertools.product((False, True), (False, True), bf16_options)
+    ]
     best = dict(compile=True, channels_last=True, bf16=bf16_options[-1], mode="default", optimizer="foreach")
     extra = [{**best, "optimizer": o} for o in _items(cfg.optimizer_paths) if o != "foreach"]
     extra += [{**best, "mode": m} for m in _items(cfg.compile_modes) if m != "default"]
@@ -202,10 +279,17 @@ def settings(cfg, device) -> tuple:
 
 def build(setting: dict, cfg, device) -> TrainStep:
     """The benchmark's TrainStep for one setting of a StepConfig."""
-    return TrainStep(model_config(cfg.batch_size, cfg.seed), device, bf16=setting["bf16"], compile=setting["compile"],
-                     channels_last=setting["channels_last"], compile_backend=cfg.compile_backend,
-                     compile_mode=setting["mode"], fast_optimizer=setting["optimizer"] != "loop",
-                     compile_optimizer=setting["optimizer"] == "compiled")
+    return TrainStep(
+        model_config(cfg.batch_size, cfg.seed),
+        device,
+        bf16=setting["bf16"],
+        compile=setting["compile"],
+        channels_last=setting["channels_last"],
+        compile_backend=cfg.compile_backend,
+        compile_mode=setting["mode"],
+        fast_optimizer=setting["optimizer"] != "loop",
+        compile_optimizer=setting["optimizer"] == "compiled",
+    )
 
 
 def _warm(step, batch, warmup, device) -> dict:
@@ -219,8 +303,11 @@ def _warm(step, batch, warmup, device) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         mem = torch.cuda.max_memory_allocated(device) / 2**30
-    return {"warmup_s": time.perf_counter() - t0, "peak_memory_gib": mem,
-            "graphs_warmup": fstep.compile_counters()["unique_graphs"] - before}
+    return {
+        "warmup_s": time.perf_counter() - t0,
+        "peak_memory_gib": mem,
+        "graphs_warmup": fstep.compile_counters()["unique_graphs"] - before,
+    }
 
 
 def _timed(step, batch, steps, device) -> tuple:
@@ -236,8 +323,16 @@ def _record(s, times, info, cfg, flops, peak) -> dict:
     rate = common.summarize([cfg.batch_size * cfg.steps / x for x in times])
     step_ms = common.summarize([1000 * x / cfg.steps for x in times])
     tflops = flops * cfg.steps / statistics.median(times) / 1e12
-    return {"setting": setting_name(s), **s, "status": "ok", "img_per_s": rate, "step_ms": step_ms, "tflops": tflops,
-            "mfu": tflops / peak if peak and s["bf16"] else None, **info}
+    return {
+        "setting": setting_name(s),
+        **s,
+        "status": "ok",
+        "img_per_s": rate,
+        "step_ms": step_ms,
+        "tflops": tflops,
+        "mfu": tflops / peak if peak and s["bf16"] else None,
+        **info,
+    }
 
 
 def run_setting(setting: dict, cfg, device, batches=None, peak=None) -> dict:
@@ -270,16 +365,24 @@ def measure(cfg, device, env) -> dict:
     for s in run:
         steps.append(build(s, cfg, device))
         if s["channels_last"] not in batches:
-            batches[s["channels_last"]] = synthetic_batch(cfg.batch_size, cfg.image_size, device, s["channels_last"], cfg.seed)
-    flops = steps[0].flops(batches[False] if False in batches else batches[True])  # same network and shapes everywhere
-    print(f"step benchmark on {env['gpu'] or env['cpu']}: batch {cfg.batch_size} ({2 * cfg.batch_size} views of "
-          f"{cfg.image_size}x{cfg.image_size}), {flops / 1e9:.1f} GFLOP per step, {cfg.steps} steps x {cfg.repeats} repeats",
-          file=sys.stderr)
+            batches[s["channels_last"]] = synthetic_batch(
+                cfg.batch_size, cfg.image_size, device, s["channels_last"], cfg.seed
+            )
+    flops = steps[0].flops(
+        batches[False] if False in batches else batches[True]
+    )  # same network and shapes everywhere
+    print(
+        f"step benchmark on {env['gpu'] or env['cpu']}: batch {cfg.batch_size} ({2 * cfg.batch_size} views of "
+        f"{cfg.image_size}x{cfg.image_size}), {flops / 1e9:.1f} GFLOP per step, {cfg.steps} steps x {cfg.repeats} repeats",
+        file=sys.stderr,
+    )
     infos = []
     for s, step in zip(run, steps):
         infos.append(_warm(step, batches[s["channels_last"]], cfg.warmup, device))
-        print(f"{setting_name(s)}: warm-up {infos[-1]['warmup_s']:.1f} s, {infos[-1]['graphs_warmup']} graph(s)",
-              file=sys.stderr)
+        print(
+            f"{setting_name(s)}: warm-up {infos[-1]['warmup_s']:.1f} s, {infos[-1]['graphs_warmup']} graph(s)",
+            file=sys.stderr,
+        )
         infos[-1]["graphs_timed"] = 0
     times = [[] for _ in run]
     for r in range(cfg.repeats):
@@ -298,32 +401,67 @@ def measure(cfg, device, env) -> dict:
         ratios = []
         for rec_on in grid:
             if rec_on[f]:
-                off = next((r for r in grid if not r[f] and all(r[g] == rec_on[g] for g in FACTORS if g != f)), None)
+                off = next(
+                    (r for r in grid if not r[f] and all(r[g] == rec_on[g] for g in FACTORS if g != f)), None
+                )
                 if off is not None:
                     ratios.append(rec_on["img_per_s"]["median"] / off["img_per_s"]["median"])
         if ratios:  # a factor held fixed (e.g. --precisions fp32) has no effect to report
-            effects.append({"choice": f, "geomean_speedup": math.exp(sum(map(math.log, ratios)) / len(ratios)),
-                            "min_speedup": min(ratios), "max_speedup": max(ratios)})
-    return {"benchmark": STEM, "environment": env, "device": str(device),
-            "settings": {**vars(cfg), "flops_per_step": flops, "peak_tflops": peak, "peak_source": peak_source,
-                         "model": "resnet18 (cifar stem) + 2048->128 head, LARS"},
-            "records": records, "skipped": skipped, "effects": effects,
-            "recompiles_in_timed_steps": sum(r["graphs_timed"] for r in records)}
+            effects.append(
+                {
+                    "choice": f,
+                    "geomean_speedup": math.exp(sum(map(math.log, ratios)) / len(ratios)),
+                    "min_speedup": min(ratios),
+                    "max_speedup": max(ratios),
+                }
+            )
+    return {
+        "benchmark": STEM,
+        "environment": env,
+        "device": str(device),
+        "settings": {
+            **vars(cfg),
+            "flops_per_step": flops,
+            "peak_tflops": peak,
+            "peak_source": peak_source,
+            "model": "resnet18 (cifar stem) + 2048->128 head, LARS",
+        },
+        "records": records,
+        "skipped": skipped,
+        "effects": effects,
+        "recompiles_in_timed_steps": sum(r["graphs_timed"] for r in records),
+    }
 
 
 def table(result) -> str:
-    text = ("| setting | img/s median (min-max) | step ms | speed-up vs all-off | TFLOP/s | MFU | peak mem GiB "
-            "| graphs compiled: warm-up / timed |\n|---|---|---|---|---|---|---|---|\n")
+    text = (
+        "| setting | img/s median (min-max) | step ms | speed-up vs all-off | TFLOP/s | MFU | peak mem GiB "
+        "| graphs compiled: warm-up / timed |\n|---|---|---|---|---|---|---|---|\n"
+    )
     for rec in result["records"]:
-        text += (f"| {rec['setting']} | {common.fmt_range(rec['img_per_s'])} | {rec['step_ms']['median']:.1f} | "
-                 f"{rec['speedup_vs_baseline']:.2f}x | {rec['tflops']:.3f} | {common.fmt(rec['mfu'], '.1%')} | "
-                 f"{common.fmt(rec['peak_memory_gib'], '.2f')} | {rec['graphs_warmup']} / {rec['graphs_timed']} |\n")
+        text += (
+            f"| {rec['setting']} | {common.fmt_range(rec['img_per_s'])} | {rec['step_ms']['median']:.1f} | "
+            f"{rec['speedup_vs_baseline']:.2f}x | {rec['tflops']:.3f} | {common.fmt(rec['mfu'], '.1%')} | "
+            f"{common.fmt(rec['peak_memory_gib'], '.2f')} | {rec['graphs_warmup']} / {rec['graphs_timed']} |\n"
+        )
     for rec in result["skipped"]:
         text += f"| {rec['setting']} | {rec['status']} | | | | | | |\n"
     effects = result["effects"]
-    return text + "\n" + common.markdown_table(
-        ["choice turned on", "speed-up, geometric mean over the other settings", "range"],
-        [[e["choice"], f"{e['geomean_speedup']:.2f}x", f"{e['min_speedup']:.2f}x-{e['max_speedup']:.2f}x"] for e in effects])
+    return (
+        text
+        + "\n"
+        + common.markdown_table(
+            ["choice turned on", "speed-up, geometric mean over the other settings", "range"],
+            [
+                [
+                    e["choice"],
+                    f"{e['geomean_speedup']:.2f}x",
+                    f"{e['min_speedup']:.2f}x-{e['max_speedup']:.2f}x",
+                ]
+                for e in effects
+            ],
+        )
+    )
 
 
 @cli
@@ -338,9 +476,20 @@ def main(argv=None):
     result = measure(cfg, device, env)
     result["settings"]["out"] = out
     records, text = result["records"], table(result)
-    common.write_all(out, STEM, result, records, text, lambda p: common.bar_chart(
-        p, [r["setting"].replace(" + ", "\n") for r in records], {"images/s": [r["img_per_s"] for r in records]},
-        "images/s (median, min-max)", f"SimCLR step, batch {cfg.batch_size}, {env['gpu'] or env['cpu']}"))
+    common.write_all(
+        out,
+        STEM,
+        result,
+        records,
+        text,
+        lambda p: common.bar_chart(
+            p,
+            [r["setting"].replace(" + ", "\n") for r in records],
+            {"images/s": [r["img_per_s"] for r in records]},
+            "images/s (median, min-max)",
+            f"SimCLR step, batch {cfg.batch_size}, {env['gpu'] or env['cpu']}",
+        ),
+    )
     common.print_table(text)
     return result
 

@@ -18,6 +18,7 @@ families (autoencoder, SimCLR, Deep InfoMax on CIFAR-10 80/10/10, one seed, at t
 suite.md, throughput.png, step.png, knn.png. Training runs and probes write into --work-dir
 (default: a temporary folder, removed at the end unless --keep-work).
 """
+
 import json
 import os
 import shutil
@@ -39,54 +40,165 @@ FILES = ("suite.json", "suite.md", "throughput.png", "step.png", "knn.png")
 MAX_FILE_BYTES = 16 * 2**20  # what an offline machine can send back in one transfer, with margin
 
 # Sizes of each stage: the real run (one GPU, full CIFAR-10) and --smoke (CPU, tiny, every code path).
-FULL = dict(matmul_n=8192, step_batch=512, image_size=32, step_steps=20, step_repeats=5, step_warmup=3,
-            compile_backend="inductor", throughput_dataset="cifar10", throughput_batch=512, workers=16,
-            throughput_repeats=5, throughput_steps=None, loader_steps=None, nt_xent_sizes="512,1024,2048,4096",
-            nt_xent_repeats=5, train_dataset="cifar10", train_batch=512, train_images=50000, test_images=10000,
-            knn_every=10, max_epochs=200, probe_dataset="cifar10", probe_epochs=100, probe_extra=[],
-            probe_images=50000, feature_batch=1024, train_stem="cifar",
-            race_epochs=5,  # all entrants: fastssl, plain and lightly (when installed), one seed
-            train_setup_s=10.0)  # reading CIFAR-10 and building the loader: seconds, not measured per run
-SMOKE = dict(FULL, matmul_n=128, step_batch=2, image_size=8, step_steps=1, step_repeats=2, step_warmup=1,
-             compile_backend="eager", throughput_dataset="cifar10-sample", throughput_batch=2, workers=1,
-             throughput_repeats=2, throughput_steps=1, loader_steps=2, nt_xent_sizes="64,128", nt_xent_repeats=2,
-             train_dataset="cifar10-sample", train_batch=16, train_subset=64, train_images=64, test_images=1000,
-             train_extra=["--stem", "imagenet", "--log-interval", "2"], knn_every=1, max_epochs=2,
-             probe_dataset="cifar10-sample", probe_epochs=2, probe_subset=200,
-             probe_extra=["--lrs", "0.1", "--wds", "0", "--feature-batch-size", "500"],
-             probe_images=200, feature_batch=64, train_stem="imagenet", race_epochs=2, train_setup_s=0.0)
+FULL = dict(
+    matmul_n=8192,
+    step_batch=512,
+    image_size=32,
+    step_steps=20,
+    step_repeats=5,
+    step_warmup=3,
+    compile_backend="inductor",
+    throughput_dataset="cifar10",
+    throughput_batch=512,
+    workers=16,
+    throughput_repeats=5,
+    throughput_steps=None,
+    loader_steps=None,
+    nt_xent_sizes="512,1024,2048,4096",
+    nt_xent_repeats=5,
+    train_dataset="cifar10",
+    train_batch=512,
+    train_images=50000,
+    test_images=10000,
+    knn_every=10,
+    max_epochs=200,
+    probe_dataset="cifar10",
+    probe_epochs=100,
+    probe_extra=[],
+    probe_images=50000,
+    feature_batch=1024,
+    train_stem="cifar",
+    race_epochs=5,  # all entrants: fastssl, plain and lightly (when installed), one seed
+    train_setup_s=10.0,
+)  # reading CIFAR-10 and building the loader: seconds, not measured per run
+SMOKE = dict(
+    FULL,
+    matmul_n=128,
+    step_batch=2,
+    image_size=8,
+    step_steps=1,
+    step_repeats=2,
+    step_warmup=1,
+    compile_backend="eager",
+    throughput_dataset="cifar10-sample",
+    throughput_batch=2,
+    workers=1,
+    throughput_repeats=2,
+    throughput_steps=1,
+    loader_steps=2,
+    nt_xent_sizes="64,128",
+    nt_xent_repeats=2,
+    train_dataset="cifar10-sample",
+    train_batch=16,
+    train_subset=64,
+    train_images=64,
+    test_images=1000,
+    train_extra=["--stem", "imagenet", "--log-interval", "2"],
+    knn_every=1,
+    max_epochs=2,
+    probe_dataset="cifar10-sample",
+    probe_epochs=2,
+    probe_subset=200,
+    probe_extra=["--lrs", "0.1", "--wds", "0", "--feature-batch-size", "500"],
+    probe_images=200,
+    feature_batch=64,
+    train_stem="imagenet",
+    race_epochs=2,
+    train_setup_s=0.0,
+)
+
+
 @dataclass
 class SuiteConfig:
-    budget: float | None = field(default=None, metadata={"help": "seconds for the whole suite (default 540: one 10-minute call with margin; --smoke 180)"})
+    budget: float | None = field(
+        default=None,
+        metadata={
+            "help": "seconds for the whole suite (default 540: one 10-minute call with margin; --smoke 180)"
+        },
+    )
     # Stages run in the order listed, whatever the order given; race and families, outside the default, run
     # only when named (each is a GPU call of its own).
-    stages: str = field(default=",".join(stages.STAGES), metadata={"help": "comma-separated: " + ", ".join(stages.all_stages())})
-    data_dir: str | None = field(default=None, metadata={"help": "where CIFAR-10 / CIFAR-100 live (else $FASTSSL_DATA); nothing is downloaded"})
-    pipelines: str = field(default="gpu,torchvision,ffcv,dali", metadata={"help": "pipelines of the throughput stage (those not installed are listed as skipped)"})
+    stages: str = field(
+        default=",".join(stages.STAGES),
+        metadata={"help": "comma-separated: " + ", ".join(stages.all_stages())},
+    )
+    data_dir: str | None = field(
+        default=None,
+        metadata={"help": "where CIFAR-10 / CIFAR-100 live (else $FASTSSL_DATA); nothing is downloaded"},
+    )
+    pipelines: str = field(
+        default="gpu,torchvision,ffcv,dali",
+        metadata={"help": "pipelines of the throughput stage (those not installed are listed as skipped)"},
+    )
     # cifar10-sample ships with fastssl, so it serves before CIFAR-10 is staged.
-    throughput_dataset: str | None = field(default=None, metadata={"help": "data of the throughput stage (default cifar10; --smoke: cifar10-sample)", "choices": ["cifar10", "cifar10-sample"]})
+    throughput_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "data of the throughput stage (default cifar10; --smoke: cifar10-sample)",
+            "choices": ["cifar10", "cifar10-sample"],
+        },
+    )
     # A stage's estimated seconds are its share of --budget.
-    estimates: str | None = field(default=None, metadata={"help": "stage=seconds,... replacing stages' estimates, e.g. throughput=140,time_to_accuracy=150"})
+    estimates: str | None = field(
+        default=None,
+        metadata={
+            "help": "stage=seconds,... replacing stages' estimates, e.g. throughput=140,time_to_accuracy=150"
+        },
+    )
     # For a run that skips the throughput and step stages: the earlier run's throughput/step stage gives the
     # epoch time.
-    rates_from: str | None = field(default=None, metadata={"help": "suite.json of an earlier run on the same GPU, for the epoch time"})
+    rates_from: str | None = field(
+        default=None, metadata={"help": "suite.json of an earlier run on the same GPU, for the epoch time"}
+    )
     # The plan chooses them from the measured costs so that the training run and its probes fit.
-    epochs: int | None = field(default=None, metadata={"help": "time-to-accuracy epochs (default: planned from measured costs, at most --max-epochs)"})
-    max_epochs: int | None = field(default=None, metadata={"help": "most epochs the time-to-accuracy plan may choose (default 200; --smoke 2)"})
+    epochs: int | None = field(
+        default=None,
+        metadata={
+            "help": "time-to-accuracy epochs (default: planned from measured costs, at most --max-epochs)"
+        },
+    )
+    max_epochs: int | None = field(
+        default=None,
+        metadata={"help": "most epochs the time-to-accuracy plan may choose (default 200; --smoke 2)"},
+    )
     # The check takes a few seconds and runs first. --no-compile runs eager everywhere, with the rows labelled
     # so.
-    compile: bool | None = field(default=None, metadata={"help": "torch.compile where the suite compiles (default: yes if a quick compile check passes)"})
-    compile_check_timeout: float = field(default=90.0, metadata={"help": "seconds the compile check may take before compiling counts as not working"})
+    compile: bool | None = field(
+        default=None,
+        metadata={
+            "help": "torch.compile where the suite compiles (default: yes if a quick compile check passes)"
+        },
+    )
+    compile_check_timeout: float = field(
+        default=90.0,
+        metadata={"help": "seconds the compile check may take before compiling counts as not working"},
+    )
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda or cuda:N"})
-    peak_tflops: float | None = field(default=None, metadata={"help": "datasheet dense bf16 TFLOP/s, for a GPU missing from benchmarks/peaks.py"})
+    peak_tflops: float | None = field(
+        default=None,
+        metadata={"help": "datasheet dense bf16 TFLOP/s, for a GPU missing from benchmarks/peaks.py"},
+    )
     seed: int = field(default=0, metadata={"help": "seed of every stage"})
-    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's own; --smoke 1)"})
+    threads: int | None = field(
+        default=None, metadata={"help": "torch CPU threads (default: torch's own; --smoke 1)"}
+    )
     # A rehearsal of the code paths; it takes seconds to minutes.
-    smoke: bool = field(default=False, metadata={"help": "every stage's code path on the CPU with tiny sizes; numbers mean nothing"})
-    grace: float = field(default=15.0, metadata={"help": "seconds a stage may run past its deadline before it is interrupted"})
-    out: str | None = field(default=None, metadata={"help": "output folder (default benchmarks/results/<device>-<date>)"})
-    work_dir: str | None = field(default=None, metadata={"help": "folder for the training run and probes (default: a temporary one)"})
-    keep_work: bool = field(default=False, metadata={"help": "keep --work-dir's training run and probes afterwards"})
+    smoke: bool = field(
+        default=False,
+        metadata={"help": "every stage's code path on the CPU with tiny sizes; numbers mean nothing"},
+    )
+    grace: float = field(
+        default=15.0, metadata={"help": "seconds a stage may run past its deadline before it is interrupted"}
+    )
+    out: str | None = field(
+        default=None, metadata={"help": "output folder (default benchmarks/results/<device>-<date>)"}
+    )
+    work_dir: str | None = field(
+        default=None, metadata={"help": "folder for the training run and probes (default: a temporary one)"}
+    )
+    keep_work: bool = field(
+        default=False, metadata={"help": "keep --work-dir's training run and probes afterwards"}
+    )
     overwrite: bool = field(default=False, metadata={"help": "replace suite files already in --out"})
 
     def __post_init__(self):
@@ -106,7 +218,9 @@ class SuiteConfig:
         known = stages.all_stages()
         bad = [s for s in self.stage_list if s not in known]
         if bad or not self.stage_list:
-            raise ValueError(f"--stages: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(known)}")
+            raise ValueError(
+                f"--stages: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(known)}"
+            )
         self.estimate_of = {}
         for item in filter(None, (self.estimates or "").split(",")):
             name, _, sec = item.partition("=")
@@ -138,8 +252,11 @@ class Context:
         if cfg.throughput_dataset:
             self.sizes["throughput_dataset"] = cfg.throughput_dataset
         self.max_epochs = cfg.max_epochs or self.sizes["max_epochs"]
-        self.compile = {"enabled": cfg.compile is not False, "reason": "--no-compile" if cfg.compile is False else "",
-                        "check": None}
+        self.compile = {
+            "enabled": cfg.compile is not False,
+            "reason": "--no-compile" if cfg.compile is False else "",
+            "check": None,
+        }
         self.train_compile = device.type == "cuda"  # as fastssl.pretrain decides; see decide_compile
         self.peak = {"datasheet_tflops": None, "measured_tflops": None}
         self.results, self.partial, self.deadline = {}, {}, None
@@ -149,7 +266,9 @@ class Context:
                 with open(cfg.rates_from) as f:
                     self.earlier = {r["stage"]: r for r in json.load(f)["stages"]}
             except (OSError, ValueError, KeyError, TypeError) as e:
-                raise ConfigError(f"--rates-from {cfg.rates_from}: not a suite.json ({type(e).__name__})") from None
+                raise ConfigError(
+                    f"--rates-from {cfg.rates_from}: not a suite.json ({type(e).__name__})"
+                ) from None
 
 
 def decide_compile(ctx) -> dict:
@@ -158,9 +277,14 @@ def decide_compile(ctx) -> dict:
     cfg = ctx.cfg
     if cfg.compile is None and ctx.sizes["compile_backend"] == "inductor":
         check = preflight.compile_check(str(ctx.device), "inductor", cfg.compile_check_timeout)
-        stages.log(f"compile check: {'ok' if check['ok'] else 'failed: ' + check['reason']} ({check['seconds']:.1f} s)")
-        ctx.compile = {"enabled": check["ok"], "check": check,
-                       "reason": "" if check["ok"] else f"compile check failed: {check['reason']}"}
+        stages.log(
+            f"compile check: {'ok' if check['ok'] else 'failed: ' + check['reason']} ({check['seconds']:.1f} s)"
+        )
+        ctx.compile = {
+            "enabled": check["ok"],
+            "check": check,
+            "reason": "" if check["ok"] else f"compile check failed: {check['reason']}",
+        }
     ctx.train_compile = ctx.device.type == "cuda" and ctx.compile["enabled"]
     return ctx.compile
 
@@ -168,7 +292,10 @@ def decide_compile(ctx) -> dict:
 def plan(cfg) -> list:
     """[(stage, estimated seconds)] scaled so that the estimates fill --budget."""
     reg = stages.all_stages()
-    est = {s: cfg.estimate_of.get(s, reg[s].smoke_estimate_s if cfg.smoke else reg[s].estimate_s) for s in cfg.stage_list}
+    est = {
+        s: cfg.estimate_of.get(s, reg[s].smoke_estimate_s if cfg.smoke else reg[s].estimate_s)
+        for s in cfg.stage_list
+    }
     total = sum(est.values())
     return [(s, cfg.budget * est[s] / total) for s in cfg.stage_list]
 
@@ -186,13 +313,17 @@ def run_stage(ctx, name, deadline, grace) -> dict:
         if rec["result"].get("cut"):
             rec.update(status="cut", reason="deadline reached; what was measured by then is kept")
     except StageTimeout:
-        rec.update(status="cut", reason=f"interrupted {grace:.0f} s after its deadline",
-                   result=ctx.partial.get(name))
+        rec.update(
+            status="cut", reason=f"interrupted {grace:.0f} s after its deadline", result=ctx.partial.get(name)
+        )
     except stages.Skip as e:
         rec.update(status="skipped", reason=str(e))
     except Exception as e:  # noqa: BLE001 - a broken stage is reported; the later ones still run
-        rec.update(status="failed", reason=f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
-                   result=ctx.partial.get(name))
+        rec.update(
+            status="failed",
+            reason=f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
+            result=ctx.partial.get(name),
+        )
     except SystemExit as e:  # fastssl.train exits on a signal or a diverged loss: report, go on
         rec.update(status="failed", reason=f"exited with code {e.code}", result=ctx.partial.get(name))
     finally:
@@ -224,10 +355,17 @@ def main(argv=None):
     decide_compile(ctx)  # seconds of the budget, before any stage compiles
     steps = plan(cfg)
     suite_report.print_plan(steps, cfg, env, out)
-    report = {"benchmark": STEM, "environment": env, "budget_s": cfg.budget, "smoke": cfg.smoke, "out": out,
-              "work_dir": work if cfg.keep_work else None, "plan": [{"stage": s, "estimate_s": e} for s, e in steps],
-              "compile": ctx.compile,
-              "stages": []}
+    report = {
+        "benchmark": STEM,
+        "environment": env,
+        "budget_s": cfg.budget,
+        "smoke": cfg.smoke,
+        "out": out,
+        "work_dir": work if cfg.keep_work else None,
+        "plan": [{"stage": s, "estimate_s": e} for s, e in steps],
+        "compile": ctx.compile,
+        "stages": [],
+    }
     end = t_start + cfg.budget
     try:
         for i, (name, est) in enumerate(steps):
@@ -237,8 +375,14 @@ def main(argv=None):
             still = sum(e for _, e in steps[i:])
             deadline = now + max(0.0, end - now) * est / still
             if now >= end:
-                rec = {"stage": name, "status": "cut", "reason": "the suite's budget was spent before it started",
-                       "seconds": 0.0, "deadline_s": 0.0, "result": None}
+                rec = {
+                    "stage": name,
+                    "status": "cut",
+                    "reason": "the suite's budget was spent before it started",
+                    "seconds": 0.0,
+                    "deadline_s": 0.0,
+                    "result": None,
+                }
             else:
                 stages.log(f"stage {i + 1}/{len(steps)} {name}: deadline in {deadline - now:.0f} s")
                 rec = run_stage(ctx, name, deadline, cfg.grace)
@@ -247,8 +391,10 @@ def main(argv=None):
             report["stages"].append(rec)
             report["elapsed_s"] = time.monotonic() - t_start
             suite_report.write(out, report, ctx)  # partial results on disk after every stage
-            stages.log(f"{name}: {rec['status']}{' (' + rec['reason'] + ')' if rec['reason'] else ''} "
-                       f"in {rec['seconds']:.1f} s")
+            stages.log(
+                f"{name}: {rec['status']}{' (' + rec['reason'] + ')' if rec['reason'] else ''} "
+                f"in {rec['seconds']:.1f} s"
+            )
     finally:
         if not cfg.keep_work and not cfg.work_dir:
             shutil.rmtree(work, ignore_errors=True)

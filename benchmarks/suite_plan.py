@@ -5,14 +5,15 @@ the time a stage has left (benchmarks.suite's time_to_accuracy and families stag
     costs = measure_costs(ctx, need_epoch=epoch_seconds(ctx)[0] is None)
     epochs, plan = plan_epochs(ctx, ctx.deadline - time.monotonic(), costs, ["linear"])
 """
+
 import dataclasses
 import os
 import time
 
 import torch
 
-from . import timing
 from . import step as step_bench
+from . import timing
 
 
 def epoch_seconds(ctx) -> tuple[float | None, str]:
@@ -37,8 +38,17 @@ def compile_seconds(ctx) -> float | None:
     if warm and tp["settings"]["compile"] == ctx.train_compile:
         return max(warm)
     st = (ctx.results.get("step") or {}).get("result") or {}
-    return next((r["warmup_s"] for r in st.get("rows", []) if r.get("warmup_s") and r["compile"] == ctx.train_compile
-                 and r["mode"] == "default" and r["optimizer"] == "foreach"), None)
+    return next(
+        (
+            r["warmup_s"]
+            for r in st.get("rows", [])
+            if r.get("warmup_s")
+            and r["compile"] == ctx.train_compile
+            and r["mode"] == "default"
+            and r["optimizer"] == "foreach"
+        ),
+        None,
+    )
 
 
 def measure_costs(ctx, need_epoch: bool) -> dict:
@@ -57,12 +67,16 @@ def measure_costs(ctx, need_epoch: bool) -> dict:
     s, dev = ctx.sizes, ctx.device
     known = None if need_epoch else compile_seconds(ctx)
     model = dataclasses.replace(step_bench.model_config(s["train_batch"], ctx.cfg.seed), stem=s["train_stem"])
-    st = step_bench.TrainStep(model, dev, bf16=dev.type == "cuda", compile=ctx.train_compile and known is None)
+    st = step_bench.TrainStep(
+        model, dev, bf16=dev.type == "cuda", compile=ctx.train_compile and known is None
+    )
     batch = step_bench.synthetic_batch(s["train_batch"], 32, dev, True, ctx.cfg.seed)
     with timing.Stopwatch(dev) as sw:
         st(batch)
-    costs = {"first_step_s": sw.seconds if known is None else known,
-             "first_step_source": "measured here" if known is None else "warm-up of an earlier stage"}
+    costs = {
+        "first_step_s": sw.seconds if known is None else known,
+        "first_step_source": "measured here" if known is None else "warm-up of an earlier stage",
+    }
     if need_epoch:
         st(batch)
         with timing.Stopwatch(dev) as sw:
@@ -107,14 +121,33 @@ def plan_epochs(ctx, seconds_left: float, costs: dict, probes=("linear", "transf
         per_epoch, source = costs.get("epoch_s"), "calibration: timed steps of the training step"
     fwd = costs["forward_img_per_s"]
     knn_s = s["train_images"] / fwd
-    probe_s = (s["probe_images"] + s["test_images"]) / fwd + 2 * s["probe_epochs"] * costs["probe_head_epoch_s"]
+    probe_s = (s["probe_images"] + s["test_images"]) / fwd + 2 * s["probe_epochs"] * costs[
+        "probe_head_epoch_s"
+    ]
     # the last epoch's validation kNN, then bank and test features again for the test kNN
-    fixed = {"compile_s": costs["first_step_s"], "final_knn_s": knn_s + (s["train_images"] + s["test_images"]) / fwd,
-             "probes_s": len(probes) * probe_s, "setup_s": s["train_setup_s"], "margin_s": 0.05 * max(0.0, seconds_left)}
-    plan = {"source": source, "epoch_s_estimate": per_epoch, "knn_s_estimate": knn_s, "seconds_left": seconds_left,
-            **fixed, "max_epochs": ctx.max_epochs, "probes_planned": list(probes), "costs": costs}
+    fixed = {
+        "compile_s": costs["first_step_s"],
+        "final_knn_s": knn_s + (s["train_images"] + s["test_images"]) / fwd,
+        "probes_s": len(probes) * probe_s,
+        "setup_s": s["train_setup_s"],
+        "margin_s": 0.05 * max(0.0, seconds_left),
+    }
+    plan = {
+        "source": source,
+        "epoch_s_estimate": per_epoch,
+        "knn_s_estimate": knn_s,
+        "seconds_left": seconds_left,
+        **fixed,
+        "max_epochs": ctx.max_epochs,
+        "probes_planned": list(probes),
+        "costs": costs,
+    }
     if ctx.cfg.epochs:
         return ctx.cfg.epochs, {**plan, "source": "--epochs"}
     per = per_epoch + 2 * costs["checkpoint_s"] + knn_s / s["knn_every"]
     epochs = int(max(1, min(ctx.max_epochs, (seconds_left - sum(fixed.values())) // per)))
-    return epochs, {**plan, "seconds_per_epoch_all_in": per, "planned_total_s": sum(fixed.values()) + epochs * per}
+    return epochs, {
+        **plan,
+        "seconds_per_epoch_all_in": per,
+        "planned_total_s": sum(fixed.values()) + epochs * per,
+    }

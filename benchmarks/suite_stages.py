@@ -7,6 +7,7 @@ raises `Skip(reason)`. The measuring code is the benchmarks' own (benchmarks.thr
 benchmarks.nt_xent.measure, benchmarks.step.TrainStep) and fastssl's own training and probes
 (fastssl.train.train, fastssl.eval.linear.evaluate): nothing here re-implements a loop it reports on.
 """
+
 import json
 import os
 import statistics
@@ -20,8 +21,8 @@ import torch
 from fastssl.config import parse
 
 from . import common, nt_xent, peaks, preflight, throughput, timing
-from .suite_plan import epoch_seconds, measure_costs, plan_epochs
 from . import step as step_bench
+from .suite_plan import epoch_seconds, measure_costs, plan_epochs
 
 
 class Skip(Exception):
@@ -34,15 +35,21 @@ def log(msg: str) -> None:
 
 # ----------------------------------------------------------------------------- 1. environment
 
+
 def environment(ctx, expired) -> dict:
     """Versions, GPU, driver, commit and command, and the measured bf16 matmul peak."""
     info = peaks.peak_info(ctx.device, ctx.cfg.peak_tflops, measure=True, n=ctx.sizes["matmul_n"])
     ctx.peak = info
-    log(f"{ctx.env['gpu'] or ctx.env['cpu']}: datasheet {common.fmt(info['datasheet_tflops'], '.0f')} TFLOP/s "
+    log(
+        f"{ctx.env['gpu'] or ctx.env['cpu']}: datasheet {common.fmt(info['datasheet_tflops'], '.0f')} TFLOP/s "
         f"({info['datasheet_source']}), measured {info['measured']['n']}^3 {info['measured']['dtype']} matmul "
-        f"{info['measured_tflops']:.2f} TFLOP/s")
-    return {"environment": ctx.env, "peak": info,
-            "installed": {p: throughput.installed(p) for p in ("torchvision", "dali", "ffcv")}}
+        f"{info['measured_tflops']:.2f} TFLOP/s"
+    )
+    return {
+        "environment": ctx.env,
+        "peak": info,
+        "installed": {p: throughput.installed(p) for p in ("torchvision", "dali", "ffcv")},
+    }
 
 
 # ----------------------------------------------------------------------------- 2. step ablation
@@ -54,8 +61,8 @@ ABLATION = [
     ("+ channels_last", {"channels_last": True}),
     ("+ bf16 autocast", {"bf16": True}),
     ("+ torch.compile", {"compile": True}),
-    ("+ fast optimiser", {"optimizer": "foreach"}),   # multi-tensor LARS instead of one tensor at a time
-    ("+ CUDA graphs", {"mode": "reduce-overhead"}),   # static input buffers, graphs replayed
+    ("+ fast optimiser", {"optimizer": "foreach"}),  # multi-tensor LARS instead of one tensor at a time
+    ("+ CUDA graphs", {"mode": "reduce-overhead"}),  # static input buffers, graphs replayed
 ]
 BASE = {"compile": False, "channels_last": False, "bf16": False, "mode": "default", "optimizer": "loop"}
 
@@ -79,11 +86,28 @@ def _skip_reason(setting, device, backend, compiled=True, why_not="") -> str:
 
 def step_ablation(ctx, expired) -> dict:
     s = ctx.sizes
-    scfg = parse(step_bench.StepConfig, ["--batch-size", str(s["step_batch"]), "--image-size", str(s["image_size"]),
-                                         "--steps", str(s["step_steps"]), "--repeats", str(s["step_repeats"]),
-                                         "--warmup", str(s["step_warmup"]), "--compile-backend", s["compile_backend"],
-                                         "--seed", str(ctx.cfg.seed), "--device", str(ctx.device)]
-                 + (["--quick"] if ctx.cfg.smoke else []))
+    scfg = parse(
+        step_bench.StepConfig,
+        [
+            "--batch-size",
+            str(s["step_batch"]),
+            "--image-size",
+            str(s["image_size"]),
+            "--steps",
+            str(s["step_steps"]),
+            "--repeats",
+            str(s["step_repeats"]),
+            "--warmup",
+            str(s["step_warmup"]),
+            "--compile-backend",
+            s["compile_backend"],
+            "--seed",
+            str(ctx.cfg.seed),
+            "--device",
+            str(ctx.device),
+        ]
+        + (["--quick"] if ctx.cfg.smoke else []),
+    )
     step_bench.setup_device(ctx.device)
     rows, live, setting = [], [], dict(BASE)
     compiled, why_not = ctx.compile["enabled"], ctx.compile["reason"]
@@ -92,7 +116,12 @@ def step_ablation(ctx, expired) -> dict:
         if not compiled and setting["compile"] and "compile" not in change:
             setting["compile"] = False  # later rows go on eager, and say so
             name += " (eager)"
-        row = {"setting": name, **setting, "status": "ok", "benchmark_setting": step_bench.setting_name(setting)}
+        row = {
+            "setting": name,
+            **setting,
+            "status": "ok",
+            "benchmark_setting": step_bench.setting_name(setting),
+        }
         rows.append(row)
         reason = _skip_reason(setting, ctx.device, s["compile_backend"], compiled, why_not)
         if reason:
@@ -105,8 +134,9 @@ def step_ablation(ctx, expired) -> dict:
         t0 = time.perf_counter()
         try:
             st = step_bench.build(setting, scfg, ctx.device)
-            batch = step_bench.synthetic_batch(s["step_batch"], s["image_size"], ctx.device, setting["channels_last"],
-                                               ctx.cfg.seed)
+            batch = step_bench.synthetic_batch(
+                s["step_batch"], s["image_size"], ctx.device, setting["channels_last"], ctx.cfg.seed
+            )
             if ctx.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(ctx.device)
             before = _graphs()
@@ -162,23 +192,52 @@ def step_ablation(ctx, expired) -> dict:
         base = base or row["img_per_s"]["median"]
         row["speedup_vs_first"] = row["img_per_s"]["median"] / base
     done = [r for r in rows if r.get("img_per_s")]
-    return {"batch_size": s["step_batch"], "image_size": s["image_size"], "steps_per_repeat": s["step_steps"],
-            "repeats": s["step_repeats"], "compile_backend": s["compile_backend"], "rows": rows,
-            # the row that runs what fastssl.train runs here, for the time-to-accuracy plan
-            "best_img_per_s": next((r["img_per_s"]["median"] for r in done if r["compile"] == ctx.train_compile
-                                    and r["channels_last"] and r["bf16"] == (ctx.device.type == "cuda")
-                                    and r["mode"] == "default" and r["optimizer"] == "foreach"), None),
-            "cut": any(r["status"].startswith("cut") for r in rows) or any(len(r["img_per_s"]["values"]) <
-                                                                          s["step_repeats"] for r in done)}
+    return {
+        "batch_size": s["step_batch"],
+        "image_size": s["image_size"],
+        "steps_per_repeat": s["step_steps"],
+        "repeats": s["step_repeats"],
+        "compile_backend": s["compile_backend"],
+        "rows": rows,
+        # the row that runs what fastssl.train runs here, for the time-to-accuracy plan
+        "best_img_per_s": next(
+            (
+                r["img_per_s"]["median"]
+                for r in done
+                if r["compile"] == ctx.train_compile
+                and r["channels_last"]
+                and r["bf16"] == (ctx.device.type == "cuda")
+                and r["mode"] == "default"
+                and r["optimizer"] == "foreach"
+            ),
+            None,
+        ),
+        "cut": any(r["status"].startswith("cut") for r in rows)
+        or any(len(r["img_per_s"]["values"]) < s["step_repeats"] for r in done),
+    }
 
 
 # ----------------------------------------------------------------------------- 3. throughput
 
+
 def throughput_stage(ctx, expired) -> dict:
     s = ctx.sizes
-    argv = ["--pipelines", ctx.cfg.pipelines, "--dataset", s["throughput_dataset"],
-            "--batch-size", str(s["throughput_batch"]), "--workers", str(s["workers"]),
-            "--repeats", str(s["throughput_repeats"]), "--seed", str(ctx.cfg.seed), "--device", str(ctx.device)]
+    argv = [
+        "--pipelines",
+        ctx.cfg.pipelines,
+        "--dataset",
+        s["throughput_dataset"],
+        "--batch-size",
+        str(s["throughput_batch"]),
+        "--workers",
+        str(s["workers"]),
+        "--repeats",
+        str(s["throughput_repeats"]),
+        "--seed",
+        str(ctx.cfg.seed),
+        "--device",
+        str(ctx.device),
+    ]
     # Whole epochs unless sized down (--smoke): see benchmarks.throughput.timed_pass.
     argv += ["--steps", str(s["throughput_steps"])] if s["throughput_steps"] else []
     argv += ["--loader-steps", str(s["loader_steps"])] if s["loader_steps"] else []
@@ -192,7 +251,9 @@ def throughput_stage(ctx, expired) -> dict:
         argv += ["--peak-tflops", str(ctx.cfg.peak_tflops)]
     argv += ["--cache-dir", os.path.join(ctx.work, "pipeline-cache")]
     tcfg = parse(throughput.ThroughputConfig, argv)
-    result = throughput.measure(tcfg, ctx.device, ctx.env, expired, peak=ctx.peak if "datasheet_source" in ctx.peak else None)
+    result = throughput.measure(
+        tcfg, ctx.device, ctx.env, expired, peak=ctx.peak if "datasheet_source" in ctx.peak else None
+    )
     result["command"] = "python -m benchmarks.throughput " + " ".join(argv)
     result["compile_note"] = "" if ctx.compile["enabled"] else f"eager: {ctx.compile['reason']}"
     gpu = next((r for r in result["records"] if r["pipeline"] == "gpu" and r["e2e_img_per_s"]), None)
@@ -202,25 +263,52 @@ def throughput_stage(ctx, expired) -> dict:
 
 # ----------------------------------------------------------------------------- 4. NT-Xent
 
+
 def nt_xent_stage(ctx, expired) -> dict:
     s = ctx.sizes
-    argv = ["--sizes", s["nt_xent_sizes"], "--dtypes", "fp32", "--repeats", str(s["nt_xent_repeats"]),
-            "--device", str(ctx.device)] + (["--quick"] if ctx.cfg.smoke else [])
+    argv = [
+        "--sizes",
+        s["nt_xent_sizes"],
+        "--dtypes",
+        "fp32",
+        "--repeats",
+        str(s["nt_xent_repeats"]),
+        "--device",
+        str(ctx.device),
+    ] + (["--quick"] if ctx.cfg.smoke else [])
     if not ctx.compile["enabled"]:
         argv += ["--modes", "eager"]
     result = nt_xent.measure(parse(nt_xent.NTXentConfig, argv), ctx.device, ctx.env, expired)
     result["command"] = "python -m benchmarks.nt_xent " + " ".join(argv)
-    result["compile_note"] = "" if ctx.compile["enabled"] else f"compiled cases not run: {ctx.compile['reason']}"
+    result["compile_note"] = (
+        "" if ctx.compile["enabled"] else f"compiled cases not run: {ctx.compile['reason']}"
+    )
     return result
 
 
 # ----------------------------------------------------------------------------- 5. time to accuracy
 
+
 def pretrain_argv(ctx, epochs: int, out: str) -> list:
     s = ctx.sizes
-    argv = ["--dataset", s["train_dataset"], "--epochs", str(epochs), "--batch-size", str(s["train_batch"]),
-            "--knn-every", str(s["knn_every"]), "--seed", str(ctx.cfg.seed), "--device", str(ctx.device),
-            "--out", out, "--overwrite", "--no-progress"]
+    argv = [
+        "--dataset",
+        s["train_dataset"],
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        str(s["train_batch"]),
+        "--knn-every",
+        str(s["knn_every"]),
+        "--seed",
+        str(ctx.cfg.seed),
+        "--device",
+        str(ctx.device),
+        "--out",
+        out,
+        "--overwrite",
+        "--no-progress",
+    ]
     if ctx.cfg.data_dir:
         argv += ["--data-dir", ctx.cfg.data_dir]
     if s.get("train_subset"):
@@ -242,12 +330,22 @@ def time_to_accuracy(ctx, expired) -> dict:
     probes = {"linear": s["probe_dataset"], "transfer": "cifar100"}
     missing = {k: absent(d, ctx.cfg.data_dir) for k, d in probes.items()}
     costs = measure_costs(ctx, need_epoch=epoch_seconds(ctx)[0] is None and not ctx.cfg.epochs)
-    epochs, plan = plan_epochs(ctx, ctx.deadline - time.monotonic(), costs, [k for k in probes if not missing[k]])
+    epochs, plan = plan_epochs(
+        ctx, ctx.deadline - time.monotonic(), costs, [k for k in probes if not missing[k]]
+    )
     run = os.path.join(ctx.work, "pretrain")
     argv = pretrain_argv(ctx, epochs, run)
-    log(f"time to accuracy: {epochs} epochs ({plan.get('source')}); python -m fastssl.pretrain {' '.join(argv)}")
-    result = {"epochs_planned": epochs, "plan": plan, "command": "python -m fastssl.pretrain " + " ".join(argv),
-              "dataset": s["train_dataset"], "curve": [], "cut": False}
+    log(
+        f"time to accuracy: {epochs} epochs ({plan.get('source')}); python -m fastssl.pretrain {' '.join(argv)}"
+    )
+    result = {
+        "epochs_planned": epochs,
+        "plan": plan,
+        "command": "python -m fastssl.pretrain " + " ".join(argv),
+        "dataset": s["train_dataset"],
+        "curve": [],
+        "cut": False,
+    }
     ctx.partial["time_to_accuracy"] = result  # what is known so far survives a cut
     t0 = time.monotonic()
     try:
@@ -270,7 +368,7 @@ def time_to_accuracy(ctx, expired) -> dict:
 
 
 def absent(dataset: str, data_dir) -> str:
-    """"" when `dataset` is on this machine, else why not; never downloads (an offline machine
+    """ "" when `dataset` is on this machine, else why not; never downloads (an offline machine
     would wait on DNS and a 20 s timeout first)."""
     from pipelines import DataError
     from pipelines.data import cifar
@@ -297,8 +395,15 @@ def knn_curve(path: str) -> list:
             except ValueError:
                 continue  # a line cut by a stop in mid-write
             if rec.get("summary") and "val_knn_top1" in rec:
-                curve.append({"epoch": rec["epoch"] + 1, "wall_s": rec.get("wall_s"), "knn_top1": rec["val_knn_top1"],
-                              "knn_top5": rec.get("val_knn_top5"), "epoch_time_s": rec.get("epoch_time_s")})
+                curve.append(
+                    {
+                        "epoch": rec["epoch"] + 1,
+                        "wall_s": rec.get("wall_s"),
+                        "knn_top1": rec["val_knn_top1"],
+                        "knn_top5": rec.get("val_knn_top5"),
+                        "epoch_time_s": rec.get("epoch_time_s"),
+                    }
+                )
     return curve
 
 
@@ -308,8 +413,22 @@ def probe(ctx, run: str, dataset: str, key: str, extra=()) -> dict:
     from pipelines import DataError
 
     s = ctx.sizes
-    argv = ["--backbone", run, "--dataset", dataset, "--epochs", str(s["probe_epochs"]), "--device", str(ctx.device),
-            "--out", os.path.join(ctx.work, key), "--overwrite", "--no-progress", *s["probe_extra"], *extra]
+    argv = [
+        "--backbone",
+        run,
+        "--dataset",
+        dataset,
+        "--epochs",
+        str(s["probe_epochs"]),
+        "--device",
+        str(ctx.device),
+        "--out",
+        os.path.join(ctx.work, key),
+        "--overwrite",
+        "--no-progress",
+        *s["probe_extra"],
+        *extra,
+    ]
     if ctx.cfg.data_dir:
         argv += ["--data-dir", ctx.cfg.data_dir]
     if s.get("probe_subset"):
@@ -318,10 +437,19 @@ def probe(ctx, run: str, dataset: str, key: str, extra=()) -> dict:
         summary = evaluate(parse(LinearConfig, argv), argv)
     except DataError as e:
         return {"status": f"skipped: {e}", "command": "python -m fastssl.linear " + " ".join(argv)}
-    return {"status": "ok", "command": "python -m fastssl.linear " + " ".join(argv), "dataset": summary["data"]["label"],
-            "test_top1": summary["test_top1"], "test_top5": summary["test_top5"], "knn_top1": summary["knn_top1"],
-            "lr": summary["lr"], "weight_decay": summary["weight_decay"], "wall_time_s": summary["wall_time_s"],
-            "train_images": summary["data"]["train_images"], "test_images": summary["data"]["test_images"]}
+    return {
+        "status": "ok",
+        "command": "python -m fastssl.linear " + " ".join(argv),
+        "dataset": summary["data"]["label"],
+        "test_top1": summary["test_top1"],
+        "test_top5": summary["test_top5"],
+        "knn_top1": summary["knn_top1"],
+        "lr": summary["lr"],
+        "weight_decay": summary["weight_decay"],
+        "wall_time_s": summary["wall_time_s"],
+        "train_images": summary["data"]["train_images"],
+        "test_images": summary["data"]["test_images"],
+    }
 
 
 # ----------------------------------------------------------------------------- 6. families (optional)
@@ -348,7 +476,9 @@ def families_stage(ctx, expired) -> dict:
     ctx.partial["families"] = result
     # One epoch count for all three: "same budget per family" means epochs and batch, not seconds.
     costs = measure_costs(ctx, need_epoch=epoch_seconds(ctx)[0] is None and not ctx.cfg.epochs)
-    epochs, plan = plan_epochs(ctx, (ctx.deadline - time.monotonic()) / len(FAMILY_METHODS), costs, ["linear"])
+    epochs, plan = plan_epochs(
+        ctx, (ctx.deadline - time.monotonic()) / len(FAMILY_METHODS), costs, ["linear"]
+    )
     result.update(epochs=epochs, plan=plan)
     for method in FAMILY_METHODS:
         if expired():
@@ -361,8 +491,13 @@ def families_stage(ctx, expired) -> dict:
         rec = {"epochs": epochs, "plan": plan, "command": "python -m fastssl.pretrain " + " ".join(argv)}
         result["families"][method] = rec
         summary = train(parse(PretrainConfig, argv), argv)
-        rec.update(final_loss=summary["final_loss"], val_knn_top1=summary["val_knn_top1"],
-                   knn_top1=summary["knn_top1"], knn_top5=summary["knn_top5"], pretrain_wall_s=summary["wall_time_s"])
+        rec.update(
+            final_loss=summary["final_loss"],
+            val_knn_top1=summary["val_knn_top1"],
+            knn_top1=summary["knn_top1"],
+            knn_top5=summary["knn_top5"],
+            pretrain_wall_s=summary["wall_time_s"],
+        )
         rec["probe"] = probe(ctx, run, s["train_dataset"], f"family_{method}_linear", split)
     return result
 
@@ -381,20 +516,47 @@ def race_stage(ctx, expired) -> dict:
     fastssl = "fastssl" if ctx.compile["enabled"] else "fastssl:compile=false"
     entrants = [fastssl, "plain"] + (["lightly"] if ENTRANTS["lightly"].available() is None else [])
     out = os.path.join(ctx.work, "race")
-    argv = ["--dataset", s["train_dataset"], "--subset", str(s.get("train_subset") or 0), "--stem", s["train_stem"],
-            "--epochs", str(s["race_epochs"]), "--batch-size", str(s["train_batch"]), "--workers", str(s["workers"]),
-            "--device", str(ctx.device), "--seeds", str(ctx.cfg.seed), "--entrants", ",".join(entrants),
-            "--snapshot-every", "0", "--out", out, "--overwrite"]
+    argv = [
+        "--dataset",
+        s["train_dataset"],
+        "--subset",
+        str(s.get("train_subset") or 0),
+        "--stem",
+        s["train_stem"],
+        "--epochs",
+        str(s["race_epochs"]),
+        "--batch-size",
+        str(s["train_batch"]),
+        "--workers",
+        str(s["workers"]),
+        "--device",
+        str(ctx.device),
+        "--seeds",
+        str(ctx.cfg.seed),
+        "--entrants",
+        ",".join(entrants),
+        "--snapshot-every",
+        "0",
+        "--out",
+        out,
+        "--overwrite",
+    ]
     if ctx.cfg.data_dir:
         argv += ["--data-dir", ctx.cfg.data_dir]
     command = "python3 -m benchmarks.race " + " ".join(argv)
-    result = {"command": command, "entrants": entrants, "skipped": {} if "lightly" in entrants else
-              {"lightly": ENTRANTS["lightly"].available()}}
+    result = {
+        "command": command,
+        "entrants": entrants,
+        "skipped": {} if "lightly" in entrants else {"lightly": ENTRANTS["lightly"].available()},
+    }
     ctx.partial["race"] = result
     log(f"race: {command}")
     try:
-        subprocess.run([sys.executable, "-m", "benchmarks.race", *argv], check=True,
-                       timeout=max(1.0, ctx.deadline - time.monotonic()))
+        subprocess.run(
+            [sys.executable, "-m", "benchmarks.race", *argv],
+            check=True,
+            timeout=max(1.0, ctx.deadline - time.monotonic()),
+        )
     except subprocess.TimeoutExpired:
         result["status"] = "cut: the race did not finish within the stage's deadline"
         return result
@@ -409,25 +571,52 @@ def race_stage(ctx, expired) -> dict:
 
 
 class Stage(NamedTuple):
-    fn: Callable            # (ctx, expired) -> result dict
-    what: str               # one line for the plan
-    estimate_s: float       # seconds on one H100/H200: its share of --budget
+    fn: Callable  # (ctx, expired) -> result dict
+    what: str  # one line for the plan
+    estimate_s: float  # seconds on one H100/H200: its share of --budget
     smoke_estimate_s: float  # seconds of --smoke on a CPU
 
 
 # Adding a stage is one function above and one line here (in STAGES, or in OPTIONAL when it runs
 # only where named in --stages).
 STAGES = {
-    "environment": Stage(environment, "GPU, driver, versions, commit, command; measured bf16 matmul peak", 15, 5),
-    "step": Stage(step_ablation, "step ablation: eager fp32 -> channels_last -> bf16 -> compile -> fast optimiser -> CUDA graphs", 120, 30),
-    "throughput": Stage(throughput_stage, "loader-only and end-to-end images/s per pipeline (whole epochs), data wait, ratio to torchvision", 120, 30),
+    "environment": Stage(
+        environment, "GPU, driver, versions, commit, command; measured bf16 matmul peak", 15, 5
+    ),
+    "step": Stage(
+        step_ablation,
+        "step ablation: eager fp32 -> channels_last -> bf16 -> compile -> fast optimiser -> CUDA graphs",
+        120,
+        30,
+    ),
+    "throughput": Stage(
+        throughput_stage,
+        "loader-only and end-to-end images/s per pipeline (whole epochs), data wait, ratio to torchvision",
+        120,
+        30,
+    ),
     "nt_xent": Stage(nt_xent_stage, "NT-Xent forward+backward, eager / compiled / chunked", 50, 15),
-    "time_to_accuracy": Stage(time_to_accuracy, "SimCLR on CIFAR-10 with kNN every 10 epochs, then linear and transfer probes", 255, 70),
+    "time_to_accuracy": Stage(
+        time_to_accuracy,
+        "SimCLR on CIFAR-10 with kNN every 10 epochs, then linear and transfer probes",
+        255,
+        70,
+    ),
 }
 # Run only when named in --stages (each a GPU call of its own).
 OPTIONAL = {
-    "race": Stage(race_stage, "fastssl vs plain PyTorch vs lightly (when installed), whole epochs, one shared kNN", 240, 120),
-    "families": Stage(families_stage, "autoencoder, SimCLR, Deep InfoMax on CIFAR-10 80/10/10 at the stage's budget, each probed on the split", 500, 100),
+    "race": Stage(
+        race_stage,
+        "fastssl vs plain PyTorch vs lightly (when installed), whole epochs, one shared kNN",
+        240,
+        120,
+    ),
+    "families": Stage(
+        families_stage,
+        "autoencoder, SimCLR, Deep InfoMax on CIFAR-10 80/10/10 at the stage's budget, each probed on the split",
+        500,
+        100,
+    ),
 }
 
 

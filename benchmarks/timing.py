@@ -8,6 +8,7 @@ On a GPU the window is bracketed by `torch.cuda.synchronize()` and timed with CU
 queued work is neither missed at the end nor counted from before the start; on the CPU it is
 `time.perf_counter()`.
 """
+
 import time
 
 import torch

@@ -10,6 +10,7 @@ linear ramp, 1/2 and more for blocky nearest-neighbour-like upscaling). Two pipe
 every statistic's two-sample Kolmogorov-Smirnov distance stays under a bound calibrated on two runs
 of one pipeline with different seeds.
 """
+
 import numpy as np
 import torch
 
@@ -41,8 +42,11 @@ def _grey(x):
 
 def _colour(x, grey):
     maxc, minc = x.amax(1), x.amin(1)
-    return {"brightness": grey.mean((1, 2)), "contrast": grey.flatten(1).std(1),
-            "saturation": ((maxc - minc) / maxc.clamp_min(1e-12)).mean((1, 2))}
+    return {
+        "brightness": grey.mean((1, 2)),
+        "contrast": grey.flatten(1).std(1),
+        "saturation": ((maxc - minc) / maxc.clamp_min(1e-12)).mean((1, 2)),
+    }
 
 
 def _chroma_angle(x):
@@ -68,8 +72,12 @@ def view_statistics(views, mean, std, sources=None) -> dict:
         for k, v in _colour(src, _grey(src)).items():
             out[k] = torch.log(out[k].clamp_min(1e-6) / v.clamp_min(1e-6))
     d1 = sum((grey.diff(dim=d) ** 2).flatten(1).mean(1) for d in (1, 2))
-    d2 = sum(((grey.narrow(d, 2, grey.shape[d] - 2) - grey.narrow(d, 0, grey.shape[d] - 2)) ** 2).flatten(1).mean(1)
-             for d in (1, 2))
+    d2 = sum(
+        ((grey.narrow(d, 2, grey.shape[d] - 2) - grey.narrow(d, 0, grey.shape[d] - 2)) ** 2)
+        .flatten(1)
+        .mean(1)
+        for d in (1, 2)
+    )
     out["kernel"] = d1 / d2.clamp_min(1e-12)
     return {k: v.numpy() for k, v in out.items()}
 
@@ -78,7 +86,9 @@ def ks_distance(a, b) -> float:
     """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs."""
     a, b = np.sort(a), np.sort(b)
     grid = np.concatenate([a, b])
-    return float(np.abs(np.searchsorted(a, grid, "right") / len(a) - np.searchsorted(b, grid, "right") / len(b)).max())
+    return float(
+        np.abs(np.searchsorted(a, grid, "right") / len(a) - np.searchsorted(b, grid, "right") / len(b)).max()
+    )
 
 
 def distances(ours, theirs) -> dict:
@@ -91,8 +101,14 @@ def indexed(data, n):
     view's label names its source image."""
     from pipelines.data.arrays import ArrayDataset
 
-    return ArrayDataset(images=np.ascontiguousarray(data.images[:n]), labels=np.arange(n), classes=[],
-                        name=f"{data.name}[:{n}]", mean=data.mean, std=data.std)
+    return ArrayDataset(
+        images=np.ascontiguousarray(data.images[:n]),
+        labels=np.arange(n),
+        classes=[],
+        name=f"{data.name}[:{n}]",
+        mean=data.mean,
+        std=data.std,
+    )
 
 
 def loader_statistics(loader, data) -> dict:
@@ -115,6 +131,9 @@ def compare(ours, reference, factor=2.0) -> dict:
     worst / least: per statistic, the largest / smallest distance over the four cross pairings."""
     null = max(max(distances(*pair).values()) for pair in (ours, reference))
     cross = [distances(a, b) for a in ours for b in reference]
-    return {"null": null, "bound": factor * null,
-            "worst": {k: max(d[k] for d in cross) for k in cross[0]},
-            "least": {k: min(d[k] for d in cross) for k in cross[0]}}
+    return {
+        "null": null,
+        "bound": factor * null,
+        "worst": {k: max(d[k] for d in cross) for k in cross[0]},
+        "least": {k: min(d[k] for d in cross) for k in cross[0]},
+    }

@@ -13,11 +13,11 @@ A run directory holds:
 Every write goes to `<name>.tmp-<pid>` and is renamed into place; a dead writer's temporaries are
 removed by the next run (remove_dead_temporaries). Models are always saved unwrapped: no `_orig_mod.` (torch.compile) or `module.` (DDP) prefixes.
 """
+
 import io
 import json
 import os
 import random
-import shutil
 
 import numpy as np
 import torch
@@ -109,7 +109,9 @@ def load(path: str, map_location="cpu") -> dict:
         # weights_only=False: our training checkpoints hold numpy/python RNG states.
         obj = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # torch raises many types for truncated / non-torch files
-        raise DataError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+        raise DataError(
+            f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        ) from None
     if not isinstance(obj, dict):
         raise DataError(f"{path} does not hold a state dict or fastssl checkpoint")
     return obj
@@ -126,9 +128,13 @@ def backbone_state_dict(path: str) -> tuple[dict, dict]:
         raise DataError(f"{path} holds neither backbone.pt nor last.pt")
     obj = load(path)
     if "model" in obj and "config" in obj:  # a training checkpoint
-        sd = {k[len("backbone."):]: v for k, v in obj["model"].items() if k.startswith("backbone.")}
-        info = {"source": path, "kind": "checkpoint", "stem": obj["config"].get("stem", "cifar"),
-                "epoch": obj.get("epoch")}
+        sd = {k[len("backbone.") :]: v for k, v in obj["model"].items() if k.startswith("backbone.")}
+        info = {
+            "source": path,
+            "kind": "checkpoint",
+            "stem": obj["config"].get("stem", "cifar"),
+            "epoch": obj.get("epoch"),
+        }
     else:
         sd = obj.get("state_dict", obj)
         sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
@@ -171,8 +177,9 @@ def read_jsonl(path: str) -> list[dict]:
         if not isinstance(rec, dict):
             if n == len(lines):  # no newline after it: an append that a kill interrupted
                 break
-            raise DataError(f"{path} line {n} is not a JSON record (damaged file); "
-                            "move it away or start a new --out")
+            raise DataError(
+                f"{path} line {n} is not a JSON record (damaged file); move it away or start a new --out"
+            )
         records.append(rec)
     return records
 
@@ -186,13 +193,18 @@ def load_training_state(path: str) -> dict:
     missing = [k for k in TRAINING_KEYS if k not in state]
     if missing:
         raise DataError(f"{path} is not a fastssl training checkpoint (no {', '.join(missing)})")
-    if not all(isinstance(state[k], dict) for k in ("model", "optimizer", "schedule", "config")) \
-            or not isinstance(state["epoch"], int):
-        raise DataError(f"{path} is a damaged training checkpoint (model/optimizer/schedule/config of the wrong type)")
+    if not all(
+        isinstance(state[k], dict) for k in ("model", "optimizer", "schedule", "config")
+    ) or not isinstance(state["epoch"], int):
+        raise DataError(
+            f"{path} is a damaged training checkpoint (model/optimizer/schedule/config of the wrong type)"
+        )
     if not state["optimizer"].get("param_groups") or not state["model"]:
         raise DataError(f"{path} holds no optimizer state or no weights; it cannot be resumed exactly")
     pos = state.get("position")
-    if pos is not None and not (isinstance(pos, dict) and isinstance(pos.get("epoch"), int) and isinstance(pos.get("step"), int)):
+    if pos is not None and not (
+        isinstance(pos, dict) and isinstance(pos.get("epoch"), int) and isinstance(pos.get("step"), int)
+    ):
         raise DataError(f"{path} is a damaged training checkpoint (bad mid-epoch position)")
     return state
 
@@ -204,8 +216,12 @@ def load_backbone(path: str, stem: str | None = None, arch: str = "resnet18"):
     if path == "random":
         if arch not in BACKBONES:
             raise DataError(f"unknown backbone {arch!r}; choose from {', '.join(BACKBONES)}")
-        return BACKBONES[arch](stem=stem or "cifar"), {"source": "random", "kind": "random",
-                                                        "stem": stem or "cifar", "arch": arch}
+        return BACKBONES[arch](stem=stem or "cifar"), {
+            "source": "random",
+            "kind": "random",
+            "stem": stem or "cifar",
+            "arch": arch,
+        }
     sd, info = backbone_state_dict(path)
     model = BACKBONES[info["arch"]](stem=stem or info["stem"])
     try:

@@ -8,6 +8,7 @@ field's `choices` are errors that name the valid options. Field help comes from
 Commands wrap their `main` in `cli(...)`, which turns `ConfigError` and `pipelines.DataError` into one
 line on stderr and exit code 2 (no traceback), as users expect from a command-line tool.
 """
+
 import argparse
 import dataclasses
 import functools
@@ -126,11 +127,21 @@ def parse(cls, argv=None, description=None, base=None):
         help_ = f.metadata.get("help", "")
         help_ += f" (default: {default})" if default is not None else ""
         if kind is bool:
-            p.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
-                           default=argparse.SUPPRESS, help=help_)
+            p.add_argument(
+                _flag(f.name),
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_,
+            )
         else:
-            p.add_argument(_flag(f.name), dest=f.name, default=argparse.SUPPRESS, metavar=f.name.upper(),
-                           help=help_ + (f"; one of: {', '.join(map(str, choices))}" if choices else ""))
+            p.add_argument(
+                _flag(f.name),
+                dest=f.name,
+                default=argparse.SUPPRESS,
+                metavar=f.name.upper(),
+                help=help_ + (f"; one of: {', '.join(map(str, choices))}" if choices else ""),
+            )
 
     def error(message):  # argparse's own errors (unknown flags) must also be one line + exit 2
         raise ConfigError(message)

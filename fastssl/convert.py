@@ -29,6 +29,7 @@ shuffle a streamed file within a window of 4,096 samples, and an image folder li
 class by class. --order source keeps the source's order.
 Needs the extra of the chosen library: `pip install -e .[ffcv]` or `pip install -e .[dali]`.
 """
+
 import os
 import sys
 from dataclasses import dataclass, field
@@ -42,23 +43,52 @@ from .config import cli, parse
 
 @dataclass
 class ConvertConfig:
-    dataset: str = field(default="cifar10", metadata={"help": "dataset to convert", "choices": list(datasets.DATASETS)})
-    data_dir: str | None = field(default=None, metadata={"help": "where the dataset lives (else $FASTSSL_DATA)"})
+    dataset: str = field(
+        default="cifar10", metadata={"help": "dataset to convert", "choices": list(datasets.DATASETS)}
+    )
+    data_dir: str | None = field(
+        default=None, metadata={"help": "where the dataset lives (else $FASTSSL_DATA)"}
+    )
     split: str = field(default="train", metadata={"help": "which split", "choices": ["train", "test"]})
-    to: str | None = field(default=None, metadata={"help": "output format (required)", "choices": list(contract.FORMATS)})
-    out: str | None = field(default=None, metadata={"help": "output path: a .beton file (ffcv) or a directory (dali) (required)"})
+    to: str | None = field(
+        default=None, metadata={"help": "output format (required)", "choices": list(contract.FORMATS)}
+    )
+    out: str | None = field(
+        default=None, metadata={"help": "output path: a .beton file (ffcv) or a directory (dali) (required)"}
+    )
     force: bool = field(default=False, metadata={"help": "replace an existing output"})
     workers: int = field(default=0, metadata={"help": "writer processes/threads; 0 = all available cores"})
-    encoding: str | None = field(default=None, metadata={"help": "raw (exact) or jpg; default raw up to 32x32 images, jpg above", "choices": ["raw", "jpg"]})
+    encoding: str | None = field(
+        default=None,
+        metadata={
+            "help": "raw (exact) or jpg; default raw up to 32x32 images, jpg above",
+            "choices": ["raw", "jpg"],
+        },
+    )
     quality: int = field(default=90, metadata={"help": "JPEG quality 1-100 (jpg encoding only)"})
-    max_resolution: int | None = field(default=None, metadata={"help": "shrink images whose longer side exceeds this many pixels"})
+    max_resolution: int | None = field(
+        default=None, metadata={"help": "shrink images whose longer side exceeds this many pixels"}
+    )
     # Needed when the images differ in size and must be stored at one size (as --encoding raw needs); without
     # it a jpg conversion keeps each image at its own size.
-    image_size: int | None = field(default=None, metadata={"help": "imagefolder only: resize the shorter side to this many pixels, centre-crop a square"})
+    image_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "imagefolder only: resize the shorter side to this many pixels, centre-crop a square"
+        },
+    )
     # Shuffled by default: streamed loaders (DALI, FFCV) shuffle only within a window, so an image folder's
     # class-by-class order would give one-class batches.
-    order: str = field(default="shuffled", metadata={"help": "sample order in the output: shuffled (seeded by --order-seed) or source", "choices": ["shuffled", "source"]})
-    order_seed: int = field(default=0, metadata={"help": "seed of the shuffled order (recorded in the manifest)"})
+    order: str = field(
+        default="shuffled",
+        metadata={
+            "help": "sample order in the output: shuffled (seeded by --order-seed) or source",
+            "choices": ["shuffled", "source"],
+        },
+    )
+    order_seed: int = field(
+        default=0, metadata={"help": "seed of the shuffled order (recorded in the manifest)"}
+    )
 
     def __post_init__(self):
         if self.to is None or not self.out:
@@ -78,7 +108,12 @@ class ConvertConfig:
 @cli
 def main(argv=None):
     cfg = parse(ConvertConfig, argv, description=__doc__)
-    source = {"dataset": cfg.dataset, "split": cfg.split, "data_dir": cfg.data_dir, "image_size": cfg.image_size}
+    source = {
+        "dataset": cfg.dataset,
+        "split": cfg.split,
+        "data_dir": cfg.data_dir,
+        "image_size": cfg.image_size,
+    }
     own_sizes = cfg.dataset == "imagefolder" and cfg.image_size is None and cfg.encoding != "raw"
     if own_sizes:  # each image at its own size, streamed one at a time, JPEG
         root = cfg.data_dir or os.environ.get("FASTSSL_DATA")
@@ -91,12 +126,23 @@ def main(argv=None):
         height, width = data.images.shape[1:3]
         encoding = cfg.encoding or ("raw" if max(height, width) <= 32 else "jpg")
         opts, size = {"encoding": encoding, "max_resolution": cfg.max_resolution}, f"{height}x{width}"
-    m = writer.convert(data, cfg.to, cfg.out, force=cfg.force, workers=cfg.workers or None, source=source,
-                          quality=cfg.quality, order_seed=cfg.order_seed if cfg.order == "shuffled" else None, **opts)
+    m = writer.convert(
+        data,
+        cfg.to,
+        cfg.out,
+        force=cfg.force,
+        workers=cfg.workers or None,
+        source=source,
+        quality=cfg.quality,
+        order_seed=cfg.order_seed if cfg.order == "shuffled" else None,
+        **opts,
+    )
     check = "exact" if m["verified"].get("psnr_db") is None else f"{m['verified']['psnr_db']:.1f} dB PSNR"
-    print(f"wrote {m['count']} images ({len(m['classes'])} classes, {size}, {encoding}) to {m['path']} "
-          f"with {m['library']} {m['library_version']} in {m['seconds']:.1f} s; read back {m['verified']['checked']} "
-          f"samples ({check}); manifest {m['manifest']}")
+    print(
+        f"wrote {m['count']} images ({len(m['classes'])} classes, {size}, {encoding}) to {m['path']} "
+        f"with {m['library']} {m['library_version']} in {m['seconds']:.1f} s; read back {m['verified']['checked']} "
+        f"samples ({check}); manifest {m['manifest']}"
+    )
     return 0
 
 

@@ -14,6 +14,7 @@ evaluation must use the same split: the other split's test part was in this one'
 The view side of a converted dataset is decided once, by the command (`converted.sized`, with its
 stem and --image-size); `view_side` reads it back for config.json and the in-memory recipe.
 """
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +22,6 @@ import numpy as np
 from pipelines import DataError, datasets
 from pipelines.data import arrays, splits
 from pipelines.formats.converted import ConvertedDataset
-
 
 # 'official' is the dataset's own train/test split; percentages pool every labelled image (train and
 # test split) and divide it per class, seeded by --split-seed.
@@ -34,7 +34,9 @@ def split_field():
 
 
 def split_seed_field():
-    return field(default=0, metadata={"help": "seed of the --split draw (equal for a backbone and its evaluations)"})
+    return field(
+        default=0, metadata={"help": "seed of the --split draw (equal for a backbone and its evaluations)"}
+    )
 
 
 def check_split(cfg) -> None:
@@ -62,8 +64,14 @@ class SplitData:
         if self.val is None:
             return self.train, None
         t, v = self.train, self.val
-        both = arrays.ArrayDataset(np.concatenate([t.images, v.images]), np.concatenate([t.labels, v.labels]),
-                                     t.classes, t.name, t.mean, t.std)
+        both = arrays.ArrayDataset(
+            np.concatenate([t.images, v.images]),
+            np.concatenate([t.labels, v.labels]),
+            t.classes,
+            t.name,
+            t.mean,
+            t.std,
+        )
         return both, np.arange(len(t), len(t) + len(v), dtype=np.int64)
 
     def image_size(self) -> list:
@@ -73,13 +81,18 @@ class SplitData:
 
     def info(self) -> dict:
         """The split as stored in summaries and config.json."""
-        return {"split": self.split, "split_seed": None if self.val is None else self.split_seed,
-                "train_images": len(self.train), "val_images": None if self.val is None else len(self.val),
-                "test_images": None if self.test is None else len(self.test)}
+        return {
+            "split": self.split,
+            "split_seed": None if self.val is None else self.split_seed,
+            "train_images": len(self.train),
+            "val_images": None if self.val is None else len(self.val),
+            "test_images": None if self.test is None else len(self.test),
+        }
 
 
-def load_data(dataset, data_dir=None, split=splits.OFFICIAL, split_seed=0, subset=None, seed=0,
-              test="required") -> SplitData:
+def load_data(
+    dataset, data_dir=None, split=splits.OFFICIAL, split_seed=0, subset=None, seed=0, test="required"
+) -> SplitData:
     """The parts of `split`. test: "required", "optional" (None when the dataset has no test split)
     or "skip" (official split only: not read)."""
     if splits.parse_split(split) is None:

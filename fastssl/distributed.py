@@ -12,6 +12,7 @@ in a single process. `SyncBatchNorm` normalises with statistics of the global ba
 unlike torch.nn.SyncBatchNorm it runs on CPU (gloo) as well as CUDA, and in eval mode it is plain
 BatchNorm on the running statistics, so feature extraction needs no other process.
 """
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -33,7 +34,7 @@ class _AllGather(torch.autograd.Function):
     def backward(ctx, grad):
         grad = grad.contiguous()
         dist.all_reduce(grad)  # every rank's loss depends on this rank's rows
-        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -81,7 +82,7 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         stats = all_reduce_sum(local)
         n = stats[-1]
         mean = stats[:c] / n
-        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+        var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0)
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1
@@ -100,11 +101,14 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
     same parameters and running statistics (state_dict keys unchanged)."""
     for name, child in module.named_children():
         if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, SyncBatchNorm):
-            sync = SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
-                                 child.track_running_stats)
+            sync = SyncBatchNorm(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+            )
             ref = next(iter(child.state_dict().values()), None)
             if ref is not None:
-                sync.to(device=ref.device, dtype=child.weight.dtype if child.affine else child.running_mean.dtype)
+                sync.to(
+                    device=ref.device, dtype=child.weight.dtype if child.affine else child.running_mean.dtype
+                )
             sync.load_state_dict(child.state_dict())
             sync.train(child.training)
             setattr(module, name, sync)

@@ -1,4 +1,5 @@
 """`python -m fastssl.experiment`: the command lives in fastssl/eval/experiment.py."""
+
 import sys
 
 from .eval.experiment import main

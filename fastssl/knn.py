@@ -1,4 +1,5 @@
 """`python -m fastssl.knn`: the command lives in fastssl/eval/knn.py."""
+
 import sys
 
 from .eval.knn import main

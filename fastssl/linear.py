@@ -1,4 +1,5 @@
 """`python -m fastssl.linear`: the command lives in fastssl/eval/linear.py."""
+
 import sys
 
 from .eval.linear import main

@@ -5,6 +5,7 @@ process never blocks; the pid written into the file only serves the error messag
 empties the directory but keeps `.lock` (see `clear_run_dir`): deleting the locked file would let a
 second process lock a fresh file of the same name while the first still writes.
 """
+
 import errno
 import fcntl
 import os
@@ -31,15 +32,19 @@ class RunLock:
             self.created_file = not os.path.exists(self.path)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise ConfigError(f"--out {self.out}: cannot create the run directory or its lock: {e.strerror}") from None
+            raise ConfigError(
+                f"--out {self.out}: cannot create the run directory or its lock: {e.strerror}"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EACCES):
-                raise ConfigError(f"--out {self.out} is in use by another run (pid {holder}); "
-                                  "wait for it to finish or choose another --out") from None
+                raise ConfigError(
+                    f"--out {self.out} is in use by another run (pid {holder}); "
+                    "wait for it to finish or choose another --out"
+                ) from None
             raise ConfigError(f"--out {self.out}: cannot lock {self.path}: {e.strerror}") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

@@ -23,6 +23,7 @@ returns the pooled features (B, feature_dim): 512 for ResNet-18, 2048 for ResNet
 num_classes > 0, `fc` is nn.Linear(feature_dim, num_classes). `arch_of(state_dict)` tells which
 of the two a torchvision-named state_dict holds.
 """
+
 import torch
 from torch import nn
 
@@ -33,7 +34,9 @@ def _downsample(in_channels: int, out_channels: int, stride: int):
     """The 1x1 conv + BN shortcut of a block whose shape changes, or None (identity)."""
     if stride == 1 and in_channels == out_channels:
         return None
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels))
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
+    )
 
 
 class BasicBlock(nn.Module):
@@ -100,8 +103,14 @@ class ResNet(nn.Module):
     feature_dim (512 x block.expansion) and layer3_channels (256 x block.expansion) are attributes,
     so heads, decoders and critics size themselves from the backbone they are given."""
 
-    def __init__(self, layers=(2, 2, 2, 2), stem: str = "cifar", num_classes: int = 0,
-                 zero_init_residual: bool = False, block=BasicBlock):
+    def __init__(
+        self,
+        layers=(2, 2, 2, 2),
+        stem: str = "cifar",
+        num_classes: int = 0,
+        zero_init_residual: bool = False,
+        block=BasicBlock,
+    ):
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"unknown stem {stem!r}; choose from {list(STEMS)}")
@@ -177,8 +186,10 @@ def arch_of(state_dict: dict) -> str | None:
     """The BACKBONES name whose layout a torchvision-named ResNet state_dict has (prefixes such as
     `module.`/`backbone.` stripped first), or None when it is neither."""
     keys = {strip_prefixes(k) for k in state_dict}
-    blocks = tuple(len({k.split(".")[1] for k in keys if k.startswith(f"layer{i}.") and k.endswith(".conv1.weight")})
-                   for i in range(1, 5))
+    blocks = tuple(
+        len({k.split(".")[1] for k in keys if k.startswith(f"layer{i}.") and k.endswith(".conv1.weight")})
+        for i in range(1, 5)
+    )
     block = Bottleneck if "layer1.0.conv3.weight" in keys else BasicBlock  # only a Bottleneck has conv3
     return next((name for name, layout in LAYOUTS.items() if layout == (block, blocks)), None)
 
@@ -193,8 +204,12 @@ class ProjectionHead(nn.Module):
 
     def __init__(self, in_dim: int = 512, hidden_dim: int = 2048, out_dim: int = 128, out_bn: bool = False):
         super().__init__()
-        layers = [nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
-                  nn.Linear(hidden_dim, out_dim, bias=not out_bn)]
+        layers = [
+            nn.Linear(in_dim, hidden_dim, bias=False),
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, out_dim, bias=not out_bn),
+        ]
         self.net = nn.Sequential(*layers, *([nn.BatchNorm1d(out_dim)] if out_bn else []))
 
     def forward(self, h):
@@ -276,9 +291,14 @@ def load_torchvision_state_dict(model: nn.Module, state_dict: dict, strict: bool
     mismatched = [k for k in sd if k in own and sd[k].shape != own[k].shape]
     bad_shapes = [k for k in mismatched if not k.startswith("fc.")]
     if bad_shapes:
-        detail = ", ".join(f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in bad_shapes[:3])
-        hint = " (conv1 differs: the weights are for the other stem, see resnet18(stem=...))" \
-            if "conv1.weight" in bad_shapes else ""
+        detail = ", ".join(
+            f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in bad_shapes[:3]
+        )
+        hint = (
+            " (conv1 differs: the weights are for the other stem, see resnet18(stem=...))"
+            if "conv1.weight" in bad_shapes
+            else ""
+        )
         raise ValueError(f"incompatible shapes for {len(bad_shapes)} tensors: {detail}{hint}")
     missing += mismatched  # only fc.* is left in `mismatched` here
     unexpected += mismatched
@@ -286,7 +306,9 @@ def load_torchvision_state_dict(model: nn.Module, state_dict: dict, strict: bool
         bad_missing = [k for k in missing if not k.startswith("fc.")]
         bad_unexpected = [k for k in unexpected if not k.startswith("fc.")]
         if bad_missing or bad_unexpected:
-            raise ValueError(f"not a matching ResNet state_dict: {len(bad_missing)} missing keys "
-                             f"{bad_missing[:3]}, {len(bad_unexpected)} unexpected keys {bad_unexpected[:3]}")
+            raise ValueError(
+                f"not a matching ResNet state_dict: {len(bad_missing)} missing keys "
+                f"{bad_missing[:3]}, {len(bad_unexpected)} unexpected keys {bad_unexpected[:3]}"
+            )
     model.load_state_dict({k: v for k, v in sd.items() if k in own and k not in mismatched}, strict=False)
     return missing, unexpected

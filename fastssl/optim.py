@@ -17,6 +17,7 @@
 - SGD with momentum (Nesterov when the config says so) and AdamW.
 - Linear warm-up then cosine decay, stepped once per optimiser step.
 """
+
 import math
 
 import torch
@@ -46,8 +47,18 @@ def param_groups(model: torch.nn.Module, weight_decay: float):
     ]
 
 
-def lars_update(params, grads, bufs, lr, *, momentum: float, weight_decay: float, eta: float, trust: bool,
-                clip: bool = True):
+def lars_update(
+    params,
+    grads,
+    bufs,
+    lr,
+    *,
+    momentum: float,
+    weight_decay: float,
+    eta: float,
+    trust: bool,
+    clip: bool = True,
+):
     """The LARS rule of the module docstring on lists of tensors, in place on `params` and `bufs`,
     with multi-tensor kernels (about ten per group, whatever the number of layers). `lr` is a float or a
     0-d tensor on the device (the compiled path: a changing float would recompile). No host sync.
@@ -74,8 +85,18 @@ def lars_update(params, grads, bufs, lr, *, momentum: float, weight_decay: float
         torch._foreach_add_(params, bufs, alpha=-lr)
 
 
-def lars_update_loop(params, grads, bufs, lr, *, momentum: float, weight_decay: float, eta: float, trust: bool,
-                     clip: bool = True):
+def lars_update_loop(
+    params,
+    grads,
+    bufs,
+    lr,
+    *,
+    momentum: float,
+    weight_decay: float,
+    eta: float,
+    trust: bool,
+    clip: bool = True,
+):
     """The same rule one tensor at a time (~10 kernels per tensor): the readable reference of
     `lars_update`, kept for `LARS(foreach=False)` and the benchmark's slow-optimiser row."""
     for p, g, buf in zip(params, grads, bufs):
@@ -95,10 +116,21 @@ class LARS(torch.optim.Optimizer):
     compiled=True: the update is `torch.compile`d (one fused graph per group), with the lr passed
     as a device tensor so the schedule never recompiles it."""
 
-    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, eta=0.02, clip=True, foreach=True, compiled=False,
-                 backend="inductor"):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, clip=clip,
-                                      lars=True))
+    def __init__(
+        self,
+        params,
+        lr,
+        momentum=0.9,
+        weight_decay=0.0,
+        eta=0.02,
+        clip=True,
+        foreach=True,
+        compiled=False,
+        backend="inductor",
+    ):
+        super().__init__(
+            params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, clip=clip, lars=True)
+        )
         self.foreach, self.compiled = foreach or compiled, compiled
         self._update = lars_update if self.foreach else lars_update_loop
         if compiled:
@@ -129,22 +161,49 @@ class LARS(torch.optim.Optimizer):
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 bufs.append(state["momentum_buffer"])
-            self._update(params, [p.grad for p in params], bufs, self._lr(i, group, params[0].device),
-                         momentum=group["momentum"], weight_decay=group["weight_decay"], eta=group["eta"],
-                         trust=group["lars"], clip=group.get("clip", True))
+            self._update(
+                params,
+                [p.grad for p in params],
+                bufs,
+                self._lr(i, group, params[0].device),
+                momentum=group["momentum"],
+                weight_decay=group["weight_decay"],
+                eta=group["eta"],
+                trust=group["lars"],
+                clip=group.get("clip", True),
+            )
         return loss
 
 
-def build_optimizer(name: str, model, lr: float, weight_decay: float, momentum: float = 0.9, *,
-                    nesterov: bool = False, foreach: bool = True, compiled: bool = False, backend: str = "inductor",
-                    eta: float = 0.02, clip: bool = True):
+def build_optimizer(
+    name: str,
+    model,
+    lr: float,
+    weight_decay: float,
+    momentum: float = 0.9,
+    *,
+    nesterov: bool = False,
+    foreach: bool = True,
+    compiled: bool = False,
+    backend: str = "inductor",
+    eta: float = 0.02,
+    clip: bool = True,
+):
     """The optimiser `name` over `param_groups(model, weight_decay)` at (already batch-scaled) `lr`.
     foreach/compiled (with torch.compile `backend`) select LARS's multi-tensor and compiled update
     paths (same maths); eta and clip are LARS's trust coefficient and clipping."""
     groups = param_groups(model, weight_decay)
     if name == "lars":
-        return LARS(groups, lr=lr, momentum=momentum, eta=eta, clip=clip, foreach=foreach, compiled=compiled,
-                    backend=backend)
+        return LARS(
+            groups,
+            lr=lr,
+            momentum=momentum,
+            eta=eta,
+            clip=clip,
+            foreach=foreach,
+            compiled=compiled,
+            backend=backend,
+        )
     for g in groups:
         g.pop("lars")
     if name == "sgd":

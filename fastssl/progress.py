@@ -3,6 +3,7 @@
 Kept apart from the loop so that the loop reads as the algorithm. Everything here runs on the
 host with numbers the loop already synchronised; nothing here touches the device.
 """
+
 import sys
 
 from rich.console import Console
@@ -17,13 +18,27 @@ class Progress:
     def __init__(self, epochs: int, steps_per_epoch: int, start_epoch: int = 0, enabled: bool = True):
         self.epochs, self.enabled = epochs, enabled
         self.bar = RichProgress(
-            TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} img/s"),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-            console=console, disable=not enabled, transient=False,
+            TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[rate]} img/s"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not enabled,
+            transient=False,
         )
-        self.task = self.bar.add_task("train", total=epochs * steps_per_epoch, completed=start_epoch * steps_per_epoch,
-                                      epoch=start_epoch + 1, epochs=epochs, loss="-", rate="-")
+        self.task = self.bar.add_task(
+            "train",
+            total=epochs * steps_per_epoch,
+            completed=start_epoch * steps_per_epoch,
+            epoch=start_epoch + 1,
+            epochs=epochs,
+            loss="-",
+            rate="-",
+        )
 
     def __enter__(self):
         self.bar.__enter__()

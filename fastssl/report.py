@@ -1,4 +1,5 @@
 """`python -m fastssl.report`: the command lives in fastssl/eval/report.py."""
+
 import sys
 
 from .eval.report import main

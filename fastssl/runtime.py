@@ -3,6 +3,7 @@
 Shared by every CLI (`fastssl.train`, `fastssl.knn`, `fastssl.linear`, the benchmarks), so that
 `--device` means the same everywhere and no evaluation module needs the training loop.
 """
+
 import inspect
 import os
 import platform
@@ -78,12 +79,23 @@ def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
 def environment() -> dict:
     """What produced a run: versions, hardware and code revision, stored beside its results."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(__file__), timeout=5).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=os.path.dirname(__file__),
+                timeout=5,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
     return {
-        "torch": torch.__version__, "python": platform.python_version(), "commit": commit,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "commit": commit,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
     }

@@ -3,6 +3,7 @@ sends ahead of the kill) only set a flag; the training loop finishes its step, s
 position and exits with `128 + signal number` (143 TERM, 130 INT, 138 USR1). A second signal
 exits at once with the same code, without saving.
 """
+
 import os
 import signal
 import sys
@@ -25,7 +26,11 @@ class StopFlag:
 
     def _handle(self, signum, frame):
         if self.signum is not None:  # second signal: the user means it
-            print(f"\n{signal.Signals(signum).name} again: exiting now without saving", file=sys.stderr, flush=True)
+            print(
+                f"\n{signal.Signals(signum).name} again: exiting now without saving",
+                file=sys.stderr,
+                flush=True,
+            )
             os._exit(128 + signum)
         self.signum = signum
 

@@ -15,6 +15,7 @@ that a graph break fails loudly instead of silently splitting the step. Modes:
 
 The optimiser's own compiled path is chosen when it is built (`fastssl.optim.LARS(compiled=True)`).
 """
+
 import torch
 
 from pipelines import Batch
@@ -38,8 +39,19 @@ class TrainStep:
     in DDP) on a `pipelines.Batch`. `compile`: torch.compile the forward (model + loss) with
     `mode`, `fullgraph` and `backend`; the backward follows from it (AOTAutograd)."""
 
-    def __init__(self, model, optimizer, schedule, device, *, bf16: bool, compile: bool = False,
-                 mode: str = "default", fullgraph: bool = True, backend: str = "inductor"):
+    def __init__(
+        self,
+        model,
+        optimizer,
+        schedule,
+        device,
+        *,
+        bf16: bool,
+        compile: bool = False,
+        mode: str = "default",
+        fullgraph: bool = True,
+        backend: str = "inductor",
+    ):
         if mode not in COMPILE_MODES:
             raise ValueError(f"compile mode {mode!r} is not one of {', '.join(COMPILE_MODES)}")
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
@@ -48,8 +60,9 @@ class TrainStep:
         self._static = None  # the static input buffers of the CUDA-graph mode
         self.forward = self._forward
         if compile:
-            self.forward = torch.compile(self._forward, mode=None if mode == "default" else mode,
-                                         fullgraph=fullgraph, backend=backend)
+            self.forward = torch.compile(
+                self._forward, mode=None if mode == "default" else mode, fullgraph=fullgraph, backend=backend
+            )
 
     def _forward(self, batch):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
@@ -60,7 +73,10 @@ class TrainStep:
         two = batch.view2 is not None
         images = batch.both if two else batch.view1
         if self._static is None:
-            buffers = (torch.empty_like(images, memory_format=torch.channels_last), torch.empty_like(batch.labels))
+            buffers = (
+                torch.empty_like(images, memory_format=torch.channels_last),
+                torch.empty_like(batch.labels),
+            )
             for t in buffers:
                 torch._dynamo.mark_static_address(t)
             self._static = Batch.from_views(*buffers) if two else Batch(buffers[0], None, buffers[1])
@@ -99,5 +115,8 @@ def compile_counters() -> dict:
     steady-state step must add none: growth between two steps is a recompilation."""
     from torch._dynamo.utils import counters
 
-    return {"unique_graphs": int(counters["stats"]["unique_graphs"]), "frames_total": int(counters["frames"]["total"]),
-            "frames_ok": int(counters["frames"]["ok"])}
+    return {
+        "unique_graphs": int(counters["stats"]["unique_graphs"]),
+        "frames_total": int(counters["frames"]["total"]),
+        "frames_ok": int(counters["frames"]["ok"]),
+    }

@@ -16,6 +16,7 @@ used: it holds the epoch with the best kNN monitor score on held-out training im
 --knn-val-fraction part, or the validation part of --split), or the lowest epoch loss when the
 monitor is off; the test set selects nothing. Curves come from metrics.jsonl.
 """
+
 import json
 import os
 import sys
@@ -33,8 +34,18 @@ from .pretrain import PretrainConfig
 # Built from PretrainConfig's fields rather than copied, so a field added to pretraining (which
 # train() may read) appears here too, with its help text, type and validation.
 SIMCLR_ONLY = {"proj_hidden_dim", "proj_dim", "proj_out_bn", "temperature"}
-DEFAULTS = {"method": "supervised", "dataset": "cifar100", "epochs": 100, "batch_size": 512, "optimizer": "sgd",
-            "nesterov": True, "lr": 0.2, "weight_decay": 5e-4, "warmup_epochs": 2, "out": "runs/supervised"}
+DEFAULTS = {
+    "method": "supervised",
+    "dataset": "cifar100",
+    "epochs": 100,
+    "batch_size": 512,
+    "optimizer": "sgd",
+    "nesterov": True,
+    "lr": 0.2,
+    "weight_decay": 5e-4,
+    "warmup_epochs": 2,
+    "out": "runs/supervised",
+}
 
 
 def _field(f):
@@ -52,8 +63,13 @@ def _validate(self):
 
 
 SupervisedConfig = make_dataclass(
-    "SupervisedConfig", [_field(f) for f in fields(PretrainConfig) if f.name not in SIMCLR_ONLY],
-    namespace={"__post_init__": _validate, "__doc__": "fastssl.supervised settings (PretrainConfig minus SimCLR-only fields)"})
+    "SupervisedConfig",
+    [_field(f) for f in fields(PretrainConfig) if f.name not in SIMCLR_ONLY],
+    namespace={
+        "__post_init__": _validate,
+        "__doc__": "fastssl.supervised settings (PretrainConfig minus SimCLR-only fields)",
+    },
+)
 SupervisedConfig.__module__ = __name__
 
 
@@ -61,8 +77,8 @@ SupervisedConfig.__module__ = __name__
 def test_accuracy(cfg, out: str, device) -> dict:
     """Top-1/top-5 (%) of the last checkpoint's backbone + classifier on the test split (or the test
     part of cfg.split)."""
-    from .eval.knn import topk_accuracy
     from .data import load_data
+    from .eval.knn import topk_accuracy
     from .eval.setup import features, on_device
     from .methods import METHODS
 
@@ -73,7 +89,11 @@ def test_accuracy(cfg, out: str, device) -> dict:
     method.load_state_dict(state["model"])
     method = on_device(method, device).eval()
     feats, labels = features(method.backbone, {"test": test}, device)["test"]
-    return {**topk_accuracy(method.classifier(feats), labels), "test_images": len(labels), "epoch": state["epoch"]}
+    return {
+        **topk_accuracy(method.classifier(feats), labels),
+        "test_images": len(labels),
+        "epoch": state["epoch"],
+    }
 
 
 def run(cfg, argv=(), command="fastssl.supervised") -> dict:
@@ -85,17 +105,33 @@ def run(cfg, argv=(), command="fastssl.supervised") -> dict:
     out = cfg.out
     with open(os.path.join(out, "config.json")) as f:
         saved = json.load(f)
-    cfg = from_dict(SupervisedConfig, saved["config"], source=os.path.join(out, "config.json"))  # resumed runs
+    cfg = from_dict(
+        SupervisedConfig, saved["config"], source=os.path.join(out, "config.json")
+    )  # resumed runs
     acc = test_accuracy(cfg, out, resolve_device(cfg.device))
     data = dataset_label(cfg.dataset, cfg.data_dir)
     images = f", {cfg.subset:,} images" if cfg.subset else ""
-    summary = {**result, "protocol": "supervised", "test_top1": acc["top1"], "test_top5": acc["top5"],
-               "data": {"dataset": cfg.dataset, **data, "train_images": saved.get("train_images"),
-                        "test_images": acc["test_images"], "split": cfg.split,
-                        "split_seed": cfg.split_seed},
-               "backbone": {"kind": "supervised", "label": f"supervised from scratch ({data['label']}{images}, {cfg.epochs} ep)",
-                            "seed": cfg.seed, "source": os.path.abspath(out)},
-               "evaluated_epoch": acc["epoch"]}
+    summary = {
+        **result,
+        "protocol": "supervised",
+        "test_top1": acc["top1"],
+        "test_top5": acc["top5"],
+        "data": {
+            "dataset": cfg.dataset,
+            **data,
+            "train_images": saved.get("train_images"),
+            "test_images": acc["test_images"],
+            "split": cfg.split,
+            "split_seed": cfg.split_seed,
+        },
+        "backbone": {
+            "kind": "supervised",
+            "label": f"supervised from scratch ({data['label']}{images}, {cfg.epochs} ep)",
+            "seed": cfg.seed,
+            "source": os.path.abspath(out),
+        },
+        "evaluated_epoch": acc["epoch"],
+    }
     ckpt.atomic_write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=2))
     return summary
 
@@ -105,7 +141,9 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = parse(SupervisedConfig, argv, description=__doc__)
     s = run(cfg, argv)
-    print(f"test top-1 {s['test_top1']:.2f}%  top-5 {s['test_top5']:.2f}%  on {s['data']['label']}  ({s['out']})")
+    print(
+        f"test top-1 {s['test_top1']:.2f}%  top-5 {s['test_top5']:.2f}%  on {s['data']['label']}  ({s['out']})"
+    )
     return 0
 
 

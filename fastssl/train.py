@@ -6,6 +6,7 @@ synchronisations are at log intervals, at epoch ends and in the kNN monitor. Und
 (WORLD_SIZE > 1) the method is wrapped in DistributedDataParallel, each rank reads its shard of
 the epoch and only rank 0 writes the run directory.
 """
+
 import json
 import os
 import sys
@@ -17,7 +18,6 @@ import torch
 import torch.distributed as dist
 
 import pipelines
-from pipelines import datasets
 from pipelines.data import splits
 from pipelines.formats import converted
 from pipelines.recipes import SimCLRRecipe
@@ -25,22 +25,35 @@ from pipelines.recipes import SimCLRRecipe
 from . import checkpoint as ckpt
 from .config import ConfigError, from_dict, parse
 from .data import load_data, view_side
+from .distributed import convert_sync_batchnorm
 from .eval.knn import knn_eval
 from .lock import RunLock, clear_run_dir, has_content
 from .methods import METHODS
 from .optim import base_lr, build_optimizer, warmup_cosine
 from .progress import Progress, summary_table
-from .distributed import convert_sync_batchnorm
 from .runtime import agree, environment, mean_over_ranks, resolve_device, setup_distributed  # noqa: F401  (re-exported)
 from .signals import StopFlag
 from .signals import name as signal_name
 from .step import TrainStep, setup_device
 
-
 # Settings that may differ when resuming (they change how, not what, is computed).
 # `out` too: a moved or copied run directory resumes where it is now.
-RESUMABLE_CHANGES = {"resume", "overwrite", "device", "compile", "progress", "log_interval", "workers", "data_dir",
-                     "out", "save_every_steps", "backbone_every", "compile_mode", "compile_fullgraph", "compile_optimizer"}
+RESUMABLE_CHANGES = {
+    "resume",
+    "overwrite",
+    "device",
+    "compile",
+    "progress",
+    "log_interval",
+    "workers",
+    "data_dir",
+    "out",
+    "save_every_steps",
+    "backbone_every",
+    "compile_mode",
+    "compile_fullgraph",
+    "compile_optimizer",
+}
 # Under torchrun the ranks agree on a stop request every this many steps (an all_reduce + host sync).
 STOP_SYNC_EVERY = 16
 # Exit code of a run stopped by a non-finite loss (signals exit with 128 + signal number).
@@ -66,13 +79,19 @@ def prepare_run_dir(cfg, argv):
                 raise ConfigError(f"{path} is not a regular file; move it away to resume")
         ckpt.read_jsonl(os.path.join(out, "metrics.jsonl"))  # refuses a damaged file now, not mid-run
         new = parse(type(cfg), argv, base={**saved, "resume": True, "overwrite": False, "out": out})
-        changed = [k for k, v in asdict(new).items() if k not in RESUMABLE_CHANGES and saved.get(k, v) != v]  # keys added since: their default
+        changed = [
+            k for k, v in asdict(new).items() if k not in RESUMABLE_CHANGES and saved.get(k, v) != v
+        ]  # keys added since: their default
         if changed:
-            raise ConfigError(f"--resume: {', '.join(changed)} differ(s) from the run being resumed; "
-                              "start a new --out instead")
+            raise ConfigError(
+                f"--resume: {', '.join(changed)} differ(s) from the run being resumed; "
+                "start a new --out instead"
+            )
         return new, state
     if exists and not cfg.overwrite:
-        raise ConfigError(f"--out {out} already exists; pass --resume to continue it or --overwrite to replace it")
+        raise ConfigError(
+            f"--out {out} already exists; pass --resume to continue it or --overwrite to replace it"
+        )
     return cfg, None
 
 
@@ -116,40 +135,42 @@ def _finished_summary(out: str, epochs: int) -> dict | None:
 @dataclass
 class Data:
     """The training loader and the splits around it (build_data)."""
-    loader: object          # a pipelines loader: len(), set_epoch(e), iteration over Batches
-    train: object           # the training images, sized for the views
-    test: object | None     # scored once, for the final network; never selects anything
-    bank: object            # the kNN voters of that final test score
-    monitor: tuple | None   # (voters, queries) of the kNN monitor, or None when it is off
-    parts: object           # load_data's split, described in config.json
-    size: int | None        # the view side; None: the recipe's default (32)
+
+    loader: object  # a pipelines loader: len(), set_epoch(e), iteration over Batches
+    train: object  # the training images, sized for the views
+    test: object | None  # scored once, for the final network; never selects anything
+    bank: object  # the kNN voters of that final test score
+    monitor: tuple | None  # (voters, queries) of the kNN monitor, or None when it is off
+    parts: object  # load_data's split, described in config.json
+    size: int | None  # the view side; None: the recipe's default (32)
 
 
 @dataclass
 class Run:
     """What the phases of one run share, filled in phase by phase (see `_train`)."""
+
     cfg: object
-    argv: list | tuple   # the command line, for config.json
-    command: str         # the module run, e.g. fastssl.pretrain
+    argv: list | tuple  # the command line, for config.json
+    command: str  # the module run, e.g. fastssl.pretrain
     rank: int
     world: int
     device: torch.device
     stop: StopFlag
     use_bf16: bool
     use_compile: bool
-    data: Data | None = None                       # build_data
-    method: torch.nn.Module | None = None          # build_model: unwrapped, what checkpoints hold
+    data: Data | None = None  # build_data
+    method: torch.nn.Module | None = None  # build_model: unwrapped, what checkpoints hold
     optimizer: torch.optim.Optimizer | None = None
     schedule: torch.optim.lr_scheduler.LambdaLR | None = None
-    lr: float = 0.0                                # the lr used: base lr x batch / 256
+    lr: float = 0.0  # the lr used: base lr x batch / 256
     steps_per_epoch: int = 0
-    start_epoch: int = 0                           # restore: the first epoch still to train
-    best: float | None = None                      # best.pt's score so far (see save_checkpoints)
-    position: dict | None = None                   # a position inside start_epoch to continue from
-    step: TrainStep | None = None                  # build_step
-    history: list = field(default_factory=list)    # epoch summaries, a resumed run's earlier ones too
+    start_epoch: int = 0  # restore: the first epoch still to train
+    best: float | None = None  # best.pt's score so far (see save_checkpoints)
+    position: dict | None = None  # a position inside start_epoch to continue from
+    step: TrainStep | None = None  # build_step
+    history: list = field(default_factory=list)  # epoch summaries, a resumed run's earlier ones too
     progress: Progress | None = None
-    t_start: float = 0.0                           # when training began: time-to-accuracy's zero
+    t_start: float = 0.0  # when training began: time-to-accuracy's zero
 
     @property
     def main_rank(self) -> bool:
@@ -179,7 +200,9 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
         restore(run, resume_state)
     build_step(run)
     write_run_dir(run)
-    run.progress = Progress(cfg.epochs, run.steps_per_epoch, run.start_epoch, enabled=cfg.progress and run.main_rank)
+    run.progress = Progress(
+        cfg.epochs, run.steps_per_epoch, run.start_epoch, enabled=cfg.progress and run.main_rank
+    )
     run.t_start = time.perf_counter()
     with run.progress:
         for epoch in range(run.start_epoch, cfg.epochs):
@@ -197,9 +220,15 @@ def check_run_dir(cfg, argv, rank, world):
     agree(error)  # a run directory refused on one rank (e.g. not shared between nodes) stops all
     saved_world = (resume_state or {}).get("world_size", 1)
     if resume_state is not None and saved_world != world:
-        raise ConfigError(f"--resume: {cfg.out} was trained by {saved_world} process(es), this launch has {world}; "
-                          f"resume with the same number (torchrun --nproc_per_node ...)")
-    if resume_state is not None and "position" not in resume_state and resume_state["epoch"] >= cfg.epochs - 1:
+        raise ConfigError(
+            f"--resume: {cfg.out} was trained by {saved_world} process(es), this launch has {world}; "
+            f"resume with the same number (torchrun --nproc_per_node ...)"
+        )
+    if (
+        resume_state is not None
+        and "position" not in resume_state
+        and resume_state["epoch"] >= cfg.epochs - 1
+    ):
         done = _finished_summary(cfg.out, cfg.epochs)
         if done is not None:
             if rank == 0:
@@ -213,11 +242,20 @@ def build_data(run: Run) -> None:
     cfg, device, rank, world = run.cfg, run.device, run.rank, run.world
     method_cls = METHODS[cfg.method]
     # test "optional": e.g. an image folder without a test split gives only the validation score
-    parts = load_data(cfg.dataset, cfg.data_dir, cfg.split, cfg.split_seed, subset=cfg.subset, seed=cfg.seed,
-                      test="optional" if cfg.knn_every else "skip")
+    parts = load_data(
+        cfg.dataset,
+        cfg.data_dir,
+        cfg.split,
+        cfg.split_seed,
+        subset=cfg.subset,
+        seed=cfg.seed,
+        test="optional" if cfg.knn_every else "skip",
+    )
     train_data, test_data, monitor, bank = parts.train, parts.test, None, parts.train
     # The one place a converted dataset's view side (and evaluation crops) is decided: this command's stem.
-    train_data, test_data, bank = (converted.sized(d, cfg.image_size, cfg.stem) for d in (train_data, test_data, bank))
+    train_data, test_data, bank = (
+        converted.sized(d, cfg.image_size, cfg.stem) for d in (train_data, test_data, bank)
+    )
     if cfg.knn_every:
         if parts.val is None:
             monitor = monitor_split(train_data, cfg.knn_val_fraction, cfg.seed)
@@ -228,8 +266,17 @@ def build_data(run: Run) -> None:
     size = view_side(train_data, cfg.image_size)
     if size is not None:  # else the recipe's default side (32)
         extra["spec"] = SimCLRRecipe(size=size)
-    loader = pipelines.build(cfg.pipeline, train_data, batch_size=cfg.batch_size // world, device=device,
-                             seed=cfg.seed, recipe=method_cls.recipe, rank=rank, world_size=world, **extra)
+    loader = pipelines.build(
+        cfg.pipeline,
+        train_data,
+        batch_size=cfg.batch_size // world,
+        device=device,
+        seed=cfg.seed,
+        recipe=method_cls.recipe,
+        rank=rank,
+        world_size=world,
+        **extra,
+    )
     run.data = Data(loader, train_data, test_data, bank, monitor, parts, size)
 
 
@@ -237,15 +284,29 @@ def build_model(run: Run) -> None:
     """The method (seeded), its optimiser and the warm-up + cosine schedule, stepped per step."""
     cfg = run.cfg
     torch.manual_seed(cfg.seed)
-    method = METHODS[cfg.method](cfg, len(run.data.train.classes)).to(run.device).to(memory_format=torch.channels_last)
+    method = (
+        METHODS[cfg.method](cfg, len(run.data.train.classes))
+        .to(run.device)
+        .to(memory_format=torch.channels_last)
+    )
     if run.world > 1 and getattr(cfg, "sync_bn", False):  # before the optimiser: new BatchNorm parameters
         convert_sync_batchnorm(method)  # BatchNorm over the global batch; same state_dict keys
     steps_per_epoch = len(run.data.loader)
     lr = base_lr(cfg.optimizer, cfg.lr) * cfg.batch_size / 256
-    optimizer = build_optimizer(cfg.optimizer, method, lr, cfg.weight_decay, cfg.momentum, nesterov=cfg.nesterov,
-                                compiled=cfg.compile_optimizer, eta=cfg.lars_eta, clip=cfg.lars_clip)
+    optimizer = build_optimizer(
+        cfg.optimizer,
+        method,
+        lr,
+        cfg.weight_decay,
+        cfg.momentum,
+        nesterov=cfg.nesterov,
+        compiled=cfg.compile_optimizer,
+        eta=cfg.lars_eta,
+        clip=cfg.lars_clip,
+    )
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)))
+        optimizer, warmup_cosine(cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch))
+    )
     run.method, run.optimizer, run.schedule = method, optimizer, schedule
     run.lr, run.steps_per_epoch = lr, steps_per_epoch
 
@@ -260,12 +321,16 @@ def restore(run: Run, state: dict) -> None:
         run.schedule.load_state_dict(state["schedule"])
         ckpt.set_rng_state(state["rng"], run.device)
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
-        raise ConfigError(f"{last} does not match its saved config: {str(e).strip().splitlines()[0][:200]}") from None
+        raise ConfigError(
+            f"{last} does not match its saved config: {str(e).strip().splitlines()[0][:200]}"
+        ) from None
     run.start_epoch, run.best = state["epoch"] + 1, state.get("best")
     run.position = position = state.get("position")  # saved inside an epoch (signal or --save-every-steps)
     if position is not None:
         if not 0 < position["step"] < run.steps_per_epoch:
-            raise ConfigError(f"{last}: saved at step {position['step']} of an epoch of {run.steps_per_epoch} steps")
+            raise ConfigError(
+                f"{last}: saved at step {position['step']} of an epoch of {run.steps_per_epoch} steps"
+            )
         run.start_epoch = position["epoch"]
 
 
@@ -277,16 +342,31 @@ def build_step(run: Run) -> None:
         # Dynamo cannot trace DDP's own forward (its logger): under fullgraph a compiled step
         # around DDP fails. The method is compiled inside DDP instead (gradient hooks stay eager).
         if run.use_compile and cfg.compile_mode == "reduce-overhead":
-            raise ConfigError("--compile-mode reduce-overhead (CUDA graphs) is not supported under torchrun; "
-                              "use default or max-autotune-no-cudagraphs")
+            raise ConfigError(
+                "--compile-mode reduce-overhead (CUDA graphs) is not supported under torchrun; "
+                "use default or max-autotune-no-cudagraphs"
+            )
         inner = method
         if run.use_compile:
-            inner = torch.compile(method, mode=None if cfg.compile_mode == "default" else cfg.compile_mode,
-                                  fullgraph=cfg.compile_fullgraph)
-        model = torch.nn.parallel.DistributedDataParallel(inner, device_ids=[device.index] if device.type == "cuda" else None)
+            inner = torch.compile(
+                method,
+                mode=None if cfg.compile_mode == "default" else cfg.compile_mode,
+                fullgraph=cfg.compile_fullgraph,
+            )
+        model = torch.nn.parallel.DistributedDataParallel(
+            inner, device_ids=[device.index] if device.type == "cuda" else None
+        )
         compile_step = False
-    run.step = TrainStep(model, run.optimizer, run.schedule, device, bf16=run.use_bf16, compile=compile_step,
-                         mode=cfg.compile_mode, fullgraph=cfg.compile_fullgraph)
+    run.step = TrainStep(
+        model,
+        run.optimizer,
+        run.schedule,
+        device,
+        bf16=run.use_bf16,
+        compile=compile_step,
+        mode=cfg.compile_mode,
+        fullgraph=cfg.compile_fullgraph,
+    )
 
 
 def write_run_dir(run: Run) -> None:
@@ -302,17 +382,30 @@ def write_run_dir(run: Run) -> None:
             if cfg.overwrite:
                 clear_run_dir(out)  # keeps the held lock file
             os.makedirs(out, exist_ok=True)
-            info = {"config": asdict(cfg), "command": ["python", "-m", run.command, *run.argv],
-                    "environment": environment(), "world_size": run.world, "steps_per_epoch": steps_per_epoch,
-                    "lr_used": run.lr, "bf16": run.use_bf16, "compile": run.use_compile, "device": str(run.device),
-                    "train_images": len(data.train.labels), "dataset_name": data.train.name, "split": data.parts.info(),
-                    "image_size": data.size,  # the view side used (a converted dataset's resolved default too)
-                    # the augmentation as this pipeline computes it (pipelines.recipes.name)
-                    "recipe": getattr(data.loader, "recipe_name", METHODS[cfg.method].recipe)}
+            info = {
+                "config": asdict(cfg),
+                "command": ["python", "-m", run.command, *run.argv],
+                "environment": environment(),
+                "world_size": run.world,
+                "steps_per_epoch": steps_per_epoch,
+                "lr_used": run.lr,
+                "bf16": run.use_bf16,
+                "compile": run.use_compile,
+                "device": str(run.device),
+                "train_images": len(data.train.labels),
+                "dataset_name": data.train.name,
+                "split": data.parts.info(),
+                "image_size": data.size,  # the view side used (a converted dataset's resolved default too)
+                # the augmentation as this pipeline computes it (pipelines.recipes.name)
+                "recipe": getattr(data.loader, "recipe_name", METHODS[cfg.method].recipe),
+            }
             ckpt.atomic_write_text(os.path.join(out, "config.json"), json.dumps(info, indent=2))
             # A crash after the last checkpoint may have logged steps that will now be redone.
-            kept = [r for r in ckpt.read_jsonl(metrics_path)
-                    if r.get("epoch", -1) < run.start_epoch or ("step" in r and r["step"] <= resume_step)]
+            kept = [
+                r
+                for r in ckpt.read_jsonl(metrics_path)
+                if r.get("epoch", -1) < run.start_epoch or ("step" in r and r["step"] <= resume_step)
+            ]
             ckpt.atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
             prior = [r for r in kept if r.get("summary")]
     except Exception as e:
@@ -356,7 +449,9 @@ def train_steps(run: Run, epoch: int) -> dict:
         window_steps += 1
         run.progress.advance()
         if window_steps == cfg.log_interval or i == steps_per_epoch - 1:
-            t_window = log_window(run, epoch, i, logs.keys(), window_sum / window_steps, window_steps, t_window)
+            t_window = log_window(
+                run, epoch, i, logs.keys(), window_sum / window_steps, window_steps, t_window
+            )
             window_sum, window_steps = None, 0
         signum = stop_requested(run, i + 1)
         due = save_every and (epoch * steps_per_epoch + i + 1) % save_every == 0
@@ -368,9 +463,14 @@ def train_steps(run: Run, epoch: int) -> dict:
     epoch_means = dict(zip(logs.keys(), mean_over_ranks(epoch_sum / steps_per_epoch).tolist()))
     epoch_time = time.perf_counter() - t_epoch
     # The batch is global and counted in source images (each gives its views).
-    return {"epoch": epoch, "summary": True, **{f"epoch_{k}": v for k, v in epoch_means.items()},
-            "epoch_time_s": epoch_time, "epoch_img_per_s": steps_per_epoch * cfg.batch_size / epoch_time,
-            "epoch_data_wait_s": data_wait}
+    return {
+        "epoch": epoch,
+        "summary": True,
+        **{f"epoch_{k}": v for k, v in epoch_means.items()},
+        "epoch_time_s": epoch_time,
+        "epoch_img_per_s": steps_per_epoch * cfg.batch_size / epoch_time,
+        "epoch_data_wait_s": data_wait,
+    }
 
 
 def log_window(run: Run, epoch: int, i: int, names, window_mean, window_steps: int, t_window: float) -> float:
@@ -381,8 +481,13 @@ def log_window(run: Run, epoch: int, i: int, names, window_mean, window_steps: i
         _diverged(epoch, i, run.steps_per_epoch, run.cfg, run.out)
     now = time.perf_counter()
     rate = window_steps * run.cfg.batch_size / (now - t_window)  # global batch, in source images
-    rec = {"epoch": epoch, "step": epoch * run.steps_per_epoch + i + 1,
-           **dict(zip(names, means)), "lr": run.schedule.get_last_lr()[0], "img_per_s": rate}
+    rec = {
+        "epoch": epoch,
+        "step": epoch * run.steps_per_epoch + i + 1,
+        **dict(zip(names, means)),
+        "lr": run.schedule.get_last_lr()[0],
+        "img_per_s": rate,
+    }
     log(run, rec)
     run.progress.update(epoch, rec["loss"], rate)
     return now
@@ -394,8 +499,13 @@ def save_position(run: Run, epoch: int, i: int, epoch_sum, window_sum, window_st
     if not torch.isfinite(epoch_sum).all():  # host sync: never save a diverged model
         _diverged(epoch, i, run.steps_per_epoch, run.cfg, run.out)
     if run.main_rank:
-        pos = {"epoch": epoch, "step": i + 1, "epoch_sum": epoch_sum.cpu(), "window_steps": window_steps,
-               "window_sum": None if window_sum is None else window_sum.cpu()}
+        pos = {
+            "epoch": epoch,
+            "step": i + 1,
+            "epoch_sum": epoch_sum.cpu(),
+            "window_steps": window_steps,
+            "window_sum": None if window_sum is None else window_sum.cpu(),
+        }
         ckpt.atomic_save(training_state(run, epoch - 1, pos), os.path.join(run.out, "last.pt"))
     if run.world > 1:
         dist.barrier()
@@ -433,8 +543,9 @@ def knn_monitor(run: Run, epoch: int, summary: dict, last_epoch: bool) -> None:
     note = f"epoch {epoch + 1}: kNN top-1 {val['top1']:.2f}% (validation)"
     if last_epoch and data.test is not None:
         # The test split is scored once, for the final network, and never selects anything.
-        test = knn_eval(run.method.backbone, data.bank, data.test, device, cfg.knn_k, cfg.knn_t,
-                        precision=precision)
+        test = knn_eval(
+            run.method.backbone, data.bank, data.test, device, cfg.knn_k, cfg.knn_t, precision=precision
+        )
         summary.update({"knn_top1": test["top1"], "knn_top5": test["top5"]})
         note += f", {test['top1']:.2f}% (test)"
     run.progress.note(note)
@@ -458,12 +569,19 @@ def finish(run: Run) -> dict:
     wall = time.perf_counter() - run.t_start
     knn = next((h for h in reversed(history) if "knn_top1" in h), None)
     val = next((h for h in reversed(history) if "val_knn_top1" in h), None)
-    result = {"out": run.out, "epochs_run": len(history), "wall_time_s": wall,
-              "final_loss": history[-1]["epoch_loss"] if history else None,
-              "img_per_s": (sum(h["epoch_img_per_s"] for h in history) / len(history)) if history else None,
-              "knn_top1": knn["knn_top1"] if knn else None, "knn_top5": knn["knn_top5"] if knn else None,
-              "val_knn_top1": val["val_knn_top1"] if val else None, "val_knn_top5": val["val_knn_top5"] if val else None,
-              "split": cfg.split, "split_seed": cfg.split_seed}
+    result = {
+        "out": run.out,
+        "epochs_run": len(history),
+        "wall_time_s": wall,
+        "final_loss": history[-1]["epoch_loss"] if history else None,
+        "img_per_s": (sum(h["epoch_img_per_s"] for h in history) / len(history)) if history else None,
+        "knn_top1": knn["knn_top1"] if knn else None,
+        "knn_top5": knn["knn_top5"] if knn else None,
+        "val_knn_top1": val["val_knn_top1"] if val else None,
+        "val_knn_top5": val["val_knn_top5"] if val else None,
+        "split": cfg.split,
+        "split_seed": cfg.split_seed,
+    }
     if run.main_rank:
         ckpt.export_backbone(run.method.backbone, os.path.join(run.out, "backbone.pt"))
         ckpt.atomic_write_text(os.path.join(run.out, "summary.json"), json.dumps(result, indent=2))
@@ -475,9 +593,16 @@ def finish(run: Run) -> dict:
 
 def training_state(run: Run, epoch_done: int, pos=None) -> dict:
     """What last.pt and best.pt hold: everything a bit-exact resume needs."""
-    state = {"model": run.method.state_dict(), "optimizer": run.optimizer.state_dict(),
-             "schedule": run.schedule.state_dict(), "rng": ckpt.rng_state(run.device), "epoch": epoch_done,
-             "best": run.best, "config": asdict(run.cfg), "world_size": run.world}
+    state = {
+        "model": run.method.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "schedule": run.schedule.state_dict(),
+        "rng": ckpt.rng_state(run.device),
+        "epoch": epoch_done,
+        "best": run.best,
+        "config": asdict(run.cfg),
+        "world_size": run.world,
+    }
     return {**state, "position": pos} if pos is not None else state
 
 
@@ -502,8 +627,12 @@ def stop_requested(run: Run, step_in_epoch: int):
 def stop_now(run: Run, signum: int, where: str):
     out = run.out
     if run.main_rank:
-        print(f"stopped by {signal_name(signum)} {where}; saved {os.path.join(out, 'last.pt')}; "
-              f"resume with: python -m {run.command} --out {out} --resume", file=sys.stderr, flush=True)
+        print(
+            f"stopped by {signal_name(signum)} {where}; saved {os.path.join(out, 'last.pt')}; "
+            f"resume with: python -m {run.command} --out {out} --resume",
+            file=sys.stderr,
+            flush=True,
+        )
     raise SystemExit(128 + signum)
 
 
@@ -513,16 +642,21 @@ def monitor_split(data, fraction: float, seed: int):
     labels); only the choice of best.pt depends on this split, never on the test split."""
     labelled = np.flatnonzero(data.labels >= 0)
     bank, val = splits.stratified_split(data.labels[labelled], fraction, seed)
+
     def part(idx):
         idx = labelled[idx]
         return data.take(idx)
+
     return part(bank), part(val)
 
 
 def _diverged(epoch, i, steps_per_epoch, cfg, out):
-    print(f"error: non-finite loss at epoch {epoch + 1}/{cfg.epochs}, step {i + 1}/{steps_per_epoch}; "
-          f"the last good checkpoint {os.path.join(out, 'last.pt')} is kept (try a lower --lr)",
-          file=sys.stderr, flush=True)
+    print(
+        f"error: non-finite loss at epoch {epoch + 1}/{cfg.epochs}, step {i + 1}/{steps_per_epoch}; "
+        f"the last good checkpoint {os.path.join(out, 'last.pt')} is kept (try a lower --lr)",
+        file=sys.stderr,
+        flush=True,
+    )
     raise SystemExit(DIVERGED_EXIT)
 
 

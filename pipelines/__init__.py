@@ -12,6 +12,7 @@ Every backend lives in its own module and is imported only when chosen, so a mis
 library (DALI, FFCV, torchvision) costs nothing until somebody asks for it. This package never
 imports `fastssl`.
 """
+
 import importlib
 
 from .batch import Batch, Loader

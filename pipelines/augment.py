@@ -22,6 +22,7 @@ Choices worth knowing:
 - grayscale uses torchvision's rounding of the ITU-R 601-2 luma weights (0.2989, 0.587, 0.114).
 - the views stay float32 in [0, 1] between ops (no 8-bit rounding as a PIL/uint8 chain would do).
 """
+
 import functools
 import math
 from dataclasses import dataclass
@@ -202,7 +203,9 @@ def reflect_crop(x, offsets, padding=PAD, flip=None) -> torch.Tensor:
     `F.pad(img, [padding], padding_mode="reflect")` -> `F.crop(img, dy, dx, H, W)` -> `F.hflip`."""
     n, c, height, width = x.shape
     if not padding < min(height, width):
-        raise DataError(f"reflect padding {padding} needs images larger than {padding} pixels, got {height}x{width}")
+        raise DataError(
+            f"reflect padding {padding} needs images larger than {padding} pixels, got {height}x{width}"
+        )
     rows = _reflect(torch.arange(height, device=x.device) + offsets[:, :1] - padding, height)  # (N, H)
     cols = _reflect(torch.arange(width, device=x.device) + offsets[:, 1:] - padding, width)  # (N, W)
     if flip is not None:
@@ -279,10 +282,13 @@ def _blend_op(x, op, factors, on):
     """Brightness (op 0), contrast (1) or saturation (2) per sample as one blend(x, target, f) with
     target 0, the mean grey level or the grey image; op 3 (or jitter off) gives f = 1: x unchanged."""
     brightness, contrast, saturation, _ = factors.unbind(1)
-    f = torch.where(op == 0, brightness, torch.where(op == 1, contrast, torch.where(op == 2, saturation, 1.0)))
+    f = torch.where(
+        op == 0, brightness, torch.where(op == 1, contrast, torch.where(op == 2, saturation, 1.0))
+    )
     grey = luma(x)
-    target = torch.where(_per_sample(op == 2), grey,
-                         torch.where(_per_sample(op == 1), grey.mean((1, 2, 3), keepdim=True), 0.0))
+    target = torch.where(
+        _per_sample(op == 2), grey, torch.where(_per_sample(op == 1), grey.mean((1, 2, 3), keepdim=True), 0.0)
+    )
     return _blend(x, target, _per_sample(torch.where(on, f, 1.0)))
 
 
@@ -327,7 +333,9 @@ def gaussian_blur(x, sigma, kernel_size, mask=None) -> torch.Tensor:
     n, c, height, width = x.shape
     radius = kernel_size // 2
     if not radius < min(height, width):
-        raise DataError(f"a {kernel_size}x{kernel_size} blur needs images larger than {radius} pixels, got {height}x{width}")
+        raise DataError(
+            f"a {kernel_size}x{kernel_size} blur needs images larger than {radius} pixels, got {height}x{width}"
+        )
     k = gaussian_kernels(sigma.to(torch.float32), kernel_size).repeat_interleave(c, 0)  # (N * C, K)
     y = F.pad(x.reshape(1, n * c, height, width), (radius,) * 4, mode="reflect")
     y = F.conv2d(y, k.view(n * c, 1, 1, kernel_size).to(y.dtype), groups=n * c)

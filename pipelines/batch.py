@@ -12,6 +12,7 @@ A pipeline yields `Batch(view1, view2, labels)` per step, already on the trainin
   concatenates. Assigning view1 or view2 afterwards drops `views`, so `both` never goes stale.
 The trainer never looks inside a pipeline: anything satisfying this contract can be plugged in.
 """
+
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Protocol
 
@@ -56,10 +57,14 @@ class Batch:
             assert self.view2.shape == self.view1.shape and self.view2.device == self.view1.device
         if self.views is not None:
             b = self.view1.shape[0]
-            assert self.view2 is not None and self.views.shape == (2 * b, *self.view1.shape[1:]), self.views.shape
+            assert self.view2 is not None and self.views.shape == (2 * b, *self.view1.shape[1:]), (
+                self.views.shape
+            )
             assert self.views.is_contiguous(memory_format=torch.channels_last), "views must be channels_last"
-            assert self.view1.data_ptr() == self.views.data_ptr() and self.view2.data_ptr() == self.views[b:].data_ptr(), \
-                "view1/view2 must be the halves of views"
+            assert (
+                self.view1.data_ptr() == self.views.data_ptr()
+                and self.view2.data_ptr() == self.views[b:].data_ptr()
+            ), "view1/view2 must be the halves of views"
         assert self.labels.dtype == torch.int64 and self.labels.shape == (self.view1.shape[0],)
         assert self.labels.device == self.view1.device
         if device is not None:
@@ -94,6 +99,8 @@ def check_per_process(n_images: int, batch_size: int, world_size: int, drop_last
     if shard == 0:
         raise DataError(f"{n_images} images cannot be shared among {world_size} processes")
     if drop_last and batch_size > shard:
-        raise DataError(f"batch size {batch_size} exceeds the {shard} images of this process's shard "
-                        f"(drop_last would leave no batch); lower the batch size or use drop_last=False")
+        raise DataError(
+            f"batch size {batch_size} exceeds the {shard} images of this process's shard "
+            f"(drop_last would leave no batch); lower the batch size or use drop_last=False"
+        )
     return shard

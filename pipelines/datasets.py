@@ -11,6 +11,7 @@
 What a dataset is lives in `data/` (arrays, splits, CIFAR, image folders); bytes on disk in
 `formats/`. This module only chooses between them.
 """
+
 import os
 
 import numpy as np
@@ -23,14 +24,13 @@ from .errors import DataError
 from .files import data_root
 from .formats import converted
 
-
 DATASETS = {
     "cifar10": "CIFAR-10: 50,000 train + 10,000 test 32x32 images, 10 classes (cifar-10-batches-py/)",
     "cifar100": "CIFAR-100: 50,000 train + 10,000 test 32x32 images, 100 fine classes (cifar-100-python/)",
     "cifar10-sample": "2,000 train + 1,000 test CIFAR-10 images shipped with fastssl (no download)",
     "imagefolder": "data_dir/<class>/*.jpg|png, optionally under data_dir/train and data_dir/test",
     "cifar10+cifar100": "pretraining on 100,000 images: CIFAR-10 train + CIFAR-100 train used without labels "
-                        "(label -1); its test split is CIFAR-10's",
+    "(label -1); its test split is CIFAR-10's",
 }
 
 
@@ -42,7 +42,9 @@ class Choices(list):
         return list.__contains__(self, name) or (isinstance(name, str) and converted.is_converted_path(name))
 
 
-def load(name, split="train", data_dir=None, subset=None, seed=0, download=True, image_size=None) -> ArrayDataset:
+def load(
+    name, split="train", data_dir=None, subset=None, seed=0, download=True, image_size=None
+) -> ArrayDataset:
     """Read dataset `name` (a key of DATASETS), split "train" or "test".
 
     data_dir: where the data lives (else $FASTSSL_DATA, else DEFAULT_ROOT; the embedded sample needs none).
@@ -55,11 +57,15 @@ def load(name, split="train", data_dir=None, subset=None, seed=0, download=True,
     """
     if name not in DATASETS and converted.is_converted_path(name):  # streamed, see formats/converted.py
         data = converted.open_split(name, split)
-        data = data.take(first_per_class(data.labels, subset, len(data.classes))) if subset is not None else data
+        data = (
+            data.take(first_per_class(data.labels, subset, len(data.classes))) if subset is not None else data
+        )
         return converted.sized(data, image_size, None)
     if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}, or give the path of a "
-                        "converted dataset (.beton file or DALI shard directory)")
+        raise DataError(
+            f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}, or give the path of a "
+            "converted dataset (.beton file or DALI shard directory)"
+        )
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     if image_size is not None and name != "imagefolder":
@@ -68,7 +74,9 @@ def load(name, split="train", data_dir=None, subset=None, seed=0, download=True,
         data = read_cifar(name, split, data_dir, download)
     elif name == "cifar10+cifar100":
         if subset is not None:
-            raise DataError("subset is not supported for cifar10+cifar100 (its extra images have no labels to balance)")
+            raise DataError(
+                "subset is not supported for cifar10+cifar100 (its extra images have no labels to balance)"
+            )
         data = read_union(split, data_dir, download)
     elif name == "cifar10-sample":
         data = read_sample(split)
@@ -84,15 +92,25 @@ def pooled(name, data_dir=None, download=True) -> ArrayDataset:
     folder without train/ and test/ subfolders is one pool already). Normalised with the train
     split's statistics, as the official split is."""
     if name == "cifar10+cifar100":
-        raise DataError("a train/val/test split needs labels for every image; cifar10+cifar100 has unlabelled ones")
+        raise DataError(
+            "a train/val/test split needs labels for every image; cifar10+cifar100 has unlabelled ones"
+        )
     train = load(name, "train", data_dir, download=download)
     if not isinstance(train, ArrayDataset):  # a converted file streams its images: nothing to pool
-        raise DataError(f"a train/val/test split pools images in memory; {name} is a converted dataset, use its name")
+        raise DataError(
+            f"a train/val/test split pools images in memory; {name} is a converted dataset, use its name"
+        )
     if name == "imagefolder" and not os.path.isdir(os.path.join(data_root(data_dir), "train")):
         return train
     test = load(name, "test", data_dir, download=download)
-    return ArrayDataset(np.concatenate([train.images, test.images]), np.concatenate([train.labels, test.labels]),
-                        train.classes, train.name, train.mean, train.std)
+    return ArrayDataset(
+        np.concatenate([train.images, test.images]),
+        np.concatenate([train.labels, test.labels]),
+        train.classes,
+        train.name,
+        train.mean,
+        train.std,
+    )
 
 
 def load_split(name, split, data_dir=None, seed=0, download=True) -> dict:
@@ -100,8 +118,11 @@ def load_split(name, split, data_dir=None, seed=0, download=True) -> dict:
     labelled images, seeded by `seed`), or {"train", "test"} (val None) for "official"."""
     percents = parse_split(split)
     if percents is None:
-        return {"train": load(name, "train", data_dir, download=download), "val": None,
-                "test": load(name, "test", data_dir, download=download)}
+        return {
+            "train": load(name, "train", data_dir, download=download),
+            "val": None,
+            "test": load(name, "test", data_dir, download=download),
+        }
     pool = pooled(name, data_dir, download)
     parts = split_three(pool.labels, percents, seed)
     return {part: pool.take(idx) for part, idx in zip(("train", "val", "test"), parts)}

@@ -4,6 +4,7 @@ Every output of the data layer (converted datasets, checksum stamps) and of the 
 is written to `<out>.tmp-<pid>` and moved into place once complete, so a reader sees the old file or
 the new one, never half of one; `remove_dead_temporaries` deletes what a killed writer left behind.
 """
+
 import hashlib
 import os
 import re
@@ -84,4 +85,6 @@ DEFAULT_ROOT = os.path.join("~", ".cache", "fastssl", "data")
 
 def data_root(data_dir) -> str:
     """The data folder: `data_dir`, else $FASTSSL_DATA, else DEFAULT_ROOT; absolute, `~` expanded."""
-    return os.path.abspath(os.path.expanduser(os.fspath(data_dir or os.environ.get("FASTSSL_DATA") or DEFAULT_ROOT)))
+    return os.path.abspath(
+        os.path.expanduser(os.fspath(data_dir or os.environ.get("FASTSSL_DATA") or DEFAULT_ROOT))
+    )

@@ -20,6 +20,7 @@ the same ops are computed (PIL with 8-bit rounding after each op, or float32 thr
 per pipeline in VARIANTS and checked statistically by
 tests/pipelines/test_recipe_parity.py.
 """
+
 import math
 from dataclasses import dataclass
 

@@ -11,6 +11,7 @@ pixels that `cifar.read_sample` checks on every load. The file is verified by de
 before it atomically replaces the old one. Encoding takes a few minutes (WebP's slowest, smallest
 setting); decoding takes well under a second.
 """
+
 import argparse
 import hashlib
 import io
@@ -37,7 +38,9 @@ def webp(image):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", required=True, help="folder holding cifar-10-batches-py/ (or that folder itself)")
+    p.add_argument(
+        "--data-dir", required=True, help="folder holding cifar-10-batches-py/ (or that folder itself)"
+    )
     p.add_argument("--out", default=cifar.SAMPLE)
     p.add_argument("--workers", type=int, default=os.cpu_count())
     args = p.parse_args()
@@ -50,10 +53,18 @@ def main():
         with ProcessPoolExecutor(args.workers) as pool:
             blobs = list(pool.map(webp, images, chunksize=64))
         offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
-        arrays.update({f"{split}/webp": np.frombuffer(b"".join(blobs), np.uint8), f"{split}/offsets": offsets,
-                       f"{split}/labels": full.labels[index], f"{split}/index": index,
-                       f"{split}/sha256": np.array(hashlib.sha256(images.tobytes()).hexdigest())})
-        assert np.array_equal(cifar.decode_images(arrays[f"{split}/webp"], offsets), images), "WebP is not lossless"
+        arrays.update(
+            {
+                f"{split}/webp": np.frombuffer(b"".join(blobs), np.uint8),
+                f"{split}/offsets": offsets,
+                f"{split}/labels": full.labels[index],
+                f"{split}/index": index,
+                f"{split}/sha256": np.array(hashlib.sha256(images.tobytes()).hexdigest()),
+            }
+        )
+        assert np.array_equal(cifar.decode_images(arrays[f"{split}/webp"], offsets), images), (
+            "WebP is not lossless"
+        )
         print(f"{split}: {len(index)} images, {offsets[-1] / 1e6:.2f} MB of WebP")
     arrays["classes"] = np.array(full.classes)
 

@@ -4,6 +4,7 @@
 already there and correct are kept) and return that directory, which holds cifar-10-batches-py/
 (and cifar-100-python/). Without the bundle, tests that need real data are skipped with the reason.
 """
+
 import os
 import subprocess
 import sys
@@ -25,7 +26,9 @@ def _unpack(only: str) -> str:
     if not script.is_file():
         pytest.skip(f"real CIFAR data not available: {script} not found")
     DATA.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([sys.executable, str(script), str(DATA), "--only", only], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(script), str(DATA), "--only", only], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.fail(f"{script} {DATA} --only {only} failed: {done.stderr.strip() or done.stdout.strip()}")
     return str(DATA)

@@ -1,6 +1,7 @@
 """Every library the code or its tests import is declared in setup.py (install_requires or an
 extra, or required by one of those), so `pip install -e ".[all,dev]"` on a fresh machine gives a
 suite that imports."""
+
 import ast
 import importlib.metadata
 import re
@@ -49,12 +50,19 @@ def with_their_requirements(dists: set) -> set:
 
 
 def test_every_third_party_import_is_declared():
-    files = [p for d in ("fastssl", "pipelines", "benchmarks", "scripts", "tests") for p in (REPO / d).rglob("*.py")]
+    files = [
+        p
+        for d in ("fastssl", "pipelines", "benchmarks", "scripts", "tests")
+        for p in (REPO / d).rglob("*.py")
+    ]
     local = {p.stem for p in files}  # modules imported by their own name beside them (tests' helpers)
     names = set().union(*(imported(p) for p in files)) - set(sys.stdlib_module_names) - OURS - local
     dists = importlib.metadata.packages_distributions()
     want = with_their_requirements(declared())
-    missing = {n: dists.get(n, ["not installed"]) for n in names
-               if not any(d.lower().replace("_", "-") in want for d in dists.get(n, []))}
+    missing = {
+        n: dists.get(n, ["not installed"])
+        for n in names
+        if not any(d.lower().replace("_", "-") in want for d in dists.get(n, []))
+    }
     assert not missing, f"imported but not declared in setup.py: {missing}"
     assert "psutil" in declared()  # the memory benchmark and its tests sample process trees with it

@@ -7,6 +7,7 @@
   its own modules are imported at the top of a file only (optional libraries are imported where
   they are used, behind a guard, and are not the project's modules).
 """
+
 import ast
 import os
 
@@ -38,7 +39,7 @@ def _resolve(name: str, node: ast.ImportFrom, known) -> list:
     if node.level:
         is_package = known[name].endswith("__init__.py")
         parts = name.split(".")
-        base = parts[:len(parts) - node.level + (1 if is_package else 0)]
+        base = parts[: len(parts) - node.level + (1 if is_package else 0)]
         base = base + (node.module.split(".") if node.module else [])
     else:
         base = node.module.split(".")
@@ -55,8 +56,9 @@ def imports() -> dict:
     graph = {}
     for name, path in known.items():
         tree = ast.parse(open(path).read(), path)
-        top = {id(n) for n in tree.body} | {id(c) for n in tree.body if isinstance(n, (ast.If, ast.Try))
-                                             for c in ast.walk(n)}
+        top = {id(n) for n in tree.body} | {
+            id(c) for n in tree.body if isinstance(n, (ast.If, ast.Try)) for c in ast.walk(n)
+        }
         edges = []
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -66,18 +68,24 @@ def imports() -> dict:
 
 
 def test_layers_point_down():
-    wrong = [f"{m} imports {t} (line {line})" for m, edges in imports().items() for t, line, _ in edges
-             if t.split(".")[0] != m.split(".")[0] and t.split(".")[0] not in LAYERS[m.split(".")[0]]]
+    wrong = [
+        f"{m} imports {t} (line {line})"
+        for m, edges in imports().items()
+        for t, line, _ in edges
+        if t.split(".")[0] != m.split(".")[0] and t.split(".")[0] not in LAYERS[m.split(".")[0]]
+    ]
     assert not wrong, "\n".join(wrong)
 
 
 def test_no_import_circle():
-    graph = {m: {t for t, _, _ in edges if t != m and not m.startswith(t + ".")} for m, edges in imports().items()}
+    graph = {
+        m: {t for t, _, _ in edges if t != m and not m.startswith(t + ".")} for m, edges in imports().items()
+    }
     done, path, circles = set(), [], []
 
     def visit(m):  # depth-first; a module met again on the current path closes a circle
         if m in path:
-            circles.append(" -> ".join(path[path.index(m):] + [m]))
+            circles.append(" -> ".join(path[path.index(m) :] + [m]))
             return
         if m in done:
             return
@@ -93,8 +101,12 @@ def test_no_import_circle():
 
 
 def test_pipelines_imports_its_own_modules_at_the_top():
-    inner = [f"{m} line {line}: {t}" for m, edges in imports().items() for t, line, top in edges
-             if not top and m.split(".")[0] == "pipelines"]
+    inner = [
+        f"{m} line {line}: {t}"
+        for m, edges in imports().items()
+        for t, line, top in edges
+        if not top and m.split(".")[0] == "pipelines"
+    ]
     assert not inner, "\n".join(inner)
 
 
@@ -115,7 +127,11 @@ def test_the_checks_can_fail(bad, tmp_path, monkeypatch):
         (tmp_path / "pipelines" / "a.py").write_text("def f():\n    from . import b\n")
         (tmp_path / "pipelines" / "b.py").write_text("")
     monkeypatch.setattr(__import__(__name__), "ROOT", str(tmp_path))
-    check = {"circle": test_no_import_circle, "hidden circle": test_no_import_circle,
-             "upward": test_layers_point_down, "inner": test_pipelines_imports_its_own_modules_at_the_top}[bad]
+    check = {
+        "circle": test_no_import_circle,
+        "hidden circle": test_no_import_circle,
+        "upward": test_layers_point_down,
+        "inner": test_pipelines_imports_its_own_modules_at_the_top,
+    }[bad]
     with pytest.raises(AssertionError):
         check()

@@ -9,6 +9,7 @@ An entrant is one module with `train(spec, knobs, out, device) -> record`, `avai
 `DIFFERENCES` (what it does differently from fastssl at the same recipe) and `KNOBS`; adding a peer
 (solo-learn, ...) is one file plus one line here.
 """
+
 from . import fastssl_entrant, lightly_entrant, plain_entrant
 
 ENTRANTS = {

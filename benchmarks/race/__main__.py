@@ -9,6 +9,7 @@ Seeds run interleaved (seed 0 of every entrant, then seed 1, ...), each training
 own whose process tree is sampled for its memory peak; every final backbone (and snapshot) is then
 scored by one kNN (fastssl.eval.knn: the same bank, test split, k and temperature for all).
 """
+
 import dataclasses
 import json
 import os
@@ -27,18 +28,34 @@ from .report import chart, summarize_runs, table
 from .score import score_runs
 from .spec import RaceSpec, device_of, parse_entrant
 
-SMOKE = {"dataset": "cifar10-sample", "subset": 64, "epochs": 2, "batch_size": 16, "proj_hidden_dim": 64, "proj_dim": 16, "workers": 0,
-         "snapshot_every": 1}
+SMOKE = {
+    "dataset": "cifar10-sample",
+    "subset": 64,
+    "epochs": 2,
+    "batch_size": 16,
+    "proj_hidden_dim": 64,
+    "proj_dim": 16,
+    "workers": 0,
+    "snapshot_every": 1,
+}
 
 
 @dataclass
 class RaceConfig(RaceSpec):
     # The entrants are the keys of ENTRANTS in benchmarks/race/__init__.py; each entrant's module lists its
     # KNOBS.
-    entrants: str = field(default="fastssl,lightly,plain", metadata={"help": "comma-separated entrants, each NAME or NAME:knob=value,..."})
-    seeds: str = field(default="0,1,2", metadata={"help": "comma-separated seeds; accuracy is reported as mean and spread over them"})
+    entrants: str = field(
+        default="fastssl,lightly,plain",
+        metadata={"help": "comma-separated entrants, each NAME or NAME:knob=value,..."},
+    )
+    seeds: str = field(
+        default="0,1,2",
+        metadata={"help": "comma-separated seeds; accuracy is reported as mean and spread over them"},
+    )
     out: str = field(default="runs/race", metadata={"help": "where race.{json,csv,md,png} go"})
-    work: str | None = field(default=None, metadata={"help": "where the runs (backbones) go (default: OUT/runs)"})
+    work: str | None = field(
+        default=None, metadata={"help": "where the runs (backbones) go (default: OUT/runs)"}
+    )
     overwrite: bool = field(default=False, metadata={"help": "replace existing results in --out"})
     knn_k: int = field(default=200, metadata={"help": "kNN neighbours"})
     knn_t: float = field(default=0.1, metadata={"help": "kNN temperature"})
@@ -140,9 +157,17 @@ def main(argv=None):
     scores = score_runs(base, runs, seeds, device_of(base), cfg.knn_k, cfg.knn_t, cfg.untrained)
     summary = summarize_runs(runs, scores, entrants)
     differences = {e: ENTRANTS[parse_entrant(e)[0]].DIFFERENCES for e in entrants}
-    result = {"environment": env, "config": dataclasses.asdict(cfg), "seeds": seeds, "entrants": entrants,
-              "differences": differences, "summary": summary, "untrained": scores["untrained"], "runs": runs,
-              "scores": scores["runs"]}
+    result = {
+        "environment": env,
+        "config": dataclasses.asdict(cfg),
+        "seeds": seeds,
+        "entrants": entrants,
+        "differences": differences,
+        "summary": summary,
+        "untrained": scores["untrained"],
+        "runs": runs,
+        "scores": scores["runs"],
+    }
     text = table(result)
     common.write_all(cfg.out, "race", result, summary["rows"], text, lambda path: chart(path, result))
     common.print_table(text)

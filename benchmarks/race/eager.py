@@ -7,6 +7,7 @@ An epoch is timed whole, from asking the loader for its iterator (worker start-u
 last step's loss on the host; `data_wait_s` is the part spent waiting for batches. Backbone
 snapshots (for the kNN-vs-time curve) are written between epochs, outside the timed window.
 """
+
 import os
 import time
 
@@ -55,15 +56,34 @@ def run_epochs(step, loader, epochs: int, device, after_epoch=None) -> list[dict
             steps += 1
         mean_loss = (total / steps).item()  # host sync: the epoch's last step has run
         _sync(device)
-        records.append({"epoch": epoch, "time_s": time.perf_counter() - t0, "data_wait_s": wait,
-                        "images": steps * loader.batch_size, "loss": mean_loss})
+        records.append(
+            {
+                "epoch": epoch,
+                "time_s": time.perf_counter() - t0,
+                "data_wait_s": wait,
+                "images": steps * loader.batch_size,
+                "loss": mean_loss,
+            }
+        )
         if after_epoch is not None:
             after_epoch(epoch)
     return records
 
 
-def train_eager(spec: RaceSpec, backbone, head, loss_fn, optimizer, schedule, loader, out: str, device, *,
-                amp: str | None, joint: bool = False) -> dict:
+def train_eager(
+    spec: RaceSpec,
+    backbone,
+    head,
+    loss_fn,
+    optimizer,
+    schedule,
+    loader,
+    out: str,
+    device,
+    *,
+    amp: str | None,
+    joint: bool = False,
+) -> dict:
     """Train `backbone` + `head` with `loss_fn(z1, z2)`; amp: None (fp32), "fp16" (autocast + grad
     scaler, PyTorch Lightning's "16-mixed") or "bf16". Each view goes through the network on its
     own, as lightly's examples and most SimCLR code do (BatchNorm statistics per view); joint=True
@@ -124,6 +144,12 @@ def data_loader(dataset, spec: RaceSpec, device) -> torch.utils.data.DataLoader:
     """The DataLoader of lightly's examples: shuffled, whole batches only, `spec.workers` processes,
     pinned memory on CUDA; seeded so that a seed replays its order."""
     generator = torch.Generator().manual_seed(spec.seed)
-    return torch.utils.data.DataLoader(dataset, batch_size=spec.batch_size, shuffle=True, drop_last=True,
-                                       num_workers=spec.workers, pin_memory=device.type == "cuda",
-                                       generator=generator)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=spec.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=spec.workers,
+        pin_memory=device.type == "cuda",
+        generator=generator,
+    )

@@ -9,6 +9,7 @@ Knobs (each swaps one difference with fastssl, for the ablation):
     norm=dataset    the dataset's mean/std instead of ImageNet's
     forward=joint   both views through the network as one batch (BatchNorm over 2B), as fastssl
 """
+
 import torch
 
 from fastssl.models import ProjectionHead
@@ -30,8 +31,12 @@ try:
 except ImportError:  # the optional peer: pip install -e ".[peers]"
     lightly = None
 
-KNOBS = {"lars": ("lightly", "fastssl"), "head": ("lightly", "fastssl"), "norm": ("imagenet", "dataset"),
-         "forward": ("views", "joint")}
+KNOBS = {
+    "lars": ("lightly", "fastssl"),
+    "head": ("lightly", "fastssl"),
+    "norm": ("imagenet", "dataset"),
+    "forward": ("views", "joint"),
+}
 # What lightly's stack does differently from fastssl's at the same recipe (printed with the results).
 DIFFERENCES = [
     "LARS: trust coefficient 0.001, no clipping (fastssl: 0.02, clipped at the scheduled lr)",
@@ -44,7 +49,7 @@ DIFFERENCES = [
 
 
 def available() -> str | None:
-    return None if lightly is not None else "lightly is not installed (pip install -e \".[peers]\")"
+    return None if lightly is not None else 'lightly is not installed (pip install -e ".[peers]")'
 
 
 def knobs_of(knobs: dict) -> dict:
@@ -52,8 +57,10 @@ def knobs_of(knobs: dict) -> dict:
     out = {k: v[0] for k, v in KNOBS.items()}
     for key, value in knobs.items():
         if key not in KNOBS or value not in KNOBS[key]:
-            raise DataError(f"lightly: unknown knob {key}={value}; knobs: "
-                            + ", ".join(f"{k}={'|'.join(v)}" for k, v in KNOBS.items()))
+            raise DataError(
+                f"lightly: unknown knob {key}={value}; knobs: "
+                + ", ".join(f"{k}={'|'.join(v)}" for k, v in KNOBS.items())
+            )
         out[key] = value
     return out
 
@@ -71,9 +78,13 @@ def train(spec: RaceSpec, knobs: dict, out: str, device) -> dict:
     data = images(spec)
     mean, std = normalization(knobs, data)
     # At 32 px there is no blur in SimCLR's CIFAR recipe; lightly's default would blur half the views.
-    transform = SimCLRTransform(input_size=data.images.shape[1], cj_strength=0.5, min_scale=0.08,
-                                gaussian_blur=0.0 if data.images.shape[1] <= 32 else 0.5,
-                                normalize={"mean": list(mean), "std": list(std)})
+    transform = SimCLRTransform(
+        input_size=data.images.shape[1],
+        cj_strength=0.5,
+        min_scale=0.08,
+        gaussian_blur=0.0 if data.images.shape[1] <= 32 else 0.5,
+        normalize={"mean": list(mean), "std": list(std)},
+    )
     loader = data_loader(Views(data, transform, pil=True), spec, device)
     torch.manual_seed(spec.seed)
     backbone = torchvision_resnet18(spec.stem)
@@ -86,12 +97,27 @@ def train(spec: RaceSpec, knobs: dict, out: str, device) -> dict:
         optimizer = build_optimizer("lars", model, spec.lr_used, spec.weight_decay, 0.9)
     else:
         params, no_decay = get_weight_decay_parameters([backbone, head])
-        optimizer = LARS([{"params": params}, {"params": no_decay, "weight_decay": 0.0}], lr=spec.lr_used,
-                         momentum=0.9, weight_decay=spec.weight_decay)
+        optimizer = LARS(
+            [{"params": params}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=spec.lr_used,
+            momentum=0.9,
+            weight_decay=spec.weight_decay,
+        )
     steps = len(loader)
-    schedule = CosineWarmupScheduler(optimizer, warmup_epochs=spec.warmup_epochs * steps,
-                                     max_epochs=spec.epochs * steps)
-    record = train_eager(spec, backbone, head, NTXentLoss(temperature=spec.temperature), optimizer, schedule,
-                         loader, out, device, amp="fp16" if device.type == "cuda" else None,
-                         joint=k["forward"] == "joint")
+    schedule = CosineWarmupScheduler(
+        optimizer, warmup_epochs=spec.warmup_epochs * steps, max_epochs=spec.epochs * steps
+    )
+    record = train_eager(
+        spec,
+        backbone,
+        head,
+        NTXentLoss(temperature=spec.temperature),
+        optimizer,
+        schedule,
+        loader,
+        out,
+        device,
+        amp="fp16" if device.type == "cuda" else None,
+        joint=k["forward"] == "joint",
+    )
     return {**record, "mean": mean, "std": std, "version": lightly.__version__}

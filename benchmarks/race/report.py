@@ -5,6 +5,7 @@ Every ratio is computed from the same measured quantities as the rows it compare
 per second over whole epochs after the first (the first epoch, with start-up and compilation, is
 reported apart), paired by seed.
 """
+
 import statistics
 
 from .. import common
@@ -18,15 +19,21 @@ def run_measures(run: dict, score: dict) -> dict:
     curve = []
     times = [e["time_s"] for e in epochs]
     for point in score["curve"]:  # training seconds when the snapshot was taken (evaluation excluded)
-        curve.append({"train_s": sum(times[:point["epoch"]]), "top1": point["top1"], "top5": point["top5"]})
+        curve.append({"train_s": sum(times[: point["epoch"]]), "top1": point["top1"], "top5": point["top5"]})
     return {
-        "entrant": run["entrant"], "seed": run["seed"],
+        "entrant": run["entrant"],
+        "seed": run["seed"],
         "img_per_s": sum(e["images"] for e in steady) / seconds,
         "first_epoch_img_per_s": epochs[0]["images"] / epochs[0]["time_s"],
         "data_wait_share": sum(e["data_wait_s"] for e in steady) / seconds,
-        "train_s": sum(times), "peak_rss_mib": run["peak_rss_tree_mib"], "peak_cuda_mib": run["peak_cuda_mib"],
-        "final_loss": epochs[-1]["loss"], "losses": [e["loss"] for e in epochs],
-        "knn_top1": score["final"]["top1"], "knn_top5": score["final"]["top5"], "curve": curve,
+        "train_s": sum(times),
+        "peak_rss_mib": run["peak_rss_tree_mib"],
+        "peak_cuda_mib": run["peak_cuda_mib"],
+        "final_loss": epochs[-1]["loss"],
+        "losses": [e["loss"] for e in epochs],
+        "knn_top1": score["final"]["top1"],
+        "knn_top5": score["final"]["top5"],
+        "curve": curve,
     }
 
 
@@ -34,12 +41,27 @@ def spread(values) -> dict:
     values = [v for v in values if v is not None]
     if not values:
         return None
-    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values), "n": len(values), "values": values}
+    return {
+        "mean": statistics.fmean(values),
+        "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+        "values": values,
+    }
 
 
-KEYS = ("img_per_s", "first_epoch_img_per_s", "data_wait_share", "train_s", "peak_rss_mib", "peak_cuda_mib",
-        "final_loss", "knn_top1", "knn_top5")
+KEYS = (
+    "img_per_s",
+    "first_epoch_img_per_s",
+    "data_wait_share",
+    "train_s",
+    "peak_rss_mib",
+    "peak_cuda_mib",
+    "final_loss",
+    "knn_top1",
+    "knn_top5",
+)
 
 
 def summarize_runs(runs: list, scores: dict, entrants: list) -> dict:
@@ -51,12 +73,21 @@ def summarize_runs(runs: list, scores: dict, entrants: list) -> dict:
         stats = {k: spread([r[k] for r in by[e].values()]) for k in KEYS}
         seeds = [s for s in by[e] if s in by[reference]]
         # paired by seed: reference images/s over this entrant's, and this entrant's kNN minus the reference's
-        stats["speedup_of_reference"] = spread([by[reference][s]["img_per_s"] / by[e][s]["img_per_s"] for s in seeds])
-        stats["knn_top1_minus_reference"] = spread([by[e][s]["knn_top1"] - by[reference][s]["knn_top1"] for s in seeds])
+        stats["speedup_of_reference"] = spread(
+            [by[reference][s]["img_per_s"] / by[e][s]["img_per_s"] for s in seeds]
+        )
+        stats["knn_top1_minus_reference"] = spread(
+            [by[e][s]["knn_top1"] - by[reference][s]["knn_top1"] for s in seeds]
+        )
         out[e] = stats
     untrained = spread([u["top1"] for u in scores["untrained"]])
-    return {"reference": reference, "entrants": out, "untrained_top1": untrained,
-            "rows": [{k: v for k, v in r.items() if k not in ("curve", "losses")} for r in rows], "measures": rows}
+    return {
+        "reference": reference,
+        "entrants": out,
+        "untrained_top1": untrained,
+        "rows": [{k: v for k, v in r.items() if k not in ("curve", "losses")} for r in rows],
+        "measures": rows,
+    }
 
 
 def _pm(s, spec=".1f") -> str:
@@ -68,25 +99,48 @@ def _pm(s, spec=".1f") -> str:
 def table(result: dict) -> str:
     summary, ref = result["summary"], result["summary"]["reference"]
     n = len(result["seeds"])
-    header = ["entrant", "train img/s", "1st epoch img/s", "data wait", "peak RSS MiB", "final loss",
-              "kNN top-1 %", "kNN top-5 %", f"{ref} speed-up ×", f"Δ top-1 vs {ref} (pp)"]
+    header = [
+        "entrant",
+        "train img/s",
+        "1st epoch img/s",
+        "data wait",
+        "peak RSS MiB",
+        "final loss",
+        "kNN top-1 %",
+        "kNN top-5 %",
+        f"{ref} speed-up ×",
+        f"Δ top-1 vs {ref} (pp)",
+    ]
     rows = []
     for e, s in summary["entrants"].items():
         wait = s["data_wait_share"]
-        rows.append([f"`{e}`", _pm(s["img_per_s"], ".1f"), _pm(s["first_epoch_img_per_s"], ".1f"),
-                     f"{100 * wait['mean']:.0f}%", _pm(s["peak_rss_mib"], ".0f"), _pm(s["final_loss"], ".3f"),
-                     _pm(s["knn_top1"], ".2f"), _pm(s["knn_top5"], ".2f"),
-                     "—" if e == ref else _pm(s["speedup_of_reference"], ".2f"),
-                     "—" if e == ref else _pm(s["knn_top1_minus_reference"], ".2f")])
+        rows.append(
+            [
+                f"`{e}`",
+                _pm(s["img_per_s"], ".1f"),
+                _pm(s["first_epoch_img_per_s"], ".1f"),
+                f"{100 * wait['mean']:.0f}%",
+                _pm(s["peak_rss_mib"], ".0f"),
+                _pm(s["final_loss"], ".3f"),
+                _pm(s["knn_top1"], ".2f"),
+                _pm(s["knn_top5"], ".2f"),
+                "—" if e == ref else _pm(s["speedup_of_reference"], ".2f"),
+                "—" if e == ref else _pm(s["knn_top1_minus_reference"], ".2f"),
+            ]
+        )
     if summary["untrained_top1"] is not None:
-        rows.append(["untrained network", "", "", "", "", "", _pm(summary["untrained_top1"], ".2f"), "", "", ""])
+        rows.append(
+            ["untrained network", "", "", "", "", "", _pm(summary["untrained_top1"], ".2f"), "", "", ""]
+        )
     cfg = result["config"]
-    text = (f"SimCLR, {cfg['dataset']} ({cfg['subset'] or 'all'} training images), ResNet-18 {cfg['stem']} stem, "
-            f"batch {cfg['batch_size']}, {cfg['epochs']} epochs, lr {cfg['lr']} × batch/256 with "
-            f"{cfg['warmup_epochs']} warm-up epoch(s) then cosine, temperature {cfg['temperature']}, projection "
-            f"{cfg['proj_hidden_dim']} → {cfg['proj_dim']}; {n} seed(s) ({', '.join(map(str, result['seeds']))}), "
-            f"mean ± sd. Images/s: whole epochs after the first. kNN: k {cfg['knn_k']}, T {cfg['knn_t']}, "
-            f"bank = the training images, queries = the whole test split.\n\n")
+    text = (
+        f"SimCLR, {cfg['dataset']} ({cfg['subset'] or 'all'} training images), ResNet-18 {cfg['stem']} stem, "
+        f"batch {cfg['batch_size']}, {cfg['epochs']} epochs, lr {cfg['lr']} × batch/256 with "
+        f"{cfg['warmup_epochs']} warm-up epoch(s) then cosine, temperature {cfg['temperature']}, projection "
+        f"{cfg['proj_hidden_dim']} → {cfg['proj_dim']}; {n} seed(s) ({', '.join(map(str, result['seeds']))}), "
+        f"mean ± sd. Images/s: whole epochs after the first. kNN: k {cfg['knn_k']}, T {cfg['knn_t']}, "
+        f"bank = the training images, queries = the whole test split.\n\n"
+    )
     text += common.markdown_table(header, rows)
     text += "\nRecipe differences from fastssl that remain:\n"
     for e, diffs in result["differences"].items():
@@ -114,8 +168,14 @@ def chart(path: str, result: dict) -> None:
         for m in (m for m in summary["measures"] if m["entrant"] == e):
             xs = [0.0] + [p["train_s"] for p in m["curve"]]
             ys = [None] + [p["top1"] for p in m["curve"]]
-            curves.plot(xs[1:], ys[1:], marker="o", color=f"C{i}", alpha=0.8,
-                        label=e if m["seed"] == result["seeds"][0] else None)
+            curves.plot(
+                xs[1:],
+                ys[1:],
+                marker="o",
+                color=f"C{i}",
+                alpha=0.8,
+                label=e if m["seed"] == result["seeds"][0] else None,
+            )
     if summary["untrained_top1"] is not None:
         curves.axhline(summary["untrained_top1"]["mean"], color="grey", ls="--", lw=1, label="untrained")
     curves.set_xlabel("training seconds (evaluation excluded)")

@@ -1,5 +1,6 @@
 """One entrant's training run in a process of its own (so that its memory peak is its own):
 `python -m benchmarks.race.run_one ENTRANT SPEC_JSON OUT` writes OUT/record.json."""
+
 import dataclasses
 import json
 import os
@@ -24,16 +25,23 @@ def main(argv=None):
     torch.manual_seed(spec.seed)
     t0 = time.perf_counter()
     record = ENTRANTS[name].train(spec, knobs, out, device)
-    record.update({
-        "entrant": entrant, "seed": spec.seed, "spec": dataclasses.asdict(spec),
-        "process_s": time.perf_counter() - t0,
-        # this process's own peak (ru_maxrss is KiB on Linux); worker processes are sampled by the parent
-        "peak_rss_self_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_cuda_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
-        "mean": list(record["mean"]), "std": list(record["std"]),
-        # other work on the machine skews CPU timings: the load when the run ended says how busy it was
-        "load_average_1min": os.getloadavg()[0],
-    })
+    record.update(
+        {
+            "entrant": entrant,
+            "seed": spec.seed,
+            "spec": dataclasses.asdict(spec),
+            "process_s": time.perf_counter() - t0,
+            # this process's own peak (ru_maxrss is KiB on Linux); worker processes are sampled by the parent
+            "peak_rss_self_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_cuda_mib": torch.cuda.max_memory_allocated(device) / 2**20
+            if device.type == "cuda"
+            else None,
+            "mean": list(record["mean"]),
+            "std": list(record["std"]),
+            # other work on the machine skews CPU timings: the load when the run ended says how busy it was
+            "load_average_1min": os.getloadavg()[0],
+        }
+    )
     atomic_write_text(os.path.join(out, "record.json"), json.dumps(record, indent=1))
     return 0
 

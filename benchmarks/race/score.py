@@ -7,14 +7,15 @@ normalised as its entrant trained on them (a backbone's BatchNorm statistics exp
 The bank is the race's training images (labels vote, as in fastssl.knn); the queries are the whole
 test split of the dataset.
 """
+
 import json
 
 import torch
 
 from fastssl.checkpoint import atomic_write_text, load_backbone
 from fastssl.eval.knn import knn_eval
-from pipelines.files import sha256
 from pipelines.data.arrays import ArrayDataset, fingerprint
+from pipelines.files import sha256
 
 from .spec import RaceSpec, images
 
@@ -28,8 +29,15 @@ def score(path: str, bank, test, mean, std, device, k: int, t: float) -> dict:
     """{"top1", "top5"} of the backbone at `path`. Kept beside it (`<path>.knn.json`, keyed by the
     weights' sha256 and everything else the score depends on), so a race resumed after a stop
     scores only what is new."""
-    key = {"sha256": sha256(path), "bank": fingerprint(bank), "test": fingerprint(test), "mean": list(mean),
-           "std": list(std), "k": k, "t": t}
+    key = {
+        "sha256": sha256(path),
+        "bank": fingerprint(bank),
+        "test": fingerprint(test),
+        "mean": list(mean),
+        "std": list(std),
+        "k": k,
+        "t": t,
+    }
     cache = path + ".knn.json"
     try:
         with open(cache) as f:
@@ -54,8 +62,14 @@ def score_runs(spec: RaceSpec, runs: list, seeds: list, device, k: int, t: float
         args = (bank, test, run["mean"], run["std"], device, k, t)
         curve = [{"epoch": s["epoch"], **score(s["path"], *args)} for s in run["snapshots"]]
         final = score(run["backbone"], *args)
-        out.append({"entrant": run["entrant"], "seed": run["seed"], "final": final,
-                    "curve": curve + [{"epoch": len(run["epochs"]), **final}]})
+        out.append(
+            {
+                "entrant": run["entrant"],
+                "seed": run["seed"],
+                "final": final,
+                "curve": curve + [{"epoch": len(run["epochs"]), **final}],
+            }
+        )
     control = []
     if untrained:
         for seed in seeds:  # the same network untrained: what the features are worth before training

@@ -8,6 +8,7 @@ The recipe is what a SimCLR comparison must hold equal (images, backbone, batch,
 shape, projection, temperature, base lr); what each entrant still does its own way is listed in its
 module's DIFFERENCES and printed beside the results.
 """
+
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ class RaceSpec:
 
 
 def parse_entrant(text: str) -> tuple[str, dict]:
-    """"name" or "name:key=value,key=value" -> (name, {key: value}); values stay strings, each entrant
+    """ "name" or "name:key=value,key=value" -> (name, {key: value}); values stay strings, each entrant
     reads its own knobs (an ablation swaps one recipe difference at a time)."""
     name, _, rest = text.partition(":")
     knobs = {}
@@ -70,5 +71,10 @@ def images(spec: RaceSpec, split: str = "train"):
 
 
 def device_of(spec: RaceSpec) -> torch.device:
-    return torch.device("cuda" if spec.device == "auto" and torch.cuda.is_available() else
-                        "cpu" if spec.device == "auto" else spec.device)
+    return torch.device(
+        "cuda"
+        if spec.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if spec.device == "auto"
+        else spec.device
+    )

@@ -12,6 +12,7 @@ are rewritten. Re-running the same command continues: finished steps (summary.js
 skipped, an interrupted pretraining resumes from its last.pt. The TOML schema is in
 docs/evaluation.md; experiments/example.toml shows every feature.
 """
+
 import csv
 import io
 import itertools
@@ -27,15 +28,30 @@ from .. import checkpoint as ckpt
 from ..config import ConfigError, cli, load_toml, parse
 
 TOP_KEYS = {"out", "seeds", "pretrain", "grid", "linear", "description"}
-RESULT_COLUMNS = ["pretrain_images", "final_loss", "monitor_knn_top1", "pretrain_time_s", "img_per_s",
-                  "linear_top1", "linear_top5", "knn_top1", "knn_top5", "lr", "weight_decay"]
+RESULT_COLUMNS = [
+    "pretrain_images",
+    "final_loss",
+    "monitor_knn_top1",
+    "pretrain_time_s",
+    "img_per_s",
+    "linear_top1",
+    "linear_top5",
+    "knn_top1",
+    "knn_top5",
+    "lr",
+    "weight_decay",
+]
 
 
 @dataclass
 class ExperimentConfig:
-    plan: str = field(default="", metadata={"help": "the experiment TOML file (also accepted as the first argument)"})
+    plan: str = field(
+        default="", metadata={"help": "the experiment TOML file (also accepted as the first argument)"}
+    )
     device: str | None = field(default=None, metadata={"help": "device for every cell (overrides the file)"})
-    compile: bool | None = field(default=None, metadata={"help": "torch.compile pretraining (overrides the file)"})
+    compile: bool | None = field(
+        default=None, metadata={"help": "torch.compile pretraining (overrides the file)"}
+    )
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
     only: str | None = field(default=None, metadata={"help": "run only cells whose name contains this text"})
     dry_run: bool = field(default=False, metadata={"help": "list the cells and their state, run nothing"})
@@ -47,10 +63,10 @@ class ExperimentConfig:
 
 @dataclass
 class Cell:
-    name: str                # directory name, from the grid values and the seed
-    values: dict             # the grid values that define it (plus "seed")
-    pretrain: dict           # PretrainConfig fields
-    linear: dict | None      # LinearConfig fields, None = no probe
+    name: str  # directory name, from the grid values and the seed
+    values: dict  # the grid values that define it (plus "seed")
+    pretrain: dict  # PretrainConfig fields
+    linear: dict | None  # LinearConfig fields, None = no probe
 
 
 def _fmt(v) -> str:
@@ -89,18 +105,24 @@ def _train_size(dataset: str, data_dir, split=splits.OFFICIAL, split_seed=0) -> 
 
 def load_plan(path: str) -> tuple[dict, list[Cell]]:
     """Read and check an experiment file; returns (plan, cells), every cell's configs validated."""
+    from ..pretrain import PretrainConfig
     from .linear import LinearConfig
     from .setup import splits_conflict
-    from ..pretrain import PretrainConfig
 
     plan = load_toml(path)
     unknown = set(plan) - TOP_KEYS
     if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(TOP_KEYS))}")
+        raise ConfigError(
+            f"{path}: unknown key(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(TOP_KEYS))}"
+        )
     if "out" not in plan:
         raise ConfigError(f"{path}: 'out' (the experiment directory) is required")
     seeds = plan.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
         raise ConfigError(f"{path}: 'seeds' must be a non-empty list of integers")
     grids = plan.get("grid", [{}])
     grids = [grids] if isinstance(grids, dict) else grids
@@ -130,8 +152,12 @@ def load_plan(path: str) -> tuple[dict, list[Cell]]:
                     if not (isinstance(frac, (int, float)) and 0 < frac <= 1):
                         raise ConfigError(f"{path}: data_fraction must be in (0, 1], got {frac!r}")
                     # A fraction of the pool [pretrain] draws from: its subset if it sets one, else the whole split.
-                    pool = cfg.get("subset") or _train_size(cfg.get("dataset", "cifar10"), cfg.get("data_dir"),
-                                                            cfg.get("split", splits.OFFICIAL), cfg.get("split_seed", 0))
+                    pool = cfg.get("subset") or _train_size(
+                        cfg.get("dataset", "cifar10"),
+                        cfg.get("data_dir"),
+                        cfg.get("split", splits.OFFICIAL),
+                        cfg.get("split_seed", 0),
+                    )
                     cfg["subset"] = cfg.get("subset") if frac == 1 else max(1, round(frac * pool))
                 name = _name({**point, "seed": seed})
                 if name in seen:
@@ -139,8 +165,16 @@ def load_plan(path: str) -> tuple[dict, list[Cell]]:
                 seen.add(name)
                 cell_dir = os.path.join(plan["out"], "cells", name)
                 pretrain = {**cfg, "out": os.path.join(cell_dir, "pretrain")}
-                lin = None if linear is None else {**linear, "backbone": pretrain["out"], "seed": seed,
-                                                   "out": os.path.join(cell_dir, "linear")}
+                lin = (
+                    None
+                    if linear is None
+                    else {
+                        **linear,
+                        "backbone": pretrain["out"],
+                        "seed": seed,
+                        "out": os.path.join(cell_dir, "linear"),
+                    }
+                )
                 if lin is not None and lin.get("dataset", "cifar100") == cfg.get("dataset", "cifar10"):
                     # probed on the pretraining dataset: its split, unless [linear] sets one (then checked)
                     for k in ("split", "split_seed"):
@@ -150,11 +184,19 @@ def load_plan(path: str) -> tuple[dict, list[Cell]]:
                 pre_cfg = parse(PretrainConfig, _argv(pretrain))
                 if lin is not None:
                     lin_cfg = parse(LinearConfig, _argv(lin))
-                    if splits_conflict(pre_cfg.dataset, pre_cfg.split, pre_cfg.split_seed,
-                                       lin_cfg.dataset, lin_cfg.split, lin_cfg.split_seed):
-                        raise ConfigError(f"{path}: cell {name} pretrains on {pre_cfg.dataset} --split {pre_cfg.split} "
-                                          f"but probes {lin_cfg.dataset} --split {lin_cfg.split}: the probe would test "
-                                          "pretraining images; give [linear] the same split and split_seed")
+                    if splits_conflict(
+                        pre_cfg.dataset,
+                        pre_cfg.split,
+                        pre_cfg.split_seed,
+                        lin_cfg.dataset,
+                        lin_cfg.split,
+                        lin_cfg.split_seed,
+                    ):
+                        raise ConfigError(
+                            f"{path}: cell {name} pretrains on {pre_cfg.dataset} --split {pre_cfg.split} "
+                            f"but probes {lin_cfg.dataset} --split {lin_cfg.split}: the probe would test "
+                            "pretraining images; give [linear] the same split and split_seed"
+                        )
                 cells.append(Cell(name, {**point, "seed": seed}, pretrain, lin))
     return plan, cells
 
@@ -183,14 +225,16 @@ def _check_unchanged(run_dir: str, cls, values: dict) -> None:
     # a key the saved run lacks was added since: it ran with that key's default
     changed = [k for k, v in want.items() if k not in ignore and saved.get(k, defaults[k]) != v]
     if changed:
-        raise ConfigError(f"{run_dir} was run with other settings ({', '.join(changed)}); "
-                          "restore the plan or give the experiment a new 'out'")
+        raise ConfigError(
+            f"{run_dir} was run with other settings ({', '.join(changed)}); "
+            "restore the plan or give the experiment a new 'out'"
+        )
 
 
 def state(cell: Cell) -> str:
     """What running `cell` would do now: new, resume, probe or done."""
-    from .linear import LinearConfig
     from ..pretrain import PretrainConfig
+    from .linear import LinearConfig
 
     pre = cell.pretrain["out"]
     _check_unchanged(pre, PretrainConfig, cell.pretrain)
@@ -207,9 +251,9 @@ def state(cell: Cell) -> str:
 
 def run_cell(cell: Cell, overrides: dict) -> None:
     """Pretrain (resuming if interrupted) then probe; steps with a summary.json are skipped."""
-    from .linear import LinearConfig, evaluate
     from ..pretrain import PretrainConfig
     from ..train import train
+    from .linear import LinearConfig, evaluate
 
     pre = cell.pretrain["out"]
     if _summary(pre) is None:
@@ -233,12 +277,22 @@ def result_row(cell: Cell) -> dict:
     if os.path.isfile(cfg_path):
         with open(cfg_path) as f:
             cfg = json.load(f)
-    return {"cell": cell.name, **cell.values,
-            "pretrain_images": cfg.get("train_images"), "final_loss": pre.get("final_loss"),
-            "monitor_knn_top1": pre.get("knn_top1"), "pretrain_time_s": pre.get("wall_time_s"),
-            "img_per_s": pre.get("img_per_s"), "linear_top1": lin.get("test_top1"), "linear_top5": lin.get("test_top5"),
-            "knn_top1": lin.get("knn_top1"), "knn_top5": lin.get("knn_top5"), "lr": lin.get("lr"),
-            "weight_decay": lin.get("weight_decay"), "eval_dataset": eval_label(lin.get("data") or {})}
+    return {
+        "cell": cell.name,
+        **cell.values,
+        "pretrain_images": cfg.get("train_images"),
+        "final_loss": pre.get("final_loss"),
+        "monitor_knn_top1": pre.get("knn_top1"),
+        "pretrain_time_s": pre.get("wall_time_s"),
+        "img_per_s": pre.get("img_per_s"),
+        "linear_top1": lin.get("test_top1"),
+        "linear_top5": lin.get("test_top5"),
+        "knn_top1": lin.get("knn_top1"),
+        "knn_top5": lin.get("knn_top5"),
+        "lr": lin.get("lr"),
+        "weight_decay": lin.get("weight_decay"),
+        "eval_dataset": eval_label(lin.get("data") or {}),
+    }
 
 
 def eval_label(data: dict) -> str | None:
@@ -262,15 +316,19 @@ def aggregate(rows: list[dict], keys: list[str], metrics: list[str]) -> list[dic
     groups = {}
     for r in rows:
         groups.setdefault(tuple(str(r.get(k)) for k in keys), []).append(r)
-    return [{**dict(zip(keys, key)), "n": len(rs), **{m: mean_std(r.get(m) for r in rs) for m in metrics}}
-            for key, rs in groups.items()]
+    return [
+        {**dict(zip(keys, key)), "n": len(rs), **{m: mean_std(r.get(m) for r in rs) for m in metrics}}
+        for key, rs in groups.items()
+    ]
 
 
 def markdown_table(rows: list[dict], columns: list[str], headers: dict | None = None) -> str:
     headers = headers or {}
     lines = ["| " + " | ".join(headers.get(c, c) for c in columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
-        lines.append("| " + " | ".join("-" if r.get(c) in (None, "") else str(r.get(c)) for c in columns) + " |")
+        lines.append(
+            "| " + " | ".join("-" if r.get(c) in (None, "") else str(r.get(c)) for c in columns) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -286,12 +344,25 @@ def write_results(plan: dict, cells: list[Cell]) -> list[dict]:
     ckpt.atomic_write_text(os.path.join(out, "results.csv"), buf.getvalue())
     metrics = ["linear_top1", "linear_top5", "knn_top1", "knn_top5", "monitor_knn_top1", "final_loss"]
     evals = ", ".join(dict.fromkeys(r["eval_dataset"] for r in rows if r.get("eval_dataset")))
-    md = [f"# {plan.get('description', os.path.basename(os.path.normpath(out)))}\n",
-          f"{len(rows)} of {len(cells)} cells finished. Mean ± std over seeds (sample std); n = seeds.",
-          f"Linear probe and kNN on {evals}; monitor kNN = the training run's own kNN monitor.\n" if evals else "",
-          markdown_table(aggregate(rows, keys, metrics), [*keys, "n", *metrics],
-                         {"linear_top1": "linear top-1", "linear_top5": "linear top-5", "knn_top1": "kNN top-1",
-                          "knn_top5": "kNN top-5", "monitor_knn_top1": "monitor kNN top-1", "final_loss": "final loss"})]
+    md = [
+        f"# {plan.get('description', os.path.basename(os.path.normpath(out)))}\n",
+        f"{len(rows)} of {len(cells)} cells finished. Mean ± std over seeds (sample std); n = seeds.",
+        f"Linear probe and kNN on {evals}; monitor kNN = the training run's own kNN monitor.\n"
+        if evals
+        else "",
+        markdown_table(
+            aggregate(rows, keys, metrics),
+            [*keys, "n", *metrics],
+            {
+                "linear_top1": "linear top-1",
+                "linear_top5": "linear top-5",
+                "knn_top1": "kNN top-1",
+                "knn_top5": "kNN top-5",
+                "monitor_knn_top1": "monitor kNN top-1",
+                "final_loss": "final loss",
+            },
+        ),
+    ]
     ckpt.atomic_write_text(os.path.join(out, "results.md"), "\n".join(md))
     return rows
 
@@ -319,8 +390,11 @@ def main(argv=None):
     os.makedirs(plan["out"], exist_ok=True)
     with open(cfg.plan) as f:
         ckpt.atomic_write_text(os.path.join(plan["out"], "experiment.toml"), f.read())
-    overrides = {k: v for k, v in {"device": cfg.device, "compile": cfg.compile, "progress": cfg.progress}.items()
-                 if v is not None}
+    overrides = {
+        k: v
+        for k, v in {"device": cfg.device, "compile": cfg.compile, "progress": cfg.progress}.items()
+        if v is not None
+    }
     for i, c in enumerate(cells_to_run):
         if states[c.name] == "done":
             continue
@@ -328,8 +402,10 @@ def main(argv=None):
         run_cell(c, overrides)
         write_results(plan, cells)
         r = result_row(c)
-        console.print(f"{c.name}: final loss {_fmt(r['final_loss'])}, linear top-1 {_fmt(r['linear_top1'])}, "
-                      f"kNN top-1 {_fmt(r['knn_top1'])} ({r['eval_dataset'] or 'no probe'})")
+        console.print(
+            f"{c.name}: final loss {_fmt(r['final_loss'])}, linear top-1 {_fmt(r['linear_top1'])}, "
+            f"kNN top-1 {_fmt(r['knn_top1'])} ({r['eval_dataset'] or 'no probe'})"
+        )
     rows = write_results(plan, cells)
     console.print(f"{len(rows)} cell(s) finished; results: {os.path.join(plan['out'], 'results.md')}")
     return 0

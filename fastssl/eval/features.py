@@ -1,4 +1,5 @@
 """Frozen-backbone feature extraction, shared by the kNN monitor and the linear protocol."""
+
 import torch
 import torch.nn.functional as F
 
@@ -17,8 +18,15 @@ def extract(backbone, data, device, batch_size=1024, resize=None, precision="fp3
     # A converted dataset streams through its own format's pipeline (resize + centre crop to
     # data.image_size, see pipelines/formats/converted.py); in-memory data goes to the device whole.
     name = getattr(data, "format", "gpu")
-    loader = pipelines.build(name, data, batch_size=min(batch_size, len(data.labels)), device=device,
-                             recipe="eval", drop_last=False, shuffle=False)
+    loader = pipelines.build(
+        name,
+        data,
+        batch_size=min(batch_size, len(data.labels)),
+        device=device,
+        recipe="eval",
+        drop_last=False,
+        shuffle=False,
+    )
     loader.set_epoch(0)
     was_training = backbone.training
     backbone.eval()

@@ -12,6 +12,7 @@
 Each test image votes with its k most cosine-similar training images, each weighted by
 exp(similarity / t). The trainer runs the same code as its monitor every few epochs.
 """
+
 import json
 import sys
 from dataclasses import dataclass, field
@@ -37,11 +38,11 @@ def knn_predict(train_f, train_y, test_f, num_classes, k=200, t=0.1, chunk=1024)
     k = min(k, train_f.shape[0])
     out = []
     for i in range(0, test_f.shape[0], chunk):
-        sim = test_f[i:i + chunk] @ train_f.T                              # (m, N)
-        top_sim, top_idx = sim.topk(k, dim=1)                              # (m, k)
+        sim = test_f[i : i + chunk] @ train_f.T  # (m, N)
+        top_sim, top_idx = sim.topk(k, dim=1)  # (m, k)
         weights = (top_sim / t).exp()
         scores = torch.zeros(sim.shape[0], num_classes, device=sim.device)
-        scores.scatter_add_(1, train_y[top_idx], weights)                  # sum weights per class
+        scores.scatter_add_(1, train_y[top_idx], weights)  # sum weights per class
         out.append(scores)
     return torch.cat(out)
 
@@ -66,9 +67,18 @@ def knn_eval(backbone, train_data, test_data, device, k=200, t=0.1, batch_size=1
 @dataclass
 class KNNConfig:
     # 'random' scores an untrained backbone: the control that trained backbones are compared with.
-    backbone: str = field(default="", metadata={"help": "run directory, checkpoint, backbone.pt, torchvision state_dict, or 'random'"})
+    backbone: str = field(
+        default="",
+        metadata={"help": "run directory, checkpoint, backbone.pt, torchvision state_dict, or 'random'"},
+    )
     # A converted dataset's test split is read from the sibling path (see pipelines/formats/converted.py).
-    dataset: str = field(default="cifar10", metadata={"help": "labelled dataset: a name or the path of a converted dataset", "choices": datasets.Choices(datasets.DATASETS)})
+    dataset: str = field(
+        default="cifar10",
+        metadata={
+            "help": "labelled dataset: a name or the path of a converted dataset",
+            "choices": datasets.Choices(datasets.DATASETS),
+        },
+    )
     data_dir: str | None = field(default=None, metadata={"help": "dataset location (else $FASTSSL_DATA)"})
     split: str = split_field()
     split_seed: int = split_seed_field()
@@ -77,7 +87,13 @@ class KNNConfig:
     batch_size: int = field(default=1024, metadata={"help": "feature-extraction batch size"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     seed: int = field(default=0, metadata={"help": "seed for the 'random' backbone"})
-    stem: str = field(default="cifar", metadata={"help": "stem of the 'random' backbone (others: read from the weights)", "choices": ["cifar", "imagenet"]})
+    stem: str = field(
+        default="cifar",
+        metadata={
+            "help": "stem of the 'random' backbone (others: read from the weights)",
+            "choices": ["cifar", "imagenet"],
+        },
+    )
     image_size: int | None = image_size_field()
 
     def __post_init__(self):
@@ -101,8 +117,20 @@ def main(argv=None):
     backbone, info = load_backbone(cfg.backbone, cfg.stem if cfg.backbone == "random" else None)
     bank, _ = data.labelled()  # with a train/val/test split the validation images vote too: nothing is tuned
     acc = knn_eval(on_device(backbone, device), bank, data.test, device, cfg.k, cfg.t, cfg.batch_size)
-    print(json.dumps({"backbone": info["source"], "dataset": cfg.dataset, "k": cfg.k, "t": cfg.t, **acc,
-                      **data.info(), "image_size": data.image_size(), "voting_images": int((bank.labels >= 0).sum())}))
+    print(
+        json.dumps(
+            {
+                "backbone": info["source"],
+                "dataset": cfg.dataset,
+                "k": cfg.k,
+                "t": cfg.t,
+                **acc,
+                **data.info(),
+                "image_size": data.image_size(),
+                "voting_images": int((bank.labels >= 0).sum()),
+            }
+        )
+    )
     return 0
 
 

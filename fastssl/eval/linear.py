@@ -22,6 +22,7 @@ kNN classifier (k=200, t=0.1) is scored on the same features. --out gets config.
 curves.png and, last, summary.json. CIFAR-100 files that are not the official ones (md5) are
 labelled "CIFAR-100 (JPEG-recompressed copy)", as fastssl's measured copy is; --data-note overrides.
 """
+
 import hashlib
 import json
 import math
@@ -47,9 +48,19 @@ IMAGENET_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # md5 of the official CIFAR-100 python archive's files (as listed by torchvision.datasets.CIFAR100).
 CIFAR100_MD5 = {"train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae62326f3e7ffdfab6717acfc"}
-DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "cifar10-sample": "CIFAR-10 sample",
-                 "imagefolder": "image folder", "cifar10+cifar100": "CIFAR-10 + CIFAR-100 (no labels)"}
-METHOD_NAMES = {"simclr": "SimCLR", "supervised": "supervised", "autoencoder": "autoencoder", "dim": "Deep InfoMax"}
+DATASET_NAMES = {
+    "cifar10": "CIFAR-10",
+    "cifar100": "CIFAR-100",
+    "cifar10-sample": "CIFAR-10 sample",
+    "imagefolder": "image folder",
+    "cifar10+cifar100": "CIFAR-10 + CIFAR-100 (no labels)",
+}
+METHOD_NAMES = {
+    "simclr": "SimCLR",
+    "supervised": "supervised",
+    "autoencoder": "autoencoder",
+    "dim": "Deep InfoMax",
+}
 
 
 @dataclass
@@ -57,39 +68,85 @@ class LinearConfig:
     # State dicts are in torchvision's format. 'imagenet': torchvision's ImageNet weights (resnet18
     # IMAGENET1K_V1, or the resnet18/resnet50 file given by --weights); 'random': an untrained ResNet-18, as a
     # control.
-    backbone: str | None = field(default=None, metadata={"help": "run directory, checkpoint, backbone.pt, ResNet-18/50 state_dict, 'imagenet' or 'random'"})
+    backbone: str | None = field(
+        default=None,
+        metadata={
+            "help": "run directory, checkpoint, backbone.pt, ResNet-18/50 state_dict, 'imagenet' or 'random'"
+        },
+    )
     # The resnet18 file is IMAGENET_URL (IMAGENET1K_V1). Unset: torch.hub's cache, else that file is
     # downloaded.
-    weights: str | None = field(default=None, metadata={"help": f"--backbone imagenet: local {IMAGENET_URL.rsplit('/', 1)[1]} or torchvision's resnet50 weights"})
-    stem: str = field(default="cifar", metadata={"help": "stem of the 'random' backbone", "choices": ["cifar", "imagenet"]})
+    weights: str | None = field(
+        default=None,
+        metadata={
+            "help": f"--backbone imagenet: local {IMAGENET_URL.rsplit('/', 1)[1]} or torchvision's resnet50 weights"
+        },
+    )
+    stem: str = field(
+        default="cifar", metadata={"help": "stem of the 'random' backbone", "choices": ["cifar", "imagenet"]}
+    )
     # data
-    dataset: str = field(default="cifar100", metadata={"help": "labelled dataset to probe on: a name or the path of a converted dataset", "choices": datasets.Choices(datasets.DATASETS)})
+    dataset: str = field(
+        default="cifar100",
+        metadata={
+            "help": "labelled dataset to probe on: a name or the path of a converted dataset",
+            "choices": datasets.Choices(datasets.DATASETS),
+        },
+    )
     data_dir: str | None = field(default=None, metadata={"help": "dataset location (else $FASTSSL_DATA)"})
-    subset: int | None = field(default=None, metadata={"help": "use only N training images, class-balanced (quick looks, tests)"})
+    subset: int | None = field(
+        default=None, metadata={"help": "use only N training images, class-balanced (quick looks, tests)"}
+    )
     # Detected, e.g. 'JPEG-recompressed copy' for CIFAR-100 files whose md5 differs from the official archive,
     # so that no number measured on them passes for an official result (see dataset_label).
-    data_note: str | None = field(default=None, metadata={"help": "note shown after the dataset name in results (default: detected)"})
+    data_note: str | None = field(
+        default=None, metadata={"help": "note shown after the dataset name in results (default: detected)"}
+    )
     split: str = split_field()
     split_seed: int = split_seed_field()
     # A train/val/test --split has its own validation part, which is used instead.
-    val_fraction: float = field(default=0.1, metadata={"help": "official split: stratified training fraction held out to choose lr and weight decay"})
+    val_fraction: float = field(
+        default=0.1,
+        metadata={
+            "help": "official split: stratified training fraction held out to choose lr and weight decay"
+        },
+    )
     # features
-    resize: int | None = field(default=None, metadata={"help": "upsample images to SxS before the backbone (224 for ImageNet backbones)"})
+    resize: int | None = field(
+        default=None,
+        metadata={"help": "upsample images to SxS before the backbone (224 for ImageNet backbones)"},
+    )
     image_size: int | None = image_size_field()
     # A backbone is fed pixels normalised as in its training: ImageNet mean/std for ImageNet-trained weights.
-    normalize: str = field(default="auto", metadata={"help": "pixel normalisation: auto = ImageNet's for ImageNet-trained backbones, else the dataset's", "choices": ["auto", "dataset", "imagenet"]})
-    precision: str = field(default="fp32", metadata={"help": "feature extraction precision (bf16 only on CUDA)", "choices": ["fp32", "bf16"]})
+    normalize: str = field(
+        default="auto",
+        metadata={
+            "help": "pixel normalisation: auto = ImageNet's for ImageNet-trained backbones, else the dataset's",
+            "choices": ["auto", "dataset", "imagenet"],
+        },
+    )
+    precision: str = field(
+        default="fp32",
+        metadata={"help": "feature extraction precision (bf16 only on CUDA)", "choices": ["fp32", "bf16"]},
+    )
     feature_batch_size: int = field(default=1024, metadata={"help": "images per feature-extraction batch"})
     # classifier
     epochs: int = field(default=100, metadata={"help": "classifier epochs (grid search and final run)"})
     batch_size: int = field(default=512, metadata={"help": "classifier mini-batch size"})
     lrs: str = field(default="0.01,0.03,0.1,0.3,1", metadata={"help": "comma-separated learning-rate grid"})
     wds: str = field(default="0,1e-5,1e-4,1e-3", metadata={"help": "comma-separated weight-decay grid"})
-    knn_k: int = field(default=200, metadata={"help": "also score a weighted kNN classifier on the same features with k neighbours (0: skip)"})
+    knn_k: int = field(
+        default=200,
+        metadata={
+            "help": "also score a weighted kNN classifier on the same features with k neighbours (0: skip)"
+        },
+    )
     knn_t: float = field(default=0.1, metadata={"help": "kNN temperature"})
     # execution and outputs
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda or cuda:N"})
-    seed: int = field(default=0, metadata={"help": "seed of the validation split, batch order and 'random' backbone"})
+    seed: int = field(
+        default=0, metadata={"help": "seed of the validation split, batch order and 'random' backbone"}
+    )
     out: str = field(default="runs/linear", metadata={"help": "output directory"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing output directory"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
@@ -131,6 +188,7 @@ def parse_grid(text: str, name: str) -> list[float]:
 
 # ---- what was measured: dataset and backbone descriptions stored with every result ----------
 
+
 def _md5(path: str) -> str:
     h = hashlib.md5()
     with open(path, "rb") as f:
@@ -171,30 +229,54 @@ def describe_backbone(spec: str, info: dict) -> dict:
     repeats of one setting and the report averages them."""
     if spec == "imagenet":
         weights = "IMAGENET1K_V1" if info.get("arch", "resnet18") == "resnet18" else info["arch"]
-        return {"kind": "imagenet", "label": f"ImageNet-supervised (torchvision {weights})", "seed": None, **info}
+        return {
+            "kind": "imagenet",
+            "label": f"ImageNet-supervised (torchvision {weights})",
+            "seed": None,
+            **info,
+        }
     if spec == "random":
         return {"kind": "random", "label": f"random init ({info['stem']} stem)", "seed": None, **info}
     run = run_info(spec)
     if run is None:
         name = os.path.basename(os.path.normpath(spec))
         arch = {"resnet50": "ResNet-50"}.get(info.get("arch"), "ResNet-18")
-        return {"kind": "state_dict", "label": f"{arch} state_dict {name} ({info['stem']} stem)", "seed": None, **info}
+        return {
+            "kind": "state_dict",
+            "label": f"{arch} state_dict {name} ({info['stem']} stem)",
+            "seed": None,
+            **info,
+        }
     c = run["config"]
     data = dataset_label(c.get("dataset", "?"), c.get("data_dir"))["label"]
     images = f", {c['subset']:,} images" if c.get("subset") else ""
-    extra = f", batch {c.get('batch_size')}, τ {c.get('temperature'):g}" if c.get("method") == "simclr" else ""
-    arch = "" if c.get("backbone", "resnet18") == "resnet18" else f" {c['backbone']}"  # runs of two depths never average
+    extra = (
+        f", batch {c.get('batch_size')}, τ {c.get('temperature'):g}" if c.get("method") == "simclr" else ""
+    )
+    arch = (
+        "" if c.get("backbone", "resnet18") == "resnet18" else f" {c['backbone']}"
+    )  # runs of two depths never average
     label = f"{METHOD_NAMES.get(c.get('method'), c.get('method'))}{arch} ({data}{images}, {c.get('epochs')} ep{extra})"
-    pretrain = {k: c.get(k) for k in ("method", "dataset", "subset", "epochs", "batch_size", "temperature", "lr", "seed")}
+    pretrain = {
+        k: c.get(k)
+        for k in ("method", "dataset", "subset", "epochs", "batch_size", "temperature", "lr", "seed")
+    }
     pretrain["train_images"] = run.get("train_images")
     pretrain["split"] = c.get("split", splits.OFFICIAL)
     pretrain["split_seed"] = c.get("split_seed") if pretrain["split"] != splits.OFFICIAL else None
     if pretrain["split"] != splits.OFFICIAL:  # runs on two splits (or two draws of one) never average
         label = f"{label[:-1]}, split {pretrain['split']} seed {pretrain['split_seed']})"
-    return {"kind": c.get("method", "run"), "label": label, "seed": c.get("seed"), "pretrain": pretrain, **info}
+    return {
+        "kind": c.get("method", "run"),
+        "label": label,
+        "seed": c.get("seed"),
+        "pretrain": pretrain,
+        **info,
+    }
 
 
 # ---- backbones -----------------------------------------------------------------------------
+
 
 def imagenet_state_dict(weights: str | None) -> tuple[dict, str]:
     """torchvision's ImageNet ResNet state_dict: from `weights` (resnet18 or resnet50), else the
@@ -204,10 +286,14 @@ def imagenet_state_dict(weights: str | None) -> tuple[dict, str]:
         return sd.get("state_dict", sd), os.path.abspath(weights)
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(IMAGENET_URL))
     try:
-        return torch.hub.load_state_dict_from_url(IMAGENET_URL, progress=True, check_hash=True, map_location="cpu"), cached
+        return torch.hub.load_state_dict_from_url(
+            IMAGENET_URL, progress=True, check_hash=True, map_location="cpu"
+        ), cached
     except Exception as e:  # URLError, OSError, HTTP errors, a hash mismatch: all mean "no weights here"
-        raise DataError(f"--backbone imagenet: no ImageNet weights available ({type(e).__name__}); download "
-                        f"{IMAGENET_URL} and pass --weights FILE, or put the file at {cached}") from None
+        raise DataError(
+            f"--backbone imagenet: no ImageNet weights available ({type(e).__name__}); download "
+            f"{IMAGENET_URL} and pass --weights FILE, or put the file at {cached}"
+        ) from None
 
 
 def load_eval_backbone(cfg: LinearConfig):
@@ -221,7 +307,9 @@ def load_eval_backbone(cfg: LinearConfig):
         try:
             load_torchvision_state_dict(model, {k: v for k, v in sd.items() if not k.startswith("fc.")})
         except (ValueError, RuntimeError) as e:
-            raise DataError(f"{source}: not a torchvision ResNet-18/50 state_dict: {str(e).splitlines()[0][:200]}") from None
+            raise DataError(
+                f"{source}: not a torchvision ResNet-18/50 state_dict: {str(e).splitlines()[0][:200]}"
+            ) from None
         info = {"source": source, "stem": "imagenet", "arch": arch}
     else:
         torch.manual_seed(cfg.seed)  # the 'random' control's initialisation
@@ -235,7 +323,9 @@ def load_eval_backbone(cfg: LinearConfig):
 def normalization(cfg: LinearConfig, backbone: dict, data) -> dict:
     """Pixel statistics the backbone expects: an ImageNet-trained network was trained on images
     normalised with ImageNet's mean/std, a fastssl network with its dataset's."""
-    imagenet_trained = backbone["kind"] == "imagenet" or (backbone["kind"] == "state_dict" and backbone["stem"] == "imagenet")
+    imagenet_trained = backbone["kind"] == "imagenet" or (
+        backbone["kind"] == "state_dict" and backbone["stem"] == "imagenet"
+    )
     use = cfg.normalize if cfg.normalize != "auto" else ("imagenet" if imagenet_trained else "dataset")
     if use == "imagenet":
         return {"source": "imagenet", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
@@ -250,6 +340,7 @@ def validation_indices(labels, fraction: float, seed: int) -> torch.Tensor:
 
 # ---- the command -----------------------------------------------------------------------------
 
+
 def check_out(out: str, overwrite: bool) -> None:
     if os.path.exists(out) and (not os.path.isdir(out) or any(os.scandir(out))) and not overwrite:
         raise ConfigError(f"--out {out} already exists; pass --overwrite to replace it")
@@ -257,12 +348,12 @@ def check_out(out: str, overwrite: bool) -> None:
 
 def evaluate(cfg: LinearConfig, argv=(), command="fastssl.linear") -> dict:
     """Run the protocol as `cfg` says and write --out; returns the summary (also summary.json)."""
+    from ..progress import console
+    from ..runtime import environment
     from .knn import knn_predict, topk_accuracy
     from .plots import figure
     from .probe import linear_protocol
     from .setup import check_backbone_split, features, on_device, setup
-    from ..progress import console
-    from ..runtime import environment
 
     check_out(cfg.out, cfg.overwrite)
     check_backbone_split(cfg.backbone, cfg)
@@ -276,40 +367,91 @@ def evaluate(cfg: LinearConfig, argv=(), command="fastssl.linear") -> dict:
     # The pipeline normalises with data.mean/std: hand it the statistics the backbone expects.
     train_n, test_n = (replace(d, mean=tuple(norm["mean"]), std=tuple(norm["std"])) for d in (train, test))
     with console.status("extracting features"):
-        feats = features(on_device(backbone, device), {"train": train_n, "test": test_n}, device,
-                         cfg.feature_batch_size, cfg.resize, cfg.precision)
+        feats = features(
+            on_device(backbone, device),
+            {"train": train_n, "test": test_n},
+            device,
+            cfg.feature_batch_size,
+            cfg.resize,
+            cfg.precision,
+        )
     (train_f, train_y), (test_f, test_y) = feats["train"], feats["test"]
     del backbone
     t_features = time.perf_counter() - t0
-    val_idx = validation_indices(train.labels, cfg.val_fraction, cfg.seed) if val_idx is None else torch.as_tensor(val_idx)
+    val_idx = (
+        validation_indices(train.labels, cfg.val_fraction, cfg.seed)
+        if val_idx is None
+        else torch.as_tensor(val_idx)
+    )
 
     records = []
     from rich.progress import Progress
+
     with Progress(console=console, disable=not cfg.progress, transient=True) as bar:
-        task = bar.add_task(f"linear classifier ({len(lrs) * len(wds)}-point grid, then final)", total=2 * cfg.epochs)
+        task = bar.add_task(
+            f"linear classifier ({len(lrs) * len(wds)}-point grid, then final)", total=2 * cfg.epochs
+        )
 
         def log(rec):
             records.append(rec)
             bar.advance(task)
 
-        result = linear_protocol(train_f, train_y, test_f, test_y, len(train.classes), val_idx=val_idx.to(device),
-                                 lrs=lrs, wds=wds, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, log=log)
+        result = linear_protocol(
+            train_f,
+            train_y,
+            test_f,
+            test_y,
+            len(train.classes),
+            val_idx=val_idx.to(device),
+            lrs=lrs,
+            wds=wds,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            log=log,
+        )
     knn = {"top1": None, "top5": None}
     if cfg.knn_k:
-        knn = topk_accuracy(knn_predict(train_f, train_y, test_f, len(train.classes), cfg.knn_k, cfg.knn_t), test_y)
-    data = {"dataset": cfg.dataset, **dataset_label(cfg.dataset, cfg.data_dir, cfg.data_note),
-            "train_images": len(train.labels), "fit_images": len(train.labels) - len(val_idx),
-            "val_images": len(val_idx), "test_images": len(test.labels), "classes": len(train.classes),
-            "image_size": parts.image_size(), "subset": cfg.subset, "resize": cfg.resize,
-            "normalization": norm, "split": cfg.split, "split_seed": parts.info()["split_seed"]}
+        knn = topk_accuracy(
+            knn_predict(train_f, train_y, test_f, len(train.classes), cfg.knn_k, cfg.knn_t), test_y
+        )
+    data = {
+        "dataset": cfg.dataset,
+        **dataset_label(cfg.dataset, cfg.data_dir, cfg.data_note),
+        "train_images": len(train.labels),
+        "fit_images": len(train.labels) - len(val_idx),
+        "val_images": len(val_idx),
+        "test_images": len(test.labels),
+        "classes": len(train.classes),
+        "image_size": parts.image_size(),
+        "subset": cfg.subset,
+        "resize": cfg.resize,
+        "normalization": norm,
+        "split": cfg.split,
+        "split_seed": parts.info()["split_seed"],
+    }
     summary = {
-        "protocol": "linear", "backbone": desc, "data": data,
-        "test_top1": result["test"]["top1"], "test_top5": result["test"]["top5"],
-        "val_top1": result["val"]["top1"], "val_top5": result["val"]["top5"],
-        "knn_top1": knn["top1"], "knn_top5": knn["top5"], "knn_k": cfg.knn_k, "knn_t": cfg.knn_t,
-        "final_train_top1": result["final_train_top1"], "lr": result["lr"], "weight_decay": result["weight_decay"],
-        "grid": result["grid"], "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed,
-        "feature_dim": train_f.shape[1], "features_time_s": t_features, "wall_time_s": time.perf_counter() - t0,
+        "protocol": "linear",
+        "backbone": desc,
+        "data": data,
+        "test_top1": result["test"]["top1"],
+        "test_top5": result["test"]["top5"],
+        "val_top1": result["val"]["top1"],
+        "val_top5": result["val"]["top5"],
+        "knn_top1": knn["top1"],
+        "knn_top5": knn["top5"],
+        "knn_k": cfg.knn_k,
+        "knn_t": cfg.knn_t,
+        "final_train_top1": result["final_train_top1"],
+        "lr": result["lr"],
+        "weight_decay": result["weight_decay"],
+        "grid": result["grid"],
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "feature_dim": train_f.shape[1],
+        "features_time_s": t_features,
+        "wall_time_s": time.perf_counter() - t0,
     }
 
     # All computed: only now is an existing --out (with --overwrite) replaced.
@@ -317,12 +459,23 @@ def evaluate(cfg: LinearConfig, argv=(), command="fastssl.linear") -> dict:
         shutil.rmtree(cfg.out)
     os.makedirs(cfg.out, exist_ok=True)
     out = lambda name: os.path.join(cfg.out, name)  # noqa: E731
-    ckpt.atomic_write_text(out("config.json"), json.dumps(
-        {"config": asdict(cfg), "command": ["python", "-m", command, *argv], "environment": environment(),
-         "device": str(device)}, indent=2))
+    ckpt.atomic_write_text(
+        out("config.json"),
+        json.dumps(
+            {
+                "config": asdict(cfg),
+                "command": ["python", "-m", command, *argv],
+                "environment": environment(),
+                "device": str(device),
+            },
+            indent=2,
+        ),
+    )
     ckpt.atomic_write_text(out("metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in records))
-    ckpt.atomic_save({**result["classifier"], "lr": result["lr"], "weight_decay": result["weight_decay"]},
-                     out("classifier.pt"))
+    ckpt.atomic_save(
+        {**result["classifier"], "lr": result["lr"], "weight_decay": result["weight_decay"]},
+        out("classifier.pt"),
+    )
     figure(out("curves.png"), linear_panels(records, summary), title=f"{desc['label']} on {data['label']}")
     ckpt.atomic_write_text(out("summary.json"), json.dumps(summary, indent=2))
     return summary
@@ -338,20 +491,43 @@ def linear_panels(records: list[dict], summary: dict) -> list[dict]:
         x = [r["epoch"] + 1 for r in grid]
         for i, (lr, wd) in enumerate(zip(grid[0]["lr"], grid[0]["weight_decay"])):
             if lr == summary["lr"] and wd == summary["weight_decay"]:
-                chosen.append({"label": f"chosen: lr {lr:g}, wd {wd:g}", "x": x, "y": [r["val_top1"][i] for r in grid],
-                               "style": "C0-"})
+                chosen.append(
+                    {
+                        "label": f"chosen: lr {lr:g}, wd {wd:g}",
+                        "x": x,
+                        "y": [r["val_top1"][i] for r in grid],
+                        "style": "C0-",
+                    }
+                )
             else:
-                series.append({"label": None if series else "other (lr, wd) pairs", "x": x,
-                               "y": [r["val_top1"][i] for r in grid], "style": "-", "alpha": 0.25})
+                series.append(
+                    {
+                        "label": None if series else "other (lr, wd) pairs",
+                        "x": x,
+                        "y": [r["val_top1"][i] for r in grid],
+                        "style": "-",
+                        "alpha": 0.25,
+                    }
+                )
         for s in series:
             s["style"] = "C7-"
     epochs = [r["epoch"] + 1 for r in final]
     return [
-        {"title": "grid search: validation top-1", "xlabel": "epoch", "ylabel": "top-1 (%)", "series": series + chosen},
-        {"title": f"final classifier (lr {summary['lr']:g}, wd {summary['weight_decay']:g})", "xlabel": "epoch",
-         "ylabel": "top-1 (%)", "series": [
-             {"label": "train (running)", "x": epochs, "y": [r["train_top1"] for r in final]},
-             {"label": "test", "x": epochs, "y": [r["test_top1"] for r in final]}]},
+        {
+            "title": "grid search: validation top-1",
+            "xlabel": "epoch",
+            "ylabel": "top-1 (%)",
+            "series": series + chosen,
+        },
+        {
+            "title": f"final classifier (lr {summary['lr']:g}, wd {summary['weight_decay']:g})",
+            "xlabel": "epoch",
+            "ylabel": "top-1 (%)",
+            "series": [
+                {"label": "train (running)", "x": epochs, "y": [r["train_top1"] for r in final]},
+                {"label": "test", "x": epochs, "y": [r["test_top1"] for r in final]},
+            ],
+        },
     ]
 
 
@@ -360,13 +536,21 @@ def print_summary(s: dict) -> None:
     from rich.table import Table
 
     t = Table(title=f"linear probe: {s['backbone']['label']} on {s['data']['label']}", show_header=False)
-    rows = [("test top-1 / top-5 (%)", f"{s['test_top1']:.2f} / {s['test_top5']:.2f}"),
-            ("validation top-1 (%)", f"{s['val_top1']:.2f}"),
-            ("kNN top-1 / top-5 (%)", "-" if s["knn_top1"] is None else f"{s['knn_top1']:.2f} / {s['knn_top5']:.2f} (k={s['knn_k']})"),
-            ("chosen lr / weight decay", f"{s['lr']:g} / {s['weight_decay']:g}"),
-            ("images fit / val / test", f"{s['data']['fit_images']:,} / {s['data']['val_images']:,} / {s['data']['test_images']:,}"),
-            ("normalisation, resize", f"{s['data']['normalization']['source']}, {s['data']['resize'] or 'none'}"),
-            ("wall time (s)", f"{s['wall_time_s']:.1f} (features {s['features_time_s']:.1f})")]
+    rows = [
+        ("test top-1 / top-5 (%)", f"{s['test_top1']:.2f} / {s['test_top5']:.2f}"),
+        ("validation top-1 (%)", f"{s['val_top1']:.2f}"),
+        (
+            "kNN top-1 / top-5 (%)",
+            "-" if s["knn_top1"] is None else f"{s['knn_top1']:.2f} / {s['knn_top5']:.2f} (k={s['knn_k']})",
+        ),
+        ("chosen lr / weight decay", f"{s['lr']:g} / {s['weight_decay']:g}"),
+        (
+            "images fit / val / test",
+            f"{s['data']['fit_images']:,} / {s['data']['val_images']:,} / {s['data']['test_images']:,}",
+        ),
+        ("normalisation, resize", f"{s['data']['normalization']['source']}, {s['data']['resize'] or 'none'}"),
+        ("wall time (s)", f"{s['wall_time_s']:.1f} (features {s['features_time_s']:.1f})"),
+    ]
     for k, v in rows:
         t.add_row(k, v)
     Console(file=sys.stdout).print(t)

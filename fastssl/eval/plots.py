@@ -8,6 +8,7 @@ A figure is a row of panels; a panel is a list of series; a series is {"label", 
 optional "err" (error bars: mean ± std over seeds), "style" (matplotlib format string) and "alpha".
 Callers turn run files into these plain dicts, so this module knows nothing about runs.
 """
+
 import os
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -23,7 +24,9 @@ def figure(path: str, panels: list[dict], title: str | None = None, width: float
     # Beyond a few entries the legend goes below the axes (it would hide the lines): taller figure.
     entries = max(len([s for s in p["series"] if s.get("label")]) for p in panels)
     below = INSIDE_LEGEND < entries <= MAX_LEGEND
-    fig = Figure(figsize=(width * len(panels), height + (0.2 * entries if below else 0)), layout="constrained")
+    fig = Figure(
+        figsize=(width * len(panels), height + (0.2 * entries if below else 0)), layout="constrained"
+    )
     FigureCanvasAgg(fig)
     for i, panel in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
@@ -61,9 +64,18 @@ def bars(path: str, panel: dict, width: float = 7.0, height: float = 4.0):
         xs = [g + (i - (n - 1) / 2) * step for g in range(len(panel["groups"]))]
         keep = [j for j, v in enumerate(s["values"]) if v is not None]
         err = s.get("err")
-        ax.bar([xs[j] for j in keep], [s["values"][j] for j in keep], step * 0.95, label=s.get("label"),
-               yerr=None if err is None else [err[j] or 0 for j in keep], capsize=3, hatch=s.get("hatch"),
-               alpha=s.get("alpha", 1.0), edgecolor="black", linewidth=0.5)
+        ax.bar(
+            [xs[j] for j in keep],
+            [s["values"][j] for j in keep],
+            step * 0.95,
+            label=s.get("label"),
+            yerr=None if err is None else [err[j] or 0 for j in keep],
+            capsize=3,
+            hatch=s.get("hatch"),
+            alpha=s.get("alpha", 1.0),
+            edgecolor="black",
+            linewidth=0.5,
+        )
     ax.set_xticks(range(len(panel["groups"])), panel["groups"])
     ax.set_title(panel.get("title", ""))
     ax.set_ylabel(panel.get("ylabel", ""))

@@ -21,6 +21,7 @@ The classifier is trained with mini-batch SGD (Nesterov momentum 0.9, L2 weight 
 weights, not the bias), cosine learning rate to zero, cross-entropy, no augmentation (the features
 are computed once). Weights start at zero: the problem is convex, so the start only affects speed.
 """
+
 import math
 
 import torch
@@ -46,13 +47,25 @@ def _top1_per_config(W, b, x, y, chunk=8192):
     D, G, C = W.shape
     correct = torch.zeros(G, device=x.device)
     for i in range(0, x.shape[0], chunk):
-        logits = (x[i:i + chunk] @ W.view(D, G * C)).view(-1, G, C) + b
-        correct += (logits.argmax(-1) == y[i:i + chunk, None]).sum(0)
+        logits = (x[i : i + chunk] @ W.view(D, G * C)).view(-1, G, C) + b
+        correct += (logits.argmax(-1) == y[i : i + chunk, None]).sum(0)
     return 100.0 * correct / max(1, x.shape[0])
 
 
-def train_linear(x, y, num_classes, lrs, wds, *, epochs=100, batch_size=512, momentum=0.9, seed=0,
-                 evals=None, on_epoch=None):
+def train_linear(
+    x,
+    y,
+    num_classes,
+    lrs,
+    wds,
+    *,
+    epochs=100,
+    batch_size=512,
+    momentum=0.9,
+    seed=0,
+    evals=None,
+    on_epoch=None,
+):
     """Train G = len(lrs) softmax classifiers at once on x (N, D) float32, y (N,) int64, same device.
 
     Classifier g uses learning rate lrs[g] (per mini-batch of `batch_size`, cosine-decayed to zero
@@ -67,7 +80,7 @@ def train_linear(x, y, num_classes, lrs, wds, *, epochs=100, batch_size=512, mom
     G, C = len(lrs), num_classes
     if len(wds) != G:
         raise ValueError("lrs and wds must have the same length")
-    lr = torch.tensor(lrs, dtype=torch.float32, device=device)[None, :, None]   # (1, G, 1)
+    lr = torch.tensor(lrs, dtype=torch.float32, device=device)[None, :, None]  # (1, G, 1)
     wd = torch.tensor(wds, dtype=torch.float32, device=device)[None, :, None]
     W = torch.zeros(D, G, C, device=device, requires_grad=True)
     b = torch.zeros(G, C, device=device, requires_grad=True)
@@ -82,13 +95,13 @@ def train_linear(x, y, num_classes, lrs, wds, *, epochs=100, batch_size=512, mom
         loss_sum = torch.zeros(G, device=device)
         correct = torch.zeros(G, device=device)
         for i in range(steps_per_epoch):
-            idx = order[i * batch_size:(i + 1) * batch_size]
+            idx = order[i * batch_size : (i + 1) * batch_size]
             xb, yb = x[idx], y[idx]
-            logits = (xb @ W.view(D, G * C)).view(-1, G, C) + b                    # (B, G, C)
+            logits = (xb @ W.view(D, G * C)).view(-1, G, C) + b  # (B, G, C)
             # Sum over classifiers of each one's mean loss: the gradient w.r.t. W[:, g] is exactly
             # classifier g's own gradient, so the G runs are independent.
             losses = F.cross_entropy(logits.reshape(-1, C), yb.repeat_interleave(G), reduction="none")
-            losses = losses.view(-1, G).mean(0)                                     # (G,)
+            losses = losses.view(-1, G).mean(0)  # (G,)
             W.grad = b.grad = None
             losses.sum().backward()
             scale = 0.5 * (1 + math.cos(math.pi * step / total))
@@ -102,12 +115,17 @@ def train_linear(x, y, num_classes, lrs, wds, *, epochs=100, batch_size=512, mom
                 loss_sum += losses.detach()
                 correct += (logits.detach().argmax(-1) == yb[:, None]).sum(0)
             step += 1
-        rec = {"epoch": epoch, "lr_scale": 0.5 * (1 + math.cos(math.pi * step / total)),
-               "loss": loss_sum / max(1, steps_per_epoch),
-               "train_top1": 100.0 * correct / max(1, steps_per_epoch * batch_size)}
+        rec = {
+            "epoch": epoch,
+            "lr_scale": 0.5 * (1 + math.cos(math.pi * step / total)),
+            "loss": loss_sum / max(1, steps_per_epoch),
+            "train_top1": 100.0 * correct / max(1, steps_per_epoch * batch_size),
+        }
         for name, (ex, ey) in (evals or {}).items():
             rec[f"{name}_top1"] = _top1_per_config(W.detach(), b.detach(), ex, ey)
-        rec = {k: v.tolist() if torch.is_tensor(v) else v for k, v in rec.items()}  # host sync: once per epoch
+        rec = {
+            k: v.tolist() if torch.is_tensor(v) else v for k, v in rec.items()
+        }  # host sync: once per epoch
         history.append(rec)
         if on_epoch is not None:
             on_epoch(rec)
@@ -117,7 +135,7 @@ def train_linear(x, y, num_classes, lrs, wds, *, epochs=100, batch_size=512, mom
 @torch.no_grad()
 def predict(W, b, x, config=0, chunk=8192):
     """Logits (N, C) of classifier `config` of a trained (W (D, G, C), b (G, C)) on x (N, D)."""
-    return torch.cat([x[i:i + chunk] @ W[:, config] + b[config] for i in range(0, x.shape[0], chunk)])
+    return torch.cat([x[i : i + chunk] @ W[:, config] + b[config] for i in range(0, x.shape[0], chunk)])
 
 
 def grid(lrs=LR_GRID, wds=WD_GRID):
@@ -126,8 +144,21 @@ def grid(lrs=LR_GRID, wds=WD_GRID):
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def linear_protocol(train_f, train_y, test_f, test_y, num_classes, *, val_idx, lrs=LR_GRID, wds=WD_GRID,
-                    epochs=100, batch_size=512, seed=0, log=None):
+def linear_protocol(
+    train_f,
+    train_y,
+    test_f,
+    test_y,
+    num_classes,
+    *,
+    val_idx,
+    lrs=LR_GRID,
+    wds=WD_GRID,
+    epochs=100,
+    batch_size=512,
+    seed=0,
+    log=None,
+):
     """The whole protocol on cached features (see the module docstring).
 
     train_f (N, D), train_y (N,), test_f (M, D), test_y (M,) on one device; `val_idx` (V,) int64
@@ -153,8 +184,18 @@ def linear_protocol(train_f, train_y, test_f, test_y, num_classes, *, val_idx, l
         if log is not None:
             log({"phase": "grid", "lr": lr_list, "weight_decay": wd_list, **rec})
 
-    W, b, hist = train_linear(fit_x, fit_y, num_classes, lr_list, wd_list, epochs=epochs, batch_size=batch_size,
-                              seed=seed, evals={"val": (val_x, val_y)}, on_epoch=log_grid)
+    W, b, hist = train_linear(
+        fit_x,
+        fit_y,
+        num_classes,
+        lr_list,
+        wd_list,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        evals={"val": (val_x, val_y)},
+        on_epoch=log_grid,
+    )
     val_top1 = hist[-1]["val_top1"]
     best = max(range(len(val_top1)), key=lambda i: (val_top1[i], -i))  # ties: the earlier (smaller lr, wd)
     val_acc = topk_accuracy(predict(W, b, val_x, best), val_y)
@@ -167,15 +208,32 @@ def linear_protocol(train_f, train_y, test_f, test_y, num_classes, *, val_idx, l
             log({"phase": "final", **{k: (v[0] if isinstance(v, list) else v) for k, v in rec.items()}})
 
     # The test curve is logged for the plots only; nothing is chosen from it.
-    W, b, hist_final = train_linear(full_x, train_y, num_classes, [lr_list[best]], [wd_list[best]], epochs=epochs,
-                                    batch_size=batch_size, seed=seed, evals={"test": (test_x, test_y)},
-                                    on_epoch=log_final)
+    W, b, hist_final = train_linear(
+        full_x,
+        train_y,
+        num_classes,
+        [lr_list[best]],
+        [wd_list[best]],
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        evals={"test": (test_x, test_y)},
+        on_epoch=log_final,
+    )
     test_acc = topk_accuracy(predict(W, b, test_x), test_y)
     return {
-        "lr": lr_list[best], "weight_decay": wd_list[best],
-        "grid": [{"lr": lr, "weight_decay": wd, "val_top1": acc} for lr, wd, acc in zip(lr_list, wd_list, val_top1)],
-        "val": val_acc, "test": test_acc,
+        "lr": lr_list[best],
+        "weight_decay": wd_list[best],
+        "grid": [
+            {"lr": lr, "weight_decay": wd, "val_top1": acc} for lr, wd, acc in zip(lr_list, wd_list, val_top1)
+        ],
+        "val": val_acc,
+        "test": test_acc,
         "final_train_top1": hist_final[-1]["train_top1"][0],
-        "classifier": {"weight": W[:, 0].T.cpu(), "bias": b[0].cpu(), "feature_mean": mean.cpu(),
-                       "feature_std": std.cpu()},
+        "classifier": {
+            "weight": W[:, 0].T.cpu(),
+            "bias": b[0].cpu(),
+            "feature_mean": mean.cpu(),
+            "feature_std": std.cpu(),
+        },
     }

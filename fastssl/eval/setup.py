@@ -8,6 +8,7 @@
 The split and its parts: fastssl/data.py. A backbone and its evaluation must use the same split:
 the other split's test part was in this one's training images.
 """
+
 import json
 import os
 from dataclasses import field, replace
@@ -36,8 +37,12 @@ def image_size_field():
     # The crops follow the usual evaluation transform (224 from 256 on ImageNet): shorter side resized to
     # S / 0.875, then the centre S x S crop. 0 or unset: the backbone run's view side (its config.json), else
     # 224 when the largest stored side reaches 224, else 96.
-    return field(default=None, metadata={"help": "converted datasets: evaluation crop side S (0/unset: the "
-                                                 "backbone run's, else 224 or 96)"})
+    return field(
+        default=None,
+        metadata={
+            "help": "converted datasets: evaluation crop side S (0/unset: the backbone run's, else 224 or 96)"
+        },
+    )
 
 
 def view_size(cfg) -> int | None:
@@ -58,24 +63,41 @@ def setup(cfg, subset=None, test="required"):
     from ..runtime import resolve_device
 
     device = resolve_device(cfg.device)
-    data = load_data(cfg.dataset, cfg.data_dir, cfg.split, cfg.split_seed, subset=subset,
-                     seed=getattr(cfg, "seed", 0), test=test)
+    data = load_data(
+        cfg.dataset,
+        cfg.data_dir,
+        cfg.split,
+        cfg.split_seed,
+        subset=subset,
+        seed=getattr(cfg, "seed", 0),
+        test=test,
+    )
     if hasattr(cfg, "image_size"):
         if cfg.image_size and not isinstance(data.train, converted.ConvertedDataset):
-            raise ConfigError(f"--image-size applies to converted datasets; {cfg.dataset} is held in memory "
-                              "at its own size" + (" (--resize upsamples it)" if hasattr(cfg, "resize") else ""))
+            raise ConfigError(
+                f"--image-size applies to converted datasets; {cfg.dataset} is held in memory "
+                "at its own size" + (" (--resize upsamples it)" if hasattr(cfg, "resize") else "")
+            )
         size = view_size(cfg)
         data = replace(data, **{k: converted.sized(getattr(data, k), size) for k in ("train", "val", "test")})
     return device, data
 
 
 # Datasets whose images overlap: a split of one can hold another's training images.
-IMAGES = {"cifar10": {"cifar10"}, "cifar10-sample": {"cifar10"}, "cifar10+cifar100": {"cifar10", "cifar100"},
-          "cifar100": {"cifar100"}}
+IMAGES = {
+    "cifar10": {"cifar10"},
+    "cifar10-sample": {"cifar10"},
+    "cifar10+cifar100": {"cifar10", "cifar100"},
+    "cifar100": {"cifar100"},
+}
 
 
 def _split_key(dataset, split, split_seed):
-    return ("official",) if splits.parse_split(split) is None else (dataset, splits.parse_split(split), split_seed)
+    return (
+        ("official",)
+        if splits.parse_split(split) is None
+        else (dataset, splits.parse_split(split), split_seed)
+    )
 
 
 def splits_conflict(pre_dataset, pre_split, pre_seed, dataset, split, split_seed) -> bool:
@@ -98,9 +120,11 @@ def check_backbone_split(spec: str, cfg) -> None:
     c = run["config"]
     pre, pre_split, pre_seed = c.get("dataset"), c.get("split", splits.OFFICIAL), c.get("split_seed", 0)
     if splits_conflict(pre, pre_split, pre_seed, cfg.dataset, cfg.split, cfg.split_seed):
-        raise ConfigError(f"{spec} was pretrained on {pre} with --split {pre_split} (--split-seed {pre_seed}); scoring "
-                          f"it on {cfg.dataset} with --split {cfg.split} (--split-seed {cfg.split_seed}) would test "
-                          "images it was trained on: use the backbone's split")
+        raise ConfigError(
+            f"{spec} was pretrained on {pre} with --split {pre_split} (--split-seed {pre_seed}); scoring "
+            f"it on {cfg.dataset} with --split {cfg.split} (--split-seed {cfg.split_seed}) would test "
+            "images it was trained on: use the backbone's split"
+        )
 
 
 def on_device(model: torch.nn.Module, device) -> torch.nn.Module:
@@ -112,4 +136,6 @@ def features(backbone, parts: dict, device, batch_size=1024, resize=None, precis
     """{name: (features, labels)} of each ArrayDataset in `parts` (fastssl.eval.features.extract)."""
     from .features import extract
 
-    return {name: extract(backbone, data, device, batch_size, resize, precision) for name, data in parts.items()}
+    return {
+        name: extract(backbone, data, device, batch_size, resize, precision) for name, data in parts.items()
+    }

@@ -6,5 +6,18 @@
 `from fastssl.losses import nt_xent` is the function, not the module of the same name: the import
 below rebinds the name, so the public call `fastssl.losses.nt_xent(z1, z2, temperature)` works.
 """
+
 from .infomax import DIM_ESTIMATORS, infonce_mi, jsd_mi, local_scores, prior_matching_loss, reverse_gradient
 from .nt_xent import nt_xent, nt_xent_chunked, nt_xent_compiled
+
+__all__ = [
+    "DIM_ESTIMATORS",
+    "infonce_mi",
+    "jsd_mi",
+    "local_scores",
+    "nt_xent",
+    "nt_xent_chunked",
+    "nt_xent_compiled",
+    "prior_matching_loss",
+    "reverse_gradient",
+]

@@ -19,6 +19,7 @@ Every estimator returns the MI *estimate* (to be maximised) as a 0-d tensor in f
 
 prior_matching_loss is the discriminator's binary cross-entropy of the prior-matching game (eq. 7).
 """
+
 import math
 
 import torch
@@ -63,7 +64,7 @@ def infonce_mi(scores: torch.Tensor) -> torch.Tensor:
     _check(scores)
     s = _float(scores)
     n, _, p = s.shape
-    pos = _positives(s)                                            # (N, P)
+    pos = _positives(s)  # (N, P)
     self_mask = torch.eye(n, dtype=torch.bool, device=s.device)[:, :, None].expand_as(s)
     neg_lse = torch.logsumexp(s.masked_fill(self_mask, float("-inf")).reshape(n, -1), dim=1)  # (N,)
     log_softmax = pos - torch.logaddexp(pos, neg_lse[:, None])

@@ -21,6 +21,7 @@ Three implementations with the same value and gradients:
     nt_xent_chunked    recomputes the logits in row blocks in backward: O(N*D) saved memory
                        instead of O(N^2), for very large batches
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -29,7 +30,9 @@ from .. import distributed
 
 def _check(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> None:
     if z1.ndim != 2 or z1.shape != z2.shape:
-        raise ValueError(f"nt_xent needs two (N, D) tensors of the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+        raise ValueError(
+            f"nt_xent needs two (N, D) tensors of the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}"
+        )
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
@@ -47,7 +50,9 @@ def _positives(n: int, device) -> torch.Tensor:
     return torch.cat([i + n, i])
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, global_batch: bool = False) -> torch.Tensor:
+def nt_xent(
+    z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, global_batch: bool = False
+) -> torch.Tensor:
     """NT-Xent loss (SimCLR eq. 1), mean over all 2N anchors.
 
     z1, z2: (N, D) projections of the two views of the same N images (row i of z1 and row i of
@@ -61,14 +66,14 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, global
     n = z1.shape[0]
     # autocast would run the matmul in bf16 again; the loss is cheap next to the backbone.
     with torch.autocast(z1.device.type, enabled=False):
-        z = _normalized(z1, z2)                                    # (2N, D)
+        z = _normalized(z1, z2)  # (2N, D)
         if global_batch and distributed.world_size() > 1:
             return _nt_xent_global(z, temperature)
-        logits = (z @ z.T) / temperature                           # (2N, 2N) cosine similarity / T
+        logits = (z @ z.T) / temperature  # (2N, 2N) cosine similarity / T
         # An anchor is never its own negative: -inf drops k == i from the softmax denominator.
         self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
         logits = logits.masked_fill(self_mask, float("-inf"))
-        return F.cross_entropy(logits, _positives(n, z.device))   # logsumexp form: stable
+        return F.cross_entropy(logits, _positives(n, z.device))  # logsumexp form: stable
 
 
 def _nt_xent_global(z: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -77,8 +82,8 @@ def _nt_xent_global(z: torch.Tensor, temperature: float) -> torch.Tensor:
     other view of the same image in this rank's block."""
     m = z.shape[0]
     offset = torch.distributed.get_rank() * m
-    everyone = distributed.all_gather(z)                           # (2NW, D), gradients to all ranks
-    logits = (z @ everyone.T) / temperature                        # (2N, 2NW)
+    everyone = distributed.all_gather(z)  # (2NW, D), gradients to all ranks
+    logits = (z @ everyone.T) / temperature  # (2N, 2NW)
     rows = torch.arange(m, device=z.device)
     self_mask = torch.zeros_like(logits, dtype=torch.bool)
     self_mask[rows, rows + offset] = True
@@ -116,11 +121,11 @@ class _ChunkedNTXent(torch.autograd.Function):
         pos = _positives(m // 2, z.device)
         lse = torch.empty(m, dtype=z.dtype, device=z.device)
         for r in range(0, m, chunk):
-            logits = z[r:r + chunk] @ z.T / temperature                                # (c, 2N)
+            logits = z[r : r + chunk] @ z.T / temperature  # (c, 2N)
             rows = torch.arange(r, min(r + chunk, m), device=z.device)
             logits[rows - r, rows] = float("-inf")
-            lse[r:r + chunk] = torch.logsumexp(logits, dim=1)
-        positive = (z * z[pos]).sum(1) / temperature                                   # (2N,)
+            lse[r : r + chunk] = torch.logsumexp(logits, dim=1)
+        positive = (z * z[pos]).sum(1) / temperature  # (2N,)
         ctx.save_for_backward(z, lse)
         ctx.temperature, ctx.chunk = temperature, chunk
         return (lse - positive).mean()
@@ -137,14 +142,16 @@ class _ChunkedNTXent(torch.autograd.Function):
         gz = -2 * z[_positives(m // 2, z.device)]
         for r in range(0, m, chunk):
             rows = torch.arange(r, min(r + chunk, m), device=z.device)
-            p = torch.exp(z[r:r + chunk] @ z.T / t - lse[r:r + chunk, None])           # (c, 2N)
+            p = torch.exp(z[r : r + chunk] @ z.T / t - lse[r : r + chunk, None])  # (c, 2N)
             p[rows - r, rows] = 0
-            gz[r:r + chunk] += p @ z
-            gz += p.T @ z[r:r + chunk]
+            gz[r : r + chunk] += p @ z
+            gz += p.T @ z[r : r + chunk]
         return gz * (grad / (m * t)), None, None
 
 
-def nt_xent_chunked(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, chunk: int = 1024) -> torch.Tensor:
+def nt_xent_chunked(
+    z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, chunk: int = 1024
+) -> torch.Tensor:
     """Same value and gradients as `nt_xent`, with the (2N, 2N) logits built `chunk` rows at a
     time in forward and again in backward: saved memory O(N*D), peak O(chunk*N). z1, z2: (N, D)."""
     _check(z1, z2, temperature)

@@ -7,6 +7,7 @@
 
 The training loop knows nothing else about a method, so adding one is one file plus one line here.
 """
+
 from .autoencoder import Autoencoder
 from .infomax import DeepInfoMax
 from .simclr import SimCLR

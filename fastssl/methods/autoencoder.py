@@ -7,6 +7,7 @@ plus Gaussian noise of standard deviation S (in normalised units, i.e. per-chann
 data), the target stays the clean view, so the features must capture image structure rather than
 copy pixels. The evaluated feature is the same pooled vector as for SimCLR.
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn

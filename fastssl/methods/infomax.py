@@ -26,6 +26,7 @@ Two choices differ from published DIM (the paper, and the authors' rdevon/DIM pr
   not the authors' non-saturating -E[log D(code)], whose gradient does not vanish when D wins; the
   min-max form is what one backward through reverse_gradient gives.
 """
+
 import math
 
 import torch
@@ -34,12 +35,12 @@ from torch import nn
 from ..losses import DIM_ESTIMATORS, local_scores, prior_matching_loss, reverse_gradient
 from ..models import BACKBONES
 
-EMBED = 512      # width of the critic's embeddings (the paper's CIFAR local critic: 512 units)
+EMBED = 512  # width of the critic's embeddings (the paper's CIFAR local critic: 512 units)
 # Scores are dot products / sqrt(EMBED), as in scaled dot-product attention: at initialisation the
 # raw dot products of ResNet features have a std of 9-14, which saturates infoNCE's softmax from the
 # first step; scaled they start near 0.5. The critic can learn any scale back.
 SCORE_SCALE = 1 / math.sqrt(EMBED)
-PRIOR_DIM = 64   # size of the prior-matched code (the paper's Y)
+PRIOR_DIM = 64  # size of the prior-matched code (the paper's Y)
 
 
 class ConvEmbed(nn.Module):
@@ -47,7 +48,9 @@ class ConvEmbed(nn.Module):
 
     def __init__(self, in_channels: int, dim: int = EMBED):
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(in_channels, dim, 1), nn.ReLU(inplace=True), nn.Conv2d(dim, dim, 1))
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, dim, 1), nn.ReLU(inplace=True), nn.Conv2d(dim, dim, 1)
+        )
         self.shortcut = nn.Conv2d(in_channels, dim, 1)
 
     def forward(self, c):
@@ -72,8 +75,9 @@ class MapEmbed(nn.Module):
 
     def __init__(self, in_channels: int, dim: int = EMBED):
         super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(in_channels, 128, 3, 1, 1), nn.ReLU(inplace=True),
-                                  nn.AdaptiveAvgPool2d(4), nn.Flatten())
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_channels, 128, 3, 1, 1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(4), nn.Flatten()
+        )
         self.mlp = LinearEmbed(128 * 16, dim)
 
     def forward(self, c):
@@ -95,8 +99,13 @@ class DeepInfoMax(nn.Module):
             self.global_c, self.global_y = MapEmbed(layer3), LinearEmbed(feat)
         if self.gamma > 0:
             self.prior_code = nn.Linear(feat, PRIOR_DIM)
-            self.discriminator = nn.Sequential(nn.Linear(PRIOR_DIM, 1000), nn.ReLU(inplace=True),
-                                               nn.Linear(1000, 200), nn.ReLU(inplace=True), nn.Linear(200, 1))
+            self.discriminator = nn.Sequential(
+                nn.Linear(PRIOR_DIM, 1000),
+                nn.ReLU(inplace=True),
+                nn.Linear(1000, 200),
+                nn.ReLU(inplace=True),
+                nn.Linear(200, 1),
+            )
 
     def forward(self, batch):
         c, y = self.backbone.forward_layer3(batch.view1)
@@ -113,8 +122,9 @@ class DeepInfoMax(nn.Module):
         if self.gamma > 0:
             code = torch.sigmoid(self.prior_code(y))
             prior = torch.rand_like(code)  # v ~ U[0, 1]^64
-            d_loss = prior_matching_loss(self.discriminator(prior).squeeze(1),
-                                         self.discriminator(reverse_gradient(code)).squeeze(1))
+            d_loss = prior_matching_loss(
+                self.discriminator(prior).squeeze(1), self.discriminator(reverse_gradient(code)).squeeze(1)
+            )
             loss = loss + self.gamma * d_loss
             logs["prior_d_loss"] = d_loss.detach()
         return loss, {"loss": loss.detach(), **logs}

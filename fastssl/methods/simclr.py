@@ -1,4 +1,5 @@
 """SimCLR (Chen et al. 2020): two augmented views -> backbone -> projection head -> NT-Xent."""
+
 from torch import nn
 
 from ..losses import nt_xent
@@ -11,8 +12,9 @@ class SimCLR(nn.Module):
     def __init__(self, cfg, num_classes: int = 0):
         super().__init__()
         self.backbone = BACKBONES[cfg.backbone](stem=cfg.stem)
-        self.head = ProjectionHead(self.backbone.feature_dim, cfg.proj_hidden_dim, cfg.proj_dim,
-                                   out_bn=cfg.proj_out_bn)
+        self.head = ProjectionHead(
+            self.backbone.feature_dim, cfg.proj_hidden_dim, cfg.proj_dim, out_bn=cfg.proj_out_bn
+        )
         self.temperature = cfg.temperature
 
     def forward(self, batch):

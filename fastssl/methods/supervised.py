@@ -1,6 +1,6 @@
 """Supervised training from scratch: the same backbone plus a linear classifier, cross-entropy on
 one crop+flip view. It is the from-scratch baseline for the evaluation protocol."""
-import torch
+
 import torch.nn.functional as F
 from torch import nn
 

@@ -3,6 +3,7 @@
 A format module (`formats/ffcv.py`, `formats/dali.py`) is imported only when its format is asked
 for, so a missing optional library (FFCV, DALI) costs nothing until then.
 """
+
 import importlib
 from typing import Protocol
 

@@ -25,6 +25,7 @@ and DALI's message (the command exits 2; `--resume` continues from the last chec
 data is converted again). FFCV's JPEG decoder ignores libjpeg-turbo's error code, so it would
 produce wrong pixels silently; the checksum at open is what guards FFCV runs.
 """
+
 import hashlib
 import os
 from dataclasses import dataclass, field, replace
@@ -36,7 +37,6 @@ from ..data.arrays import ArrayDataset
 from ..errors import DataError
 from . import contract, manifest
 from .verify import check_checksums
-
 
 IMAGENET_SIZE, SMALL_SIZE = 224, 96  # default view sides: ImageNet stem, CIFAR stem (STL-10-like data)
 DEVICE_FRACTION = 0.5  # the gpu pipeline may fill at most this fraction of the free device memory
@@ -122,14 +122,18 @@ def open_split(path, split="train") -> ConvertedDataset:
     if m["split"] != split:
         other = _sibling(path, m["split"], split)
         if other is None or not os.path.exists(other):
-            raise DataError(f"{path} holds the {m['split']} split; its {split} split would be at "
-                            f"{other or '(a name with ' + m['split'] + ' in it)'}, which does not exist")
+            raise DataError(
+                f"{path} holds the {m['split']} split; its {split} split would be at "
+                f"{other or '(a name with ' + m['split'] + ' in it)'}, which does not exist"
+            )
         first = m
         path, m = other, manifest.checked(_format_of(other), other)
         fmt = m["format"]
         if m["split"] != split or m["classes"] != first["classes"]:
-            raise DataError(f"{path}: expected the {split} split with classes {first['classes']}, its manifest "
-                            f"says {m['split']} with {m['classes']}")
+            raise DataError(
+                f"{path}: expected the {split} split with classes {first['classes']}, its manifest "
+                f"says {m['split']} with {m['classes']}"
+            )
     labels = _check(fmt, path, m)
     if train_stats is None and m["split"] != "train":  # a held-out split opened by its own path
         other = _sibling(path, m["split"], "train")
@@ -137,8 +141,17 @@ def open_split(path, split="train") -> ConvertedDataset:
             train = manifest.checked(_format_of(other), other)
             train_stats = (train["mean"], train["std"]) if train["classes"] == m["classes"] else None
     mean, std = train_stats or (m["mean"], m["std"])
-    data = ConvertedDataset(path, fmt, labels, list(m["classes"]), m.get("name") or os.path.basename(path),
-                            tuple(map(float, mean)), tuple(map(float, std)), split, m)
+    data = ConvertedDataset(
+        path,
+        fmt,
+        labels,
+        list(m["classes"]),
+        m.get("name") or os.path.basename(path),
+        tuple(map(float, mean)),
+        tuple(map(float, std)),
+        split,
+        m,
+    )
     return sized(data, None)  # the default view side; a command may decide it again for its stem
 
 
@@ -147,8 +160,10 @@ def _format_of(path):
         return "dali"
     if os.path.isfile(path):
         return "ffcv"
-    raise DataError(f"{path}: no such converted dataset (a .beton file or a DALI shard directory written by "
-                    "python -m fastssl.convert)")
+    raise DataError(
+        f"{path}: no such converted dataset (a .beton file or a DALI shard directory written by "
+        "python -m fastssl.convert)"
+    )
 
 
 def _check(fmt, path, m) -> np.ndarray:
@@ -173,7 +188,7 @@ def _sibling(path, have, want):
     at = base.rfind(have)
     if at < 0:
         return None
-    return os.path.join(head, base[:at] + want + base[at + len(have):])
+    return os.path.join(head, base[:at] + want + base[at + len(have) :])
 
 
 def device_budget(device) -> int:
@@ -193,14 +208,18 @@ def decode_for_device(data: ConvertedDataset, device):
     """The gpu pipeline's input from a converted split: every image decoded at its stored size, only
     when all share one and they fit (see device_budget); otherwise a DataError naming the alternatives."""
     if data.variable:
-        raise DataError(f"{data.path}: its images keep their own sizes and are decoded and cropped while loading; "
-                        f"the gpu pipeline holds fixed-size images on the device: use --pipeline {data.format}")
+        raise DataError(
+            f"{data.path}: its images keep their own sizes and are decoded and cropped while loading; "
+            f"the gpu pipeline holds fixed-size images on the device: use --pipeline {data.format}"
+        )
     h, w = data.stored_shape
     need, budget = len(data) * h * w * 3, device_budget(device)
     if need > budget:
-        raise DataError(f"{data.path}: {len(data):,} images of {h}x{w} need {need / 2**30:.1f} GiB decoded, more than "
-                        f"{DEVICE_FRACTION:.0%} of the free memory of {device} ({budget / DEVICE_FRACTION / 2**30:.1f} GiB); "
-                        f"use --pipeline {data.format}, which streams it")
+        raise DataError(
+            f"{data.path}: {len(data):,} images of {h}x{w} need {need / 2**30:.1f} GiB decoded, more than "
+            f"{DEVICE_FRACTION:.0%} of the free memory of {device} ({budget / DEVICE_FRACTION / 2**30:.1f} GiB); "
+            f"use --pipeline {data.format}, which streams it"
+        )
     images, labels = contract.module(data.format).read(data.path, data.selected())
     if not np.array_equal(labels, data.labels):
         raise DataError(f"{data.path}: labels read back differ from those opened")

@@ -25,6 +25,7 @@ Raw samples are decoded by `fn.reshape` (no codec cost: right for 32x32 data); J
 `fn.decoders.image` (device="mixed", i.e. nvJPEG, on a GPU). Several shards let readers split the
 data between ranks and let the loader permute whole shards per epoch.
 """
+
 import hashlib
 import io
 import json
@@ -54,6 +55,7 @@ _BLOCK = 512  # tar block size
 try:
     import nvidia.dali as dali
     from nvidia.dali import fn, pipeline_def, types
+
     _IMPORT_ERROR = None
 except (ImportError, RuntimeError, OSError) as e:  # OSError: a CUDA library of the wheel missing
     _IMPORT_ERROR = e
@@ -72,10 +74,11 @@ def VERSION() -> str:
 
 # ----------------------------------------------------------------------------------------- writing
 
+
 def _tar_header(name: str, size: int) -> bytes:
     """A POSIX ustar header for a regular file (mode 0644, owner 0, mtime 0: same data, same bytes)."""
     h = bytearray(_BLOCK)
-    h[0:len(name)] = name.encode("ascii")
+    h[0 : len(name)] = name.encode("ascii")
     h[100:108] = b"0000644\0"
     h[108:116] = b"0000000\0"
     h[116:124] = b"0000000\0"
@@ -90,9 +93,16 @@ def _tar_header(name: str, size: int) -> bytes:
 
 def _check_data(data):
     images, labels = getattr(data, "images", None), getattr(data, "labels", None)
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
-        raise DataError(f"images must be a uint8 array of shape (N, H, W, 3), got "
-                        f"{getattr(images, 'dtype', type(images))} {getattr(images, 'shape', '')}")
+    if (
+        not isinstance(images, np.ndarray)
+        or images.dtype != np.uint8
+        or images.ndim != 4
+        or images.shape[3] != 3
+    ):
+        raise DataError(
+            f"images must be a uint8 array of shape (N, H, W, 3), got "
+            f"{getattr(images, 'dtype', type(images))} {getattr(images, 'shape', '')}"
+        )
     labels = np.asarray(labels)
     if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"labels must be {len(images)} integers, got {labels.dtype} {labels.shape}")
@@ -153,12 +163,28 @@ def _write_shard(out_dir, shard, images, labels, first, key_width, encoding, qua
         f.write(blob)
     with open(os.path.join(out_dir, idx), "w") as f:
         f.write(f"v1.2 {len(labels)}\n" + "\n".join(lines) + "\n")
-    return {"tar": tar, "index": idx, "first": int(first), "count": len(labels), "bytes": len(blob),
-            "sha256": hashlib.sha256(blob).hexdigest(), "max_shape": side}
+    return {
+        "tar": tar,
+        "index": idx,
+        "first": int(first),
+        "count": len(labels),
+        "bytes": len(blob),
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "max_shape": side,
+    }
 
 
-def write(data, out_dir, *, encoding="raw", quality=90, shard_size=1000, max_resolution=None, workers=None,
-          on_progress=None):
+def write(
+    data,
+    out_dir,
+    *,
+    encoding="raw",
+    quality=90,
+    shard_size=1000,
+    max_resolution=None,
+    workers=None,
+    on_progress=None,
+):
     """Write `data` (ArrayDataset: images (N,H,W,3) uint8, labels (N,) int) into the new directory `out_dir`.
 
     encoding: "raw" (exact bytes) or "jpg" (PIL JPEG at `quality` 1-100). shard_size: samples per tar
@@ -198,9 +224,21 @@ def write(data, out_dir, *, encoding="raw", quality=90, shard_size=1000, max_res
     try:
         with ThreadPoolExecutor(max(1, int(workers or os.cpu_count() or 1))) as pool:
             size = int(shard_size)
-            jobs = [pool.submit(_write_shard, out_dir, s, _Lazy(data, a, size) if variable else images[a:a + size],
-                                labels[a:a + size], a, key_width, encoding, int(quality), shape)
-                    for s, a in enumerate(starts)]
+            jobs = [
+                pool.submit(
+                    _write_shard,
+                    out_dir,
+                    s,
+                    _Lazy(data, a, size) if variable else images[a : a + size],
+                    labels[a : a + size],
+                    a,
+                    key_width,
+                    encoding,
+                    int(quality),
+                    shape,
+                )
+                for s, a in enumerate(starts)
+            ]
             shards = []
             for job in jobs:  # in order, so progress is monotone and errors surface early
                 shards.append(job.result())
@@ -209,11 +247,21 @@ def write(data, out_dir, *, encoding="raw", quality=90, shard_size=1000, max_res
         sides = np.array([s.pop("max_shape") for s in shards])
         if variable:  # height, width: the largest stored sides (each image keeps its own)
             shape = (int(sides[:, 0].max()), int(sides[:, 1].max()))
-        info = {"format": FORMAT, "version": FORMAT_VERSION, "count": int(n), "height": shape[0], "width": shape[1],
-                "variable_size": variable,
-                "channels": 3, "encoding": encoding, "quality": int(quality) if encoding == "jpg" else None,
-                "classes": [str(c) for c in getattr(data, "classes", [])], "name": str(getattr(data, "name", "")),
-                "key_width": key_width, "shards": shards}
+        info = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "count": int(n),
+            "height": shape[0],
+            "width": shape[1],
+            "variable_size": variable,
+            "channels": 3,
+            "encoding": encoding,
+            "quality": int(quality) if encoding == "jpg" else None,
+            "classes": [str(c) for c in getattr(data, "classes", [])],
+            "name": str(getattr(data, "name", "")),
+            "key_width": key_width,
+            "shards": shards,
+        }
         with open(os.path.join(out_dir, INFO), "w") as f:
             json.dump(info, f, indent=1)
     except BaseException:
@@ -228,6 +276,7 @@ def write(data, out_dir, *, encoding="raw", quality=90, shard_size=1000, max_res
 
 # ---------------------------------------------------------------------------------------- checking
 
+
 def load_info(out_dir) -> dict:
     """format.json of a written directory, with its basic fields validated (DataError otherwise)."""
     out_dir = os.fspath(out_dir)
@@ -238,14 +287,18 @@ def load_info(out_dir) -> dict:
         with open(path) as f:
             info = json.load(f)
     except FileNotFoundError:
-        raise DataError(f"{path}: missing; {out_dir} is not a dataset written by pipelines.formats.dali") from None
+        raise DataError(
+            f"{path}: missing; {out_dir} is not a dataset written by pipelines.formats.dali"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: corrupt ({e})") from None
     need = {"format", "version", "count", "height", "width", "encoding", "key_width", "shards"}
     if not isinstance(info, dict) or not need <= set(info) or info["format"] != FORMAT:
         raise DataError(f"{path}: not a {FORMAT} description")
     if info["version"] != FORMAT_VERSION:
-        raise DataError(f"{path}: format version {info['version']}, this fastssl reads version {FORMAT_VERSION}")
+        raise DataError(
+            f"{path}: format version {info['version']}, this fastssl reads version {FORMAT_VERSION}"
+        )
     if info["encoding"] not in ENCODINGS or not info["shards"]:
         raise DataError(f"{path}: bad encoding {info['encoding']!r} or no shards")
     if sum(s["count"] for s in info["shards"]) != info["count"]:
@@ -331,6 +384,7 @@ def _check_headers(tar, offsets, sizes, shard, info):
 
 # ----------------------------------------------------------------------------------------- reading
 
+
 def decode(encoded, encoding, height, width, device="cpu"):
     """DALI graph fragment: reader output -> HWC uint8 images on `device` ("cpu" or "gpu")."""
     if encoding == "raw":
@@ -343,7 +397,10 @@ def decode(encoded, encoding, height, width, device="cpu"):
 def reader_files(out_dir, info, order=None):
     """(tar paths, index paths) of the shards, optionally in the shard order `order`."""
     shards = info["shards"] if order is None else [info["shards"][i] for i in order]
-    return ([os.path.join(out_dir, s["tar"]) for s in shards], [os.path.join(out_dir, s["index"]) for s in shards])
+    return (
+        [os.path.join(out_dir, s["tar"]) for s in shards],
+        [os.path.join(out_dir, s["index"]) for s in shards],
+    )
 
 
 def read(out_dir, indices=None, *, batch_size=1024, workers=1):
@@ -374,7 +431,10 @@ def subset_index(out_dir, info, indices, tmp) -> dict:
     lists; the tars are shared). The shards' "index" entries become those absolute paths."""
     shards = []
     for shard in info["shards"]:
-        pick = indices[(indices >= shard["first"]) & (indices < shard["first"] + shard["count"])] - shard["first"]
+        pick = (
+            indices[(indices >= shard["first"]) & (indices < shard["first"] + shard["count"])]
+            - shard["first"]
+        )
         if not len(pick):
             continue
         with open(os.path.join(out_dir, shard["index"])) as f:
@@ -382,8 +442,14 @@ def subset_index(out_dir, info, indices, tmp) -> dict:
         index = os.path.join(tmp, shard["index"])
         with open(index, "w") as f:
             f.write(f"v1.2 {len(pick)}\n" + "\n".join(lines[i] for i in pick) + "\n")
-        shards.append({**shard, "index": index, "count": len(pick),
-                       "bytes": shard["bytes"] * len(pick) // shard["count"]})
+        shards.append(
+            {
+                **shard,
+                "index": index,
+                "count": len(pick),
+                "bytes": shard["bytes"] * len(pick) // shard["count"],
+            }
+        )
     return {**info, "count": len(indices), "shards": shards}
 
 
@@ -395,9 +461,15 @@ def _batches(out_dir, tars, idxs, indices, info, batch_size, workers):
 
     @pipeline_def(batch_size=batch_size, num_threads=max(1, int(workers)), device_id=None, seed=0)
     def pipe():
-        encoded, labels = fn.readers.webdataset(paths=tars, index_paths=idxs, ext=[IMAGE_EXT[info["encoding"]], "cls"],
-                                                dtypes=[types.UINT8, types.INT64], random_shuffle=False,
-                                                missing_component_behavior="error", name="reader")
+        encoded, labels = fn.readers.webdataset(
+            paths=tars,
+            index_paths=idxs,
+            ext=[IMAGE_EXT[info["encoding"]], "cls"],
+            dtypes=[types.UINT8, types.INT64],
+            random_shuffle=False,
+            missing_component_behavior="error",
+            name="reader",
+        )
         key = fn.get_property(encoded, key="source_info")  # "<tar>:<offset>:<member name>"
         return decode(encoded, info["encoding"], info["height"], info["width"]), labels, key
 
@@ -423,8 +495,8 @@ def _run_reader(out_dir, tars, idxs, indices, info, batch_size, workers):
     images = [None] * n if variable else np.empty((n, info["height"], info["width"], 3), np.uint8)
     labels = np.empty(n, np.int64)
     for start, decoded, lb in _batches(out_dir, tars, idxs, indices, info, batch_size, workers):
-        images[start:start + len(decoded)] = decoded if variable else np.stack(decoded)
-        labels[start:start + len(decoded)] = lb
+        images[start : start + len(decoded)] = decoded if variable else np.stack(decoded)
+        labels[start : start + len(decoded)] = lb
     return images, labels
 
 
@@ -467,8 +539,10 @@ def verify(out_dir, data, n_check=1000, seed=0) -> dict:
     pick = np.unique(np.concatenate([pick, [0, n - 1]]))
     got_images, got_labels = read(out_dir, pick)
     if not np.array_equal(got_labels, labels[pick]):
-        raise DataError(f"{out_dir}: labels differ from the data at {int((got_labels != labels[pick]).sum())} "
-                        f"of {len(pick)} checked samples")
+        raise DataError(
+            f"{out_dir}: labels differ from the data at {int((got_labels != labels[pick]).sum())} "
+            f"of {len(pick)} checked samples"
+        )
     want = resize(images[pick], (info["height"], info["width"]))
     value = psnr(got_images, want)
     exact = info["encoding"] == "raw"
@@ -489,8 +563,11 @@ def _verify_files(out_dir, files, n_check, seed):
         raise DataError(f"{out_dir}: holds {info['count']} samples, the folder has {n}")
     if not np.array_equal(labels(out_dir, info), files.labels):
         raise DataError(f"{out_dir}: labels differ from the folder's")
-    pick = np.unique(np.concatenate([np.random.default_rng(seed).choice(n, min(int(n_check), n), replace=False),
-                                     [0, n - 1]]))
+    pick = np.unique(
+        np.concatenate(
+            [np.random.default_rng(seed).choice(n, min(int(n_check), n), replace=False), [0, n - 1]]
+        )
+    )
     value = compare(out_dir, files, pick, stream(out_dir, pick), MIN_JPG_PSNR)
     return {"path": out_dir, "count": n, "checked": len(pick), "psnr_db": value, "encoding": info["encoding"]}
 

@@ -12,6 +12,7 @@ A .beton holds two fields, in this order: "image" (`RGBImageField`, HWC uint8) a
 exactness for size (only worth it for images much larger than CIFAR's 32x32). Needs the `ffcv` extra:
 `pip install -e .[ffcv]` after `apt-get install pkg-config libopencv-dev libturbojpeg0-dev`.
 """
+
 import contextlib
 import importlib.metadata
 import io
@@ -33,8 +34,10 @@ from .verify import compare, psnr
 
 EXTRA = "ffcv"
 ENCODINGS = ("raw", "jpg")
-INSTALL_HINT = ("FFCV is not installed: `apt-get install pkg-config libopencv-dev libturbojpeg0-dev` "
-                "then `pip install -e .[ffcv]`")
+INSTALL_HINT = (
+    "FFCV is not installed: `apt-get install pkg-config libopencv-dev libturbojpeg0-dev` "
+    "then `pip install -e .[ffcv]`"
+)
 # Decoding a wrong or shuffled image gives ~10 dB; JPEG at any sane quality stays well above 20 dB.
 MIN_JPG_PSNR = 20.0
 
@@ -90,9 +93,16 @@ class _Samples:
 
 def _check_data(data):
     images, labels = getattr(data, "images", None), getattr(data, "labels", None)
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
-        raise DataError(f"images must be a uint8 array of shape (N, H, W, 3), got "
-                        f"{getattr(images, 'dtype', type(images))} {getattr(images, 'shape', '')}")
+    if (
+        not isinstance(images, np.ndarray)
+        or images.dtype != np.uint8
+        or images.ndim != 4
+        or images.shape[3] != 3
+    ):
+        raise DataError(
+            f"images must be a uint8 array of shape (N, H, W, 3), got "
+            f"{getattr(images, 'dtype', type(images))} {getattr(images, 'shape', '')}"
+        )
     labels = np.asarray(labels)
     if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"labels must be {len(images)} integers, got {labels.dtype} {labels.shape}")
@@ -101,8 +111,17 @@ def _check_data(data):
     return images, labels
 
 
-def write(data, out_path, *, encoding="raw", quality=90, max_resolution=None, workers=None,
-          overwrite=False, progress=False):
+def write(
+    data,
+    out_path,
+    *,
+    encoding="raw",
+    quality=90,
+    max_resolution=None,
+    workers=None,
+    overwrite=False,
+    progress=False,
+):
     """Write `data` (ArrayDataset: images (N,H,W,3) uint8, labels (N,) int) to `out_path` as .beton.
 
     encoding: "raw" (exact pixels) or "jpg" (JPEG at `quality`, 1-100). max_resolution: shrink images
@@ -128,8 +147,10 @@ def write(data, out_path, *, encoding="raw", quality=90, max_resolution=None, wo
         raise DataError(f"{out_path} already exists (pass overwrite=True to replace it)")
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
 
-    fields = {"image": RGBImageField(write_mode=encoding, max_resolution=max_resolution, jpeg_quality=int(quality)),
-              "label": IntField()}
+    fields = {
+        "image": RGBImageField(write_mode=encoding, max_resolution=max_resolution, jpeg_quality=int(quality)),
+        "label": IntField(),
+    }
     tmp = f"{out_path}.tmp-{os.getpid()}"
     try:
         _write_bounded(tmp, fields, samples, workers or os.cpu_count(), out_path)
@@ -290,8 +311,12 @@ def check(path) -> dict:
         raise bad("raw image sizes disagree with their stored height x width")
     if meta["height"].min() == 0 or meta["width"].min() == 0:
         raise bad("zero-sized image")
-    return {"count": n, "height": int(meta["height"].max()), "width": int(meta["width"].max()),
-            "modes": {"raw" if m == 1 else "jpg" for m in np.unique(meta["mode"])}}
+    return {
+        "count": n,
+        "height": int(meta["height"].max()),
+        "width": int(meta["width"].max()),
+        "modes": {"raw" if m == 1 else "jpg" for m in np.unique(meta["mode"])},
+    }
 
 
 def read(path, indices=None, *, batch_size=1000, workers=1):
@@ -308,9 +333,15 @@ def read(path, indices=None, *, batch_size=1000, workers=1):
             raise DataError(f"{path}: indices out of range 0..{info['count'] - 1}")
     try:
         with torch_threads_kept():
-            loader = Loader(path, batch_size=batch_size, num_workers=workers, order=OrderOption.SEQUENTIAL,
-                            indices=indices, drop_last=False,
-                            pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder()]})
+            loader = Loader(
+                path,
+                batch_size=batch_size,
+                num_workers=workers,
+                order=OrderOption.SEQUENTIAL,
+                indices=indices,
+                drop_last=False,
+                pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder()]},
+            )
             names = list(loader.pipeline_specs)  # FFCV yields one output per pipeline, in this order
             images, labels = [], []
             for out in loader:
@@ -346,8 +377,10 @@ def verify(path, data, n_check=1000, seed=0) -> dict:
     pick = np.unique(np.concatenate([pick, [0, n - 1]]))
     got_images, got_labels = read(path, pick)
     if not np.array_equal(got_labels, labels[pick]):
-        raise DataError(f"{path}: labels differ from the data at {int((got_labels != labels[pick]).sum())} "
-                        f"of {len(pick)} checked samples")
+        raise DataError(
+            f"{path}: labels differ from the data at {int((got_labels != labels[pick]).sum())} "
+            f"of {len(pick)} checked samples"
+        )
     want = images[pick]
     if got_images.shape[1:3] != want.shape[1:3]:
         import cv2  # ffcv depends on opencv; only resized files need it here
@@ -385,7 +418,7 @@ def encoded(path, indices) -> list:
     out = []
     for i in indices:
         ptr = int(meta["data_ptr"][i])
-        out.append(bytes(mm[ptr:ptr + sizes[ptr]]))
+        out.append(bytes(mm[ptr : ptr + sizes[ptr]]))
     return out
 
 
@@ -399,7 +432,9 @@ def _verify_files(path, files, n_check, seed):
     if not np.array_equal(labels(path), files.labels):
         raise DataError(f"{path}: labels differ from the folder's")
     n = len(files)
-    pick = np.unique(np.concatenate([np.random.default_rng(seed).choice(n, min(n_check, n), replace=False), [0, n - 1]]))
+    pick = np.unique(
+        np.concatenate([np.random.default_rng(seed).choice(n, min(n_check, n), replace=False), [0, n - 1]])
+    )
     value = compare(path, files, pick, (_decode(b) for b in encoded(path, pick)), MIN_JPG_PSNR)
     return {"path": path, "count": n, "checked": len(pick), "psnr_db": value, "modes": sorted(info["modes"])}
 

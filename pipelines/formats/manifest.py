@@ -4,11 +4,11 @@ A .beton's manifest is the file beside it (`<out>.manifest.json`); a DALI shard 
 own (`manifest.json`), so one rename publishes both. `formats/writer.py` writes it; `checked` is the
 one reader every opening goes through.
 """
+
 import json
 import os
 
 from ..errors import DataError
-
 
 # 2: split, labels_sha256, mean/std and the image-size policy are recorded (converted.py needs them).
 MANIFEST_VERSION = 2
@@ -43,9 +43,13 @@ def checked(fmt, path) -> dict:
     where = manifest_path(fmt, path)
     if not isinstance(m, dict) or m.get("manifest_version") != MANIFEST_VERSION:
         got = m.get("manifest_version", 1) if isinstance(m, dict) else "?"
-        raise DataError(f"{where}: manifest version {got}, this fastssl reads version {MANIFEST_VERSION} "
-                        "(convert the data again with python -m fastssl.convert)")
+        raise DataError(
+            f"{where}: manifest version {got}, this fastssl reads version {MANIFEST_VERSION} "
+            "(convert the data again with python -m fastssl.convert)"
+        )
     need = {"format", "count", "classes", "split", "labels_sha256", "mean", "std", "image_policy", "sha256"}
     if not need <= set(m) or m["format"] != fmt:
-        raise DataError(f"{where}: not a {fmt} manifest (missing {', '.join(sorted(need - set(m))) or 'format'})")
+        raise DataError(
+            f"{where}: not a {fmt} manifest (missing {', '.join(sorted(need - set(m))) or 'format'})"
+        )
     return m

@@ -6,6 +6,7 @@
 The writers read every output back before publishing it (`psnr`, `compare`); opening a converted
 dataset checks the sha256 of each of its files once (`check_checksums`, stamped afterwards).
 """
+
 import hashlib
 import json
 import os
@@ -38,8 +39,10 @@ def compare(out, files, pick, decoded, min_psnr) -> float:
     for i, image in zip(pick, decoded):
         source = files.image(int(i))
         if image.shape != source.shape:
-            raise DataError(f"{out}: sample {int(i)} reads back as {image.shape[1]}x{image.shape[0]}, "
-                            f"its source {files.paths[int(i)]} is {source.shape[1]}x{source.shape[0]}")
+            raise DataError(
+                f"{out}: sample {int(i)} reads back as {image.shape[1]}x{image.shape[0]}, "
+                f"its source {files.paths[int(i)]} is {source.shape[1]}x{source.shape[0]}"
+            )
         diff = image.astype(np.int32) - source
         error, count = error + int(np.dot(diff.ravel(), diff.ravel().astype(np.int64))), count + diff.size
     value = psnr_of(error, count)
@@ -91,8 +94,11 @@ def check_checksums(to: str, out, verified_dir=None, manifest=None) -> bool:
         paths[rel] = path
     started = time.time_ns()
     content = json.dumps(manifest, sort_keys=True).encode()
-    stamp = {"path": os.path.abspath(out), "manifest_sha256": hashlib.sha256(content).hexdigest(),
-             "files": {rel: _identity(path) for rel, path in paths.items()}}
+    stamp = {
+        "path": os.path.abspath(out),
+        "manifest_sha256": hashlib.sha256(content).hexdigest(),
+        "files": {rel: _identity(path) for rel, path in paths.items()},
+    }
     where = _stamp_path(out, verified_dir)
     try:
         with open(where) as f:

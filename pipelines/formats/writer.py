@@ -17,6 +17,7 @@ before its manifest, so a crash between the two renames leaves the new file besi
 the previous one: opening it (converted.open_split) then fails with "no manifest" or a checksum (or
 count) mismatch naming the file, and converting again repairs it.
 """
+
 import datetime
 import hashlib
 import inspect
@@ -27,7 +28,14 @@ from dataclasses import replace
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from ..data.imagefolder import ImageFiles
 from ..errors import DataError
@@ -36,8 +44,19 @@ from . import contract
 from .manifest import LIBRARIES, MANIFEST, MANIFEST_VERSION, manifest_path
 
 
-def convert(data, to: str, out, *, force=False, workers=None, n_check=1000, source=None, progress=True,
-            order_seed=None, **opts) -> dict:
+def convert(
+    data,
+    to: str,
+    out,
+    *,
+    force=False,
+    workers=None,
+    n_check=1000,
+    source=None,
+    progress=True,
+    order_seed=None,
+    **opts,
+) -> dict:
     """Write `data` (an ArrayDataset) as `to` ("ffcv" | "dali") at `out`; return the manifest dict.
 
     data may also be an imagefolder.ImageFiles (a folder, each image at its own size, stored as JPEG;
@@ -80,8 +99,16 @@ def convert(data, to: str, out, *, force=False, workers=None, n_check=1000, sour
         data = reordered(data, stored_order(n, order_seed))
     tmp, tmp_meta = f"{out}.tmp-{os.getpid()}", f"{meta}.tmp-{os.getpid()}"
     started = time.time()
-    bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), console=Console(stderr=True), transient=True, disable=not progress)
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+        disable=not progress,
+    )
     try:
         remove(tmp), remove(tmp_meta)  # leftovers of a killed run with a recycled pid
         with bar:
@@ -104,19 +131,31 @@ def convert(data, to: str, out, *, force=False, workers=None, n_check=1000, sour
                 bar.advance(task)
         labels = np.asarray(data.labels, "<i8")
         manifest = {
-            "manifest_version": MANIFEST_VERSION, "format": to, "library": LIBRARIES[to], "library_version": version,
-            "count": n, "classes": [str(c) for c in getattr(data, "classes", [])],
-            "name": str(getattr(data, "name", "")), "source": source or {},
+            "manifest_version": MANIFEST_VERSION,
+            "format": to,
+            "library": LIBRARIES[to],
+            "library_version": version,
+            "count": n,
+            "classes": [str(c) for c in getattr(data, "classes", [])],
+            "name": str(getattr(data, "name", "")),
+            "source": source or {},
             # stored sample j is source sample stored_order(count, seed)[j]
-            "order": {"shuffled": order_seed is not None, "seed": None if order_seed is None else int(order_seed)},
+            "order": {
+                "shuffled": order_seed is not None,
+                "seed": None if order_seed is None else int(order_seed),
+            },
             "split": str((source or {}).get("split") or getattr(data, "split", "train")),
-            "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest(),  # of the int64 little-endian labels
-            "mean": [float(v) for v in data.mean], "std": [float(v) for v in data.std],
+            "labels_sha256": hashlib.sha256(
+                labels.tobytes()
+            ).hexdigest(),  # of the int64 little-endian labels
+            "mean": [float(v) for v in data.mean],
+            "std": [float(v) for v in data.std],
             **image_policy(data, opts),
             "encoding": "jpg" if isinstance(data, ImageFiles) else opts.get("encoding", "raw"),
             "options": {k: v for k, v in opts.items() if isinstance(v, (int, float, str, type(None)))},
             "verified": {k: (None if v == float("inf") else v) for k, v in report.items() if k != "path"},
-            "sha256": checksums, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "sha256": checksums,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "seconds": round(time.time() - started, 2),
         }
         if to == "dali":  # the manifest travels inside the directory, so one rename publishes both
@@ -141,12 +180,19 @@ def image_policy(data, opts) -> dict:
     shrunk by max_resolution) or each its own (an ImageFiles folder, longer side capped)."""
     if isinstance(data, ImageFiles):
         sizes = data.sizes
-        return {"image_policy": {"sizes": "own", "max_resolution": data.max_resolution,
-                                 "max_shape": [int(sizes[:, 0].max()), int(sizes[:, 1].max())],
-                                 "min_side": int(sizes.min())}}
+        return {
+            "image_policy": {
+                "sizes": "own",
+                "max_resolution": data.max_resolution,
+                "max_shape": [int(sizes[:, 0].max()), int(sizes[:, 1].max())],
+                "min_side": int(sizes.min()),
+            }
+        }
     height, width = data.images.shape[1:3]
-    return {"image_shape": [int(height), int(width), 3],  # of the source; max_resolution may shrink it
-            "image_policy": {"sizes": "fixed", "max_resolution": opts.get("max_resolution")}}
+    return {
+        "image_shape": [int(height), int(width), 3],  # of the source; max_resolution may shrink it
+        "image_policy": {"sizes": "fixed", "max_resolution": opts.get("max_resolution")},
+    }
 
 
 def stored_order(n: int, seed=None) -> np.ndarray:
@@ -161,6 +207,10 @@ def stored_order(n: int, seed=None) -> np.ndarray:
 def reordered(data, idx):
     """`data` with its samples in the order `idx` (ImageFiles: its file list; else its images)."""
     if isinstance(data, ImageFiles):
-        return replace(data, paths=[data.paths[i] for i in idx], labels=data.labels[idx],
-                       sizes=None if data.sizes is None else data.sizes[idx])
+        return replace(
+            data,
+            paths=[data.paths[i] for i in idx],
+            labels=data.labels[idx],
+            sizes=None if data.sizes is None else data.sizes[idx],
+        )
     return data.take(idx)

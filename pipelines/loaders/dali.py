@@ -43,6 +43,7 @@ Multi-GPU: rank r reads DALI shard r of world_size (a contiguous slice of the pe
 so ranks are disjoint and together cover the epoch). len() = (N // world_size) // batch_size with
 drop_last, so every rank takes the same number of steps.
 """
+
 import math
 import os
 import tempfile
@@ -97,32 +98,72 @@ def cached_source(data, cache_dir=None, workers=None) -> str:
 
 # ------------------------------------------------------------------------------------- graph pieces
 
+
 def _normalize(images, dev, mean, std, mirror=0, crop=None, pos=None):
     """Optional crop (fixed size at pos_x, pos_y in [0,1]) + optional flip + (x/255 - mean)/std -> HWC float."""
     kw = dict(crop=crop, crop_pos_x=pos[0], crop_pos_y=pos[1]) if crop is not None else {}
-    return fn.crop_mirror_normalize(images, device=dev, dtype=types.FLOAT, output_layout="HWC", mirror=mirror,
-                                    mean=[255 * m for m in mean], std=[255 * s for s in std], **kw)
+    return fn.crop_mirror_normalize(
+        images,
+        device=dev,
+        dtype=types.FLOAT,
+        output_layout="HWC",
+        mirror=mirror,
+        mean=[255 * m for m in mean],
+        std=[255 * s for s in std],
+        **kw,
+    )
 
 
 def _supervised_view(images, dev, mean, std, height, width, pad=PAD, flip_p=0.5):
     """Reflect-pad by `pad`, take a random HxW crop (each of the 2*pad+1 offsets equally likely), flip with flip_p."""
+
     def mirror_strip(x, start, axis):
         flip = dict(horizontal=1) if axis == "W" else dict(vertical=1, horizontal=0)
-        return fn.flip(fn.slice(x, start=[start], shape=[pad], axis_names=axis, device=dev), device=dev, **flip)
+        return fn.flip(
+            fn.slice(x, start=[start], shape=[pad], axis_names=axis, device=dev), device=dev, **flip
+        )
 
-    x = fn.cat(mirror_strip(images, 1, "W"), images, mirror_strip(images, width - 1 - pad, "W"),
-               axis_name="W", device=dev)
+    x = fn.cat(
+        mirror_strip(images, 1, "W"),
+        images,
+        mirror_strip(images, width - 1 - pad, "W"),
+        axis_name="W",
+        device=dev,
+    )
     x = fn.cat(mirror_strip(x, 1, "H"), x, mirror_strip(x, height - 1 - pad, "H"), axis_name="H", device=dev)
     offsets = [k / (2 * pad) for k in range(2 * pad + 1)]  # position k/(2 pad) -> offset exactly k pixels
     pos = (fn.random.uniform(values=offsets), fn.random.uniform(values=offsets))
-    return _normalize(x, dev, mean, std, mirror=fn.random.coin_flip(probability=flip_p), crop=[height, width], pos=pos)
+    return _normalize(
+        x, dev, mean, std, mirror=fn.random.coin_flip(probability=flip_p), crop=[height, width], pos=pos
+    )
 
 
 class DALILoader:
     """Loader protocol (see batch.py) over a DALI pipeline rebuilt per epoch."""
 
-    def __init__(self, source, info, *, batch_size, device, seed, recipe, spec, drop_last, shuffle, rank,
-                 world_size, workers, prefetch, mean, std, ahead, cropped=False, keep=None, converted=False):
+    def __init__(
+        self,
+        source,
+        info,
+        *,
+        batch_size,
+        device,
+        seed,
+        recipe,
+        spec,
+        drop_last,
+        shuffle,
+        rank,
+        world_size,
+        workers,
+        prefetch,
+        mean,
+        std,
+        ahead,
+        cropped=False,
+        keep=None,
+        converted=False,
+    ):
         self.source, self.info, self.batch_size = source, info, batch_size
         self.device, self.seed, self.recipe, self.spec = device, seed, recipe, spec
         self.drop_last, self.shuffle, self.rank, self.world_size = drop_last, shuffle, rank, world_size
@@ -160,24 +201,45 @@ class DALILoader:
         if self.shuffle:
             order = np.random.default_rng(derive_seed(self.seed, epoch)).permutation(order)
         tars, idxs = dali_format.reader_files(self.source, info, order)
-        pipe = Pipeline(batch_size=self.batch_size, num_threads=self.workers,
-                        device_id=self.device.index if gpu else None, seed=derive_seed(self.seed, epoch, self.rank, bits=31),
-                        prefetch_queue_depth=self.prefetch)
+        pipe = Pipeline(
+            batch_size=self.batch_size,
+            num_threads=self.workers,
+            device_id=self.device.index if gpu else None,
+            seed=derive_seed(self.seed, epoch, self.rank, bits=31),
+            prefetch_queue_depth=self.prefetch,
+        )
         with pipe:
             encoded, labels = fn.readers.webdataset(
-                paths=tars, index_paths=idxs, ext=[dali_format.IMAGE_EXT[info["encoding"]], "cls"],
-                dtypes=[types.UINT8, types.INT64], missing_component_behavior="error", name="reader",
-                shard_id=self.rank, num_shards=self.world_size, random_shuffle=self.shuffle,
-                initial_fill=self.initial_fill, pad_last_batch=not self.drop_last,
-                dont_use_mmap=self.converted)
+                paths=tars,
+                index_paths=idxs,
+                ext=[dali_format.IMAGE_EXT[info["encoding"]], "cls"],
+                dtypes=[types.UINT8, types.INT64],
+                missing_component_behavior="error",
+                name="reader",
+                shard_id=self.rank,
+                num_shards=self.world_size,
+                random_shuffle=self.shuffle,
+                initial_fill=self.initial_fill,
+                pad_last_batch=not self.drop_last,
+                dont_use_mmap=self.converted,
+            )
             images = dali_format.decode(encoded, info["encoding"], info["height"], info["width"], dev)
             if self.cropped:
                 views = self._cropped_views(images, dev)
             elif self.recipe == "simclr":
                 views = [images]  # decoded HWC uint8: the views are made in torch (__iter__)
             elif self.recipe == "supervised":
-                views = [_supervised_view(images, dev, self.mean, self.std, info["height"], info["width"],
-                                          flip_p=self.spec.flip_p)]
+                views = [
+                    _supervised_view(
+                        images,
+                        dev,
+                        self.mean,
+                        self.std,
+                        info["height"],
+                        info["width"],
+                        flip_p=self.spec.flip_p,
+                    )
+                ]
             else:
                 views = [_normalize(images, dev, self.mean, self.std)]
             pipe.set_outputs(*views, labels.gpu() if gpu else labels)
@@ -193,22 +255,35 @@ class DALILoader:
             return [_normalize(resized, dev, self.mean, self.std, crop=[size, size], pos=(0.5, 0.5))]
 
         def crop():
-            return fn.random_resized_crop(images, device=dev, size=[size, size], random_area=list(spec.scale),
-                                          random_aspect_ratio=list(spec.ratio))
+            return fn.random_resized_crop(
+                images,
+                device=dev,
+                size=[size, size],
+                random_area=list(spec.scale),
+                random_aspect_ratio=list(spec.ratio),
+            )
 
         if self.recipe == "simclr":
             return [crop(), crop()]
-        return [_normalize(crop(), dev, self.mean, self.std, mirror=fn.random.coin_flip(probability=spec.flip_p))]
+        return [
+            _normalize(crop(), dev, self.mean, self.std, mirror=fn.random.coin_flip(probability=spec.flip_p))
+        ]
 
     def _start(self, epoch):
         """Build epoch `epoch`'s pipeline and its iterator, which runs the first batches (and, when
         shuffling, fills the reader's shuffle buffer: ~1 s for CIFAR-10 on a small CPU)."""
-        names = ["view1", "view2", "labels"] if self.cropped and self.recipe == "simclr" else ["view1", "labels"]
+        names = (
+            ["view1", "view2", "labels"] if self.cropped and self.recipe == "simclr" else ["view1", "labels"]
+        )
         policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
         try:
-            return DALIGenericIterator(self.pipeline(epoch), names, reader_name="reader", last_batch_policy=policy)
+            return DALIGenericIterator(
+                self.pipeline(epoch), names, reader_name="reader", last_batch_policy=policy
+            )
         except RuntimeError as e:
-            raise DataError(f"{self.source}: DALI cannot read it ({str(e).strip().splitlines()[0]})") from None
+            raise DataError(
+                f"{self.source}: DALI cannot read it ({str(e).strip().splitlines()[0]})"
+            ) from None
 
     def _prepare(self, epoch):
         """Start epoch `epoch`'s pipeline in a background thread, so its start-up overlaps this epoch."""
@@ -256,14 +331,17 @@ class DALILoader:
             # HWC -> (B, 3, H, W) channels_last as a view; DALI filled these tensors on the device.
             view, labels = d["view1"].permute(0, 3, 1, 2), d["labels"].view(-1)
             if "view2" in d:  # two crops made by the graph: flip and colour in torch
-                both = augment.cropped_view(torch.cat([view, d["view2"].permute(0, 3, 1, 2)]), self.spec, gen,
-                                            self.mean, self.std)
-                yield Batch(both[:len(labels)], both[len(labels):], labels)
+                both = augment.cropped_view(
+                    torch.cat([view, d["view2"].permute(0, 3, 1, 2)]), self.spec, gen, self.mean, self.std
+                )
+                yield Batch(both[: len(labels)], both[len(labels) :], labels)
             elif gen is None:
                 yield Batch(view, None, labels)
             else:  # both views in one call: 2n independent draws, fresh tensors (none points into DALI's)
                 both = augment.simclr_view(torch.cat([view, view]), self.spec, gen, self.mean, self.std)
-                yield Batch(both[:len(labels)], both[len(labels):], labels)  # batch slices stay channels_last
+                yield Batch(
+                    both[: len(labels)], both[len(labels) :], labels
+                )  # batch slices stay channels_last
 
 
 def _reported(it, source):
@@ -275,13 +353,31 @@ def _reported(it, source):
         except StopIteration:
             return
         except RuntimeError as e:
-            raise DataError(f"{source}: DALI could not read or decode a sample mid-epoch "
-                            f"({' '.join(str(e).split())[:300]})") from None
+            raise DataError(
+                f"{source}: DALI could not read or decode a sample mid-epoch "
+                f"({' '.join(str(e).split())[:300]})"
+            ) from None
         yield out
 
 
-def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=True, shuffle=True, rank=0,
-          world_size=1, source=None, cache_dir=None, workers=4, prefetch=2, spec=None, ahead=True) -> DALILoader:
+def build(
+    data,
+    *,
+    batch_size,
+    device="cpu",
+    seed=0,
+    recipe="simclr",
+    drop_last=True,
+    shuffle=True,
+    rank=0,
+    world_size=1,
+    source=None,
+    cache_dir=None,
+    workers=4,
+    prefetch=2,
+    spec=None,
+    ahead=True,
+) -> DALILoader:
     """DALI loader over `data` (ArrayDataset; its mean/std normalise). Backend keywords:
     source: a directory written by dali_format holding `data` (else the cached copy); cache_dir: where
     that copy lives; workers: DALI's CPU threads; prefetch: batches DALI prepares ahead;
@@ -301,7 +397,9 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
     if recipe not in RECIPES:
         raise DataError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
     if batch_size < 1 or not 0 <= rank < world_size:
-        raise DataError(f"need batch_size >= 1 and 0 <= rank < world_size (got {batch_size}, {rank}, {world_size})")
+        raise DataError(
+            f"need batch_size >= 1 and 0 <= rank < world_size (got {batch_size}, {rank}, {world_size})"
+        )
     spec = spec or SimCLRRecipe()
     device = torch.device(device)
     if device.type not in ("cpu", "cuda"):
@@ -323,12 +421,30 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
         raise DataError(f"{path}: holds {info['count']} samples, the dataset has {len(data.labels)}")
     if recipe == "eval":
         shuffle = False
-    loader = DALILoader(path, info, batch_size=int(batch_size), device=device, seed=int(seed), recipe=recipe, spec=spec,
-                        drop_last=bool(drop_last), shuffle=bool(shuffle), rank=int(rank), world_size=int(world_size),
-                        workers=max(1, int(workers)), prefetch=max(1, int(prefetch)),
-                        mean=tuple(map(float, data.mean)), std=tuple(map(float, data.std)), ahead=bool(ahead),
-                        cropped=cropped, keep=keep, converted=converted)
+    loader = DALILoader(
+        path,
+        info,
+        batch_size=int(batch_size),
+        device=device,
+        seed=int(seed),
+        recipe=recipe,
+        spec=spec,
+        drop_last=bool(drop_last),
+        shuffle=bool(shuffle),
+        rank=int(rank),
+        world_size=int(world_size),
+        workers=max(1, int(workers)),
+        prefetch=max(1, int(prefetch)),
+        mean=tuple(map(float, data.mean)),
+        std=tuple(map(float, data.std)),
+        ahead=bool(ahead),
+        cropped=cropped,
+        keep=keep,
+        converted=converted,
+    )
     if len(loader) == 0:
-        raise DataError(f"{len(data.labels)} images give no full batch of {batch_size} per rank "
-                        f"(world_size={world_size}, drop_last={drop_last})")
+        raise DataError(
+            f"{len(data.labels)} images give no full batch of {batch_size} per rank "
+            f"(world_size={world_size}, drop_last={drop_last})"
+        )
     return loader

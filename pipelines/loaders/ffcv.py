@@ -31,12 +31,12 @@ repetition to a multiple of world_size, so every rank runs ceil(N / world_size) 
 FFCV sets torch's global thread count (to 1 on import, to `workers` per loader and epoch); this
 module puts it back each time, so the training process keeps its own setting.
 """
+
 import os
+from dataclasses import replace
 
 import numpy as np
 import torch
-
-from dataclasses import replace
 
 from .. import augment, recipes
 from ..batch import Batch, check_per_process
@@ -55,8 +55,12 @@ _COMPILED = []  # see the end of build()
 
 try:
     with ffcv_format.torch_threads_kept():
-        from ffcv.fields.decoders import (CenterCropRGBImageDecoder, IntDecoder, RandomResizedCropRGBImageDecoder,
-                                          SimpleRGBImageDecoder)
+        from ffcv.fields.decoders import (
+            CenterCropRGBImageDecoder,
+            IntDecoder,
+            RandomResizedCropRGBImageDecoder,
+            SimpleRGBImageDecoder,
+        )
         from ffcv.loader import Loader as FFCVLoader
         from ffcv.loader import OrderOption
         from ffcv.pipeline import PipelineSpec
@@ -82,7 +86,12 @@ def cached_beton(data, cache_dir=None, workers=None) -> str:
 def _image_ops(device, decoder=None):
     """FFCV ops for the images: decode (whole, or cropped by `decoder`) -> uint8 NCHW channels_last on
     `device` (augmented there)."""
-    return [decoder or SimpleRGBImageDecoder(), ToTensor(), ToDevice(device, non_blocking=True), ToTorchImage()]
+    return [
+        decoder or SimpleRGBImageDecoder(),
+        ToTensor(),
+        ToDevice(device, non_blocking=True),
+        ToTorchImage(),
+    ]
 
 
 class FFCVPipeline:
@@ -123,15 +132,20 @@ class FFCVPipeline:
             if self.cropped and self.recipe == "eval":
                 yield Batch(augment.eval_view(out["image"], self.mean, self.std), None, labels)
             elif self.cropped and self.recipe == "simclr":  # two crops made by FFCV: flip and colour here
-                views = augment.cropped_view(torch.cat([out["image"], out["image2"]]), self.spec, gen,
-                                             self.mean, self.std)
+                views = augment.cropped_view(
+                    torch.cat([out["image"], out["image2"]]), self.spec, gen, self.mean, self.std
+                )
                 yield Batch(views[:n], views[n:], labels)
             elif self.cropped:  # supervised: FFCV's crop, then flip + normalise only (as DALI's graph)
-                yield Batch(augment.cropped_view(out["image"], self.spec, gen, self.mean, self.std, colour=False),
-                            None, labels)
+                yield Batch(
+                    augment.cropped_view(out["image"], self.spec, gen, self.mean, self.std, colour=False),
+                    None,
+                    labels,
+                )
             elif self.recipe == "simclr":  # both views in one call: 2n independent draws, half the launches
-                views = augment.simclr_view(torch.cat([out["image"], out["image"]]), self.spec, gen,
-                                            self.mean, self.std)
+                views = augment.simclr_view(
+                    torch.cat([out["image"], out["image"]]), self.spec, gen, self.mean, self.std
+                )
                 yield Batch(views[:n], views[n:], labels)  # batch slices stay channels_last
             elif self.recipe == "supervised":
                 view = augment.crop_flip_view(out["image"], gen, self.mean, self.std, flip_p=self.spec.flip_p)
@@ -155,9 +169,24 @@ def stream_options(converted, world_size, order=None, os_cache=None):
     return order, os_cache
 
 
-def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=True, shuffle=True,
-          rank=0, world_size=1, source=None, cache_dir=None, workers=None, order=None,
-          spec=None, os_cache=None) -> FFCVPipeline:
+def build(
+    data,
+    *,
+    batch_size,
+    device="cpu",
+    seed=0,
+    recipe="simclr",
+    drop_last=True,
+    shuffle=True,
+    rank=0,
+    world_size=1,
+    source=None,
+    cache_dir=None,
+    workers=None,
+    order=None,
+    spec=None,
+    os_cache=None,
+) -> FFCVPipeline:
     """FFCV loader over `data` (ArrayDataset; its mean/std normalise). Backend keywords:
     source: an existing .beton of `data` (else the cached copy); cache_dir: where that copy lives;
     workers: FFCV's numba threads (default: all cores); order: "random" | "quasi_random" |
@@ -177,7 +206,9 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
     ffcv_format.require()
     converted = isinstance(data, ConvertedDataset)
     if converted and data.format != "ffcv":
-        raise DataError(f"{data.path} is a DALI shard directory: use --pipeline dali (ffcv reads .beton files)")
+        raise DataError(
+            f"{data.path} is a DALI shard directory: use --pipeline dali (ffcv reads .beton files)"
+        )
     data = data if converted else as_dataset(data)
     if recipe not in RECIPES:
         raise DataError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
@@ -185,7 +216,9 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
     if order not in ORDERS:
         raise DataError(f"unknown FFCV order {order!r}; choose from {', '.join(ORDERS)}")
     if batch_size < 1 or not 0 <= rank < world_size:
-        raise DataError(f"need batch_size >= 1 and 0 <= rank < world_size (got {batch_size}, {rank}, {world_size})")
+        raise DataError(
+            f"need batch_size >= 1 and 0 <= rank < world_size (got {batch_size}, {rank}, {world_size})"
+        )
     workers = int(workers) if workers else len(os.sched_getaffinity(0))
     distributed = world_size > 1
     if distributed:
@@ -193,8 +226,10 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
 
         ok = dist.is_available() and dist.is_initialized()
         if not ok or (dist.get_rank(), dist.get_world_size()) != (rank, world_size):
-            raise DataError("FFCV shards by torch.distributed's rank and world size: initialise the process "
-                            f"group (torchrun) before building, with rank {rank} of {world_size}")
+            raise DataError(
+                "FFCV shards by torch.distributed's rank and world size: initialise the process "
+                f"group (torchrun) before building, with rank {rank} of {world_size}"
+            )
         if order == "quasi_random":
             raise DataError("FFCV 1.0.2 has no quasi_random order in distributed mode; use order='random'")
 
@@ -222,9 +257,12 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
     if not cropped:
         pipes = {"image": _image_ops(device), "label": label}
     elif recipe == "eval":
-        pipes = {"image": _image_ops(device, CenterCropRGBImageDecoder((spec.size,) * 2, CENTRE_CROP)),
-                 "label": label}
+        pipes = {
+            "image": _image_ops(device, CenterCropRGBImageDecoder((spec.size,) * 2, CENTRE_CROP)),
+            "label": label,
+        }
     else:
+
         def crop():
             return RandomResizedCropRGBImageDecoder((spec.size,) * 2, scale=spec.scale, ratio=spec.ratio)
 
@@ -235,7 +273,9 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
     if recipe == "eval" or not shuffle:
         traversal = OrderOption.SEQUENTIAL
     elif order == "windowed":
-        traversal = ffcv_order.Windowed.factory(window=recipes.STREAM_WINDOW, rank=rank, world_size=world_size)
+        traversal = ffcv_order.Windowed.factory(
+            window=recipes.STREAM_WINDOW, rank=rank, world_size=world_size
+        )
     else:
         traversal = OrderOption.QUASI_RANDOM if order == "quasi_random" else OrderOption.RANDOM
     try:
@@ -243,13 +283,24 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
             extra = {} if os_cache is None else {"os_cache": bool(os_cache)}
             # quasi_random seeds numba with ffcv_seed * 912300 + epoch, an int64: a 31-bit seed fits
             ffcv_seed = derive_seed(seed, bits=31 if traversal == OrderOption.QUASI_RANDOM else 63)
-            loader = FFCVLoader(path, batch_size=batch_size, num_workers=workers, order=traversal,
-                                distributed=distributed, seed=ffcv_seed, drop_last=drop_last,
-                                pipelines=pipes, indices=indices, **extra)
+            loader = FFCVLoader(
+                path,
+                batch_size=batch_size,
+                num_workers=workers,
+                order=traversal,
+                distributed=distributed,
+                seed=ffcv_seed,
+                drop_last=drop_last,
+                pipelines=pipes,
+                indices=indices,
+                **extra,
+            )
     except (ValueError, TypeError, AssertionError, NotImplementedError, MemoryError) as e:
         raise DataError(f"{path}: FFCV cannot load it ({type(e).__name__}: {e})") from None
     if len(loader) == 0:
-        raise DataError(f"{len(data.labels)} images give no full batch of {batch_size} (drop_last={drop_last})")
+        raise DataError(
+            f"{len(data.labels)} images give no full batch of {batch_size} (drop_last={drop_last})"
+        )
     if converted:
         check_per_process(len(data.labels), batch_size, world_size, drop_last)
     names = list(loader.pipeline_specs)  # FFCV yields one output per pipeline, in this order
@@ -257,8 +308,9 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
     # compiled code (imdecode specialised on literal arguments); keeping that code (kilobytes) until
     # interpreter exit, where numba skips the cleanup, keeps stderr clean.
     _COMPILED.append(loader.code)
-    return FFCVPipeline(loader, names, recipe, spec, device, seed, rank, tuple(data.mean), tuple(data.std),
-                        cropped=cropped)
+    return FFCVPipeline(
+        loader, names, recipe, spec, device, seed, rank, tuple(data.mean), tuple(data.std), cropped=cropped
+    )
 
 
 def _measure(argv=None):
@@ -269,21 +321,32 @@ def _measure(argv=None):
     from types import SimpleNamespace
 
     parser = argparse.ArgumentParser(description=_measure.__doc__)
-    parser.add_argument("--data-dir", default=None, help="CIFAR-10 root for datasets.load('cifar10', 'train')")
+    parser.add_argument(
+        "--data-dir", default=None, help="CIFAR-10 root for datasets.load('cifar10', 'train')"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--n", type=int, default=50000, help="images in the random dataset")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--workers", type=int, default=None, help="FFCV threads (default: all cores)")
-    parser.add_argument("--stage", default="full", choices=("full", "ffcv"),
-                        help="full: Batch out (device augmentation included); ffcv: FFCV's decoded batches only")
+    parser.add_argument(
+        "--stage",
+        default="full",
+        choices=("full", "ffcv"),
+        help="full: Batch out (device augmentation included); ffcv: FFCV's decoded batches only",
+    )
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs (after one untimed warm-up)")
     args = parser.parse_args(argv)
     if args.data_dir:
         data = load("cifar10", "train", data_dir=args.data_dir)
     else:
         rng = np.random.default_rng(0)
-        data = SimpleNamespace(images=rng.integers(0, 256, (args.n, 32, 32, 3), dtype=np.uint8), name="random",
-                               labels=rng.integers(0, 10, args.n), mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26))
+        data = SimpleNamespace(
+            images=rng.integers(0, 256, (args.n, 32, 32, 3), dtype=np.uint8),
+            name="random",
+            labels=rng.integers(0, 10, args.n),
+            mean=(0.49, 0.48, 0.45),
+            std=(0.25, 0.24, 0.26),
+        )
     loader = build(data, batch_size=args.batch_size, device=args.device, workers=args.workers)
     sync = torch.cuda.synchronize if loader.device.type == "cuda" else (lambda: None)
     times = []
@@ -297,11 +360,13 @@ def _measure(argv=None):
         times.append(time.perf_counter() - start)
     per_epoch = float(np.median(times[1:]))
     images = len(loader) * args.batch_size
-    print(f"ffcv pipeline ({args.stage}), ffcv {ffcv_format.VERSION()}, {args.device}, "
-          f"{loader.ffcv.num_workers} workers, torch {torch.__version__}: {len(data.labels)} images of "
-          f"{getattr(data, 'name', '')}, batch {args.batch_size}, "
-          f"median of {args.epochs} epochs {per_epoch:.3f} s -> {images / per_epoch:,.0f} images/s "
-          f"({2 * images / per_epoch:,.0f} views/s)")
+    print(
+        f"ffcv pipeline ({args.stage}), ffcv {ffcv_format.VERSION()}, {args.device}, "
+        f"{loader.ffcv.num_workers} workers, torch {torch.__version__}: {len(data.labels)} images of "
+        f"{getattr(data, 'name', '')}, batch {args.batch_size}, "
+        f"median of {args.epochs} epochs {per_epoch:.3f} s -> {images / per_epoch:,.0f} images/s "
+        f"({2 * images / per_epoch:,.0f} views/s)"
+    )
 
 
 if __name__ == "__main__":

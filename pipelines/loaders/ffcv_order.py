@@ -23,6 +23,7 @@ whole file. fastssl.convert writes samples in a random order, so any block is a 
 the classes.
 The order is a pure function of (seed, epoch, rank, world_size), so a resumed epoch replays it.
 """
+
 import numpy as np
 
 # A block spans at least this many pages: with small samples (raw CIFAR: ~2,700 per 8 MiB page)
@@ -35,12 +36,16 @@ except (ImportError, RuntimeError, OSError):  # reported by ffcv_format.require(
     TraversalOrder = object
 
 
-def windowed(indices, page_of, *, seed, epoch, window, rank=0, world_size=1, min_pages=MIN_PAGES) -> np.ndarray:
+def windowed(
+    indices, page_of, *, seed, epoch, window, rank=0, world_size=1, min_pages=MIN_PAGES
+) -> np.ndarray:
     """The epoch's order of `indices` (sample ids) for rank `rank`; page_of[i] is sample i's page."""
     indices = np.asarray(indices, dtype=np.int64)
     if window < 1 or min_pages < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need window >= 1, min_pages >= 1 and 0 <= rank < world_size "
-                         f"(got {window}, {min_pages}, {rank}, {world_size})")
+        raise ValueError(
+            f"need window >= 1, min_pages >= 1 and 0 <= rank < world_size "
+            f"(got {window}, {min_pages}, {rank}, {world_size})"
+        )
     rng = np.random.default_rng([int(seed), int(epoch)])
     pages = np.asarray(page_of)[indices]
     used, slot = np.unique(pages, return_inverse=True)  # slot: the sample's page among those used
@@ -54,7 +59,7 @@ def windowed(indices, page_of, *, seed, epoch, window, rank=0, world_size=1, min
         pad = per_rank * world_size - len(listed)  # repeats from the start, in the last block
         listed = np.concatenate([listed, listed[:pad]])
         block = np.concatenate([block, np.full(pad, block[-1] if len(block) else 0)])
-        listed, block = (a[rank * per_rank:(rank + 1) * per_rank] for a in (listed, block))
+        listed, block = (a[rank * per_rank : (rank + 1) * per_rank] for a in (listed, block))
     # one random key per sample, sorted within its block: each block shuffled on its own
     return listed[np.lexsort((rng.random(len(listed)), block))]
 
@@ -70,8 +75,15 @@ class Windowed(TraversalOrder):
         self.window, self.rank, self.world_size = int(window), int(rank), int(world_size)
 
     def sample_order(self, epoch):
-        return windowed(self.indices, self.page_of, seed=self.seed, epoch=epoch, window=self.window,
-                        rank=self.rank, world_size=self.world_size)
+        return windowed(
+            self.indices,
+            self.page_of,
+            seed=self.seed,
+            epoch=epoch,
+            window=self.window,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
 
     @classmethod
     def factory(cls, **options):

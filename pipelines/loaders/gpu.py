@@ -20,6 +20,7 @@ epoch twice gives the same batches. With world_size > 1 each rank takes its own 
 the same permutation, N // world_size images (the remainder of the permutation is skipped that
 epoch), so shards are disjoint and every rank runs the same number of steps.
 """
+
 import numpy as np
 import torch
 
@@ -36,8 +37,22 @@ EXTRA = None  # pure torch
 class GPULoader:
     """Loader protocol (see batch.py) over images (N, 3, H, W) uint8 and labels (N,) int64 on `device`."""
 
-    def __init__(self, images, labels, *, batch_size, recipe, spec, seed, rank, world_size, drop_last, shuffle,
-                 mean, std):
+    def __init__(
+        self,
+        images,
+        labels,
+        *,
+        batch_size,
+        recipe,
+        spec,
+        seed,
+        rank,
+        world_size,
+        drop_last,
+        shuffle,
+        mean,
+        std,
+    ):
         self.images, self.labels = images, labels
         self.device = images.device
         self.batch_size, self.recipe, self.spec = batch_size, recipe, spec
@@ -68,7 +83,7 @@ class GPULoader:
             perm = torch.randperm(n, generator=self._generator(0), device=self.device)
         else:
             perm = torch.arange(n, device=self.device)
-        return perm[self.rank * self.shard:(self.rank + 1) * self.shard]
+        return perm[self.rank * self.shard : (self.rank + 1) * self.shard]
 
     def _make(self, idx, gen) -> Batch:
         """The batch of sample indices `idx`, queued on the current stream."""
@@ -76,12 +91,14 @@ class GPULoader:
         if self.recipe == "simclr":
             # Both views in one pass (2n independent parameter draws, half the kernel launches),
             # yielded as the one contiguous (2B, 3, H, W) tensor they already are.
-            views = augment.simclr_view(self.images.index_select(0, torch.cat([idx, idx])), self.spec, gen,
-                                        self.mean, self.std)
+            views = augment.simclr_view(
+                self.images.index_select(0, torch.cat([idx, idx])), self.spec, gen, self.mean, self.std
+            )
             return Batch.from_views(views, labels)
         if self.recipe == "supervised":
-            view = augment.crop_flip_view(self.images.index_select(0, idx), gen, self.mean, self.std,
-                                          flip_p=self.spec.flip_p)
+            view = augment.crop_flip_view(
+                self.images.index_select(0, idx), gen, self.mean, self.std, flip_p=self.spec.flip_p
+            )
             return Batch(view, None, labels)
         return Batch(augment.eval_view(self.images.index_select(0, idx), self.mean, self.std), None, labels)
 
@@ -95,7 +112,7 @@ class GPULoader:
         side = torch.cuda.Stream(self.device) if cuda else None
 
         def make(step):
-            idx = mine[step * b:(step + 1) * b]  # Python-int slice of a device tensor: no sync
+            idx = mine[step * b : (step + 1) * b]  # Python-int slice of a device tensor: no sync
             if not cuda:
                 return self._make(idx, gen)
             with torch.cuda.stream(side):
@@ -115,8 +132,19 @@ class GPULoader:
             yield batch
 
 
-def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=True, shuffle=True, rank=0,
-          world_size=1, spec=None) -> GPULoader:
+def build(
+    data,
+    *,
+    batch_size,
+    device="cpu",
+    seed=0,
+    recipe="simclr",
+    drop_last=True,
+    shuffle=True,
+    rank=0,
+    world_size=1,
+    spec=None,
+) -> GPULoader:
     """GPU-resident loader over `data` (an ArrayDataset; its mean/std normalise).
     Backend keyword: spec, the SimCLR augmentation parameters (recipes.SimCLRRecipe, default its
     defaults; simclr views come out spec.size x spec.size, the other recipes keep the images' size;
@@ -124,7 +152,9 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
     if recipe not in RECIPES:
         raise DataError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
     if int(batch_size) < 1 or int(world_size) < 1 or not 0 <= int(rank) < int(world_size):
-        raise DataError(f"need batch_size >= 1 and 0 <= rank < world_size (got {batch_size}, {rank}, {world_size})")
+        raise DataError(
+            f"need batch_size >= 1 and 0 <= rank < world_size (got {batch_size}, {rank}, {world_size})"
+        )
     if isinstance(data, ConvertedDataset):  # decoded onto the device only when it fits there
         data = decode_for_device(data, device)
     data = as_dataset(data)  # the one validation every backend runs
@@ -132,18 +162,30 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
     batch_size, rank, world_size = int(batch_size), int(rank), int(world_size)
     check_per_process(len(labels), batch_size, world_size, drop_last)
     if recipe == "supervised" and min(images.shape[1:3]) <= PAD:
-        raise DataError(f"the supervised recipe pads by {PAD}: images of {images.shape[1]}x{images.shape[2]} "
-                        "are too small")
+        raise DataError(
+            f"the supervised recipe pads by {PAD}: images of {images.shape[1]}x{images.shape[2]} "
+            "are too small"
+        )
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     # Once per build: NHWC host array -> NCHW uint8 on the device (the permute runs there).
     on_device = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).contiguous()
     labels = torch.from_numpy(labels.astype(np.int64)).to(device)
-    return GPULoader(on_device, labels, batch_size=batch_size, recipe=recipe, spec=spec or SimCLRRecipe(),
-                     seed=int(seed), rank=rank, world_size=world_size, drop_last=bool(drop_last),
-                     shuffle=bool(shuffle), mean=tuple(float(m) for m in data.mean),
-                     std=tuple(float(s) for s in data.std))
+    return GPULoader(
+        on_device,
+        labels,
+        batch_size=batch_size,
+        recipe=recipe,
+        spec=spec or SimCLRRecipe(),
+        seed=int(seed),
+        rank=rank,
+        world_size=world_size,
+        drop_last=bool(drop_last),
+        shuffle=bool(shuffle),
+        mean=tuple(float(m) for m in data.mean),
+        std=tuple(float(s) for s in data.std),
+    )
 
 
 def _measure(argv=None):
@@ -160,8 +202,12 @@ def _measure(argv=None):
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs (after one untimed warm-up)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
-    data = SimpleNamespace(images=rng.integers(0, 256, (args.n, 32, 32, 3), dtype=np.uint8),
-                           labels=rng.integers(0, 10, args.n), mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26))
+    data = SimpleNamespace(
+        images=rng.integers(0, 256, (args.n, 32, 32, 3), dtype=np.uint8),
+        labels=rng.integers(0, 10, args.n),
+        mean=(0.49, 0.48, 0.45),
+        std=(0.25, 0.24, 0.26),
+    )
     loader = build(data, batch_size=args.batch_size, device=args.device, recipe=args.recipe)
     sync = torch.cuda.synchronize if loader.device.type == "cuda" else (lambda: None)
     times = []
@@ -178,9 +224,12 @@ def _measure(argv=None):
     views = images * (2 if args.recipe == "simclr" else 1)
     cuda = loader.device.type == "cuda"
     name = torch.cuda.get_device_name(loader.device) if cuda else f"{torch.get_num_threads()} threads"
-    print(f"gpu pipeline, recipe {args.recipe}, {args.device} ({name}), torch {torch.__version__}: {args.n} images "
-          f"32x32, batch {args.batch_size}, {len(loader)} steps/epoch, median of {args.epochs} epochs "
-          f"{per_epoch:.3f} s -> {images / per_epoch:,.0f} images/s ({views / per_epoch:,.0f} views/s)")
+    print(
+        f"gpu pipeline, recipe {args.recipe}, {args.device} ({name}), torch {torch.__version__}: {args.n} images "
+        f"32x32, batch {args.batch_size}, {len(loader)} steps/epoch, median of {args.epochs} epochs "
+        f"{per_epoch:.3f} s -> {images / per_epoch:,.0f} images/s ({views / per_epoch:,.0f} views/s)"
+    )
+
 
 if __name__ == "__main__":
     _measure()

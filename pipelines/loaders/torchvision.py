@@ -21,6 +21,7 @@ from (seed, e, rank), and a sample's transforms run under its own seed. So a bat
 of (seed, epoch, rank) whatever the number of workers, even with persistent workers (which are seeded
 only once, when they start) and after a resume; the caller's global RNG is left untouched.
 """
+
 import os
 
 import torch
@@ -49,19 +50,35 @@ def transform(recipe, spec, mean, std, size):
     # ToTensor + Normalize, ending in a plain tensor (not a tv_tensors.Image) for the default collate
     finish = [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std), T.ToPureTensor()]
     if recipe == "simclr":
-        blur = [T.RandomApply([T.GaussianBlur(spec.blur_kernel, spec.blur_sigma)], p=spec.blur_prob)] \
-            if spec.blur_prob > 0 else []
-        return T.Compose([
-            T.RandomResizedCrop(spec.size, scale=spec.scale, ratio=spec.ratio,
-                                interpolation=InterpolationMode.BILINEAR, antialias=True),
-            T.RandomHorizontalFlip(spec.flip_p),
-            T.RandomApply([T.ColorJitter(*spec.jitter)], p=spec.jitter_p),
-            T.RandomGrayscale(spec.gray_p),
-            *blur,
-            *finish])
+        blur = (
+            [T.RandomApply([T.GaussianBlur(spec.blur_kernel, spec.blur_sigma)], p=spec.blur_prob)]
+            if spec.blur_prob > 0
+            else []
+        )
+        return T.Compose(
+            [
+                T.RandomResizedCrop(
+                    spec.size,
+                    scale=spec.scale,
+                    ratio=spec.ratio,
+                    interpolation=InterpolationMode.BILINEAR,
+                    antialias=True,
+                ),
+                T.RandomHorizontalFlip(spec.flip_p),
+                T.RandomApply([T.ColorJitter(*spec.jitter)], p=spec.jitter_p),
+                T.RandomGrayscale(spec.gray_p),
+                *blur,
+                *finish,
+            ]
+        )
     if recipe == "supervised":
-        return T.Compose([T.RandomCrop(size, padding=PAD, padding_mode="reflect"), T.RandomHorizontalFlip(spec.flip_p),
-                          *finish])
+        return T.Compose(
+            [
+                T.RandomCrop(size, padding=PAD, padding_mode="reflect"),
+                T.RandomHorizontalFlip(spec.flip_p),
+                *finish,
+            ]
+        )
     return T.Compose(finish)
 
 
@@ -99,9 +116,9 @@ class EpochSampler(torch.utils.data.Sampler):
         g = torch.Generator()
         g.manual_seed(derive_seed(self.seed, self.epoch))  # same order on every rank
         order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
-        mine = order[self.rank * self.shard:(self.rank + 1) * self.shard]
+        mine = order[self.rank * self.shard : (self.rank + 1) * self.shard]
         g.manual_seed(derive_seed(self.seed, self.epoch, 1, self.rank))
-        seeds = torch.randint(0, 2 ** 62, (self.shard,), generator=g)
+        seeds = torch.randint(0, 2**62, (self.shard,), generator=g)
         return iter(zip(seeds.tolist(), mine.tolist()))
 
 
@@ -130,7 +147,9 @@ class TorchvisionLoader:
         self.loader.generator.manual_seed(derive_seed(self.sampler.seed, self.sampler.epoch, 2, self.rank))
         for *views, labels in self.loader:
             views = [self._to_device(v) for v in views]
-            yield Batch(views[0], views[1] if len(views) == 2 else None, labels.to(self.device, non_blocking=True))
+            yield Batch(
+                views[0], views[1] if len(views) == 2 else None, labels.to(self.device, non_blocking=True)
+            )
 
 
 def default_workers() -> int:
@@ -138,8 +157,20 @@ def default_workers() -> int:
     return min(8, cpus)
 
 
-def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=True, shuffle=True, rank=0,
-          world_size=1, spec=None, workers=None) -> TorchvisionLoader:
+def build(
+    data,
+    *,
+    batch_size,
+    device="cpu",
+    seed=0,
+    recipe="simclr",
+    drop_last=True,
+    shuffle=True,
+    rank=0,
+    world_size=1,
+    spec=None,
+    workers=None,
+) -> TorchvisionLoader:
     """torchvision DataLoader over `data` (an ArrayDataset; its mean/std normalise).
     Backend keywords: spec, the SimCLR augmentation parameters (augment.SimCLRRecipe; simclr views come
     out spec.size x spec.size, the other recipes keep the images' size; the supervised recipe flips with
@@ -150,11 +181,15 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
     if recipe not in RECIPES:
         raise DataError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
     if int(batch_size) < 1 or int(world_size) < 1 or not 0 <= int(rank) < int(world_size):
-        raise DataError(f"need batch_size >= 1 and 0 <= rank < world_size (got {batch_size}, {rank}, {world_size})")
+        raise DataError(
+            f"need batch_size >= 1 and 0 <= rank < world_size (got {batch_size}, {rank}, {world_size})"
+        )
     if isinstance(data, ConvertedDataset):
-        raise DataError(f"{data.path}: the torchvision pipeline reads in-memory datasets (an image folder with "
-                        f"--dataset imagefolder --data-dir DIR); a converted dataset streams through "
-                        f"--pipeline {data.format}")
+        raise DataError(
+            f"{data.path}: the torchvision pipeline reads in-memory datasets (an image folder with "
+            f"--dataset imagefolder --data-dir DIR); a converted dataset streams through "
+            f"--pipeline {data.format}"
+        )
     data = as_dataset(data)
     images, labels = data.images, data.labels
     batch_size, rank, world_size = int(batch_size), int(rank), int(world_size)
@@ -163,16 +198,30 @@ def build(data, *, batch_size, device="cpu", seed=0, recipe="simclr", drop_last=
         raise DataError(f"workers must be >= 0, got {workers}")
     check_per_process(len(labels), batch_size, world_size, drop_last)
     if recipe == "supervised" and min(images.shape[1:3]) <= PAD:
-        raise DataError(f"the supervised recipe pads by {PAD}: images of {images.shape[1]}x{images.shape[2]} "
-                        "are too small")
+        raise DataError(
+            f"the supervised recipe pads by {PAD}: images of {images.shape[1]}x{images.shape[2]} "
+            "are too small"
+        )
     device = torch.device(device)
     mean, std = data.mean, data.std
     spec = spec or SimCLRRecipe()
     views = 2 if recipe == "simclr" else 1
     dataset = ViewDataset(images, labels, transform(recipe, spec, mean, std, tuple(images.shape[1:3])), views)
-    sampler = EpochSampler(len(labels), seed=int(seed), rank=rank, world_size=world_size,
-                           shuffle=bool(shuffle) and recipe != "eval")  # eval keeps dataset order
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=bool(drop_last),
-                                         num_workers=workers, pin_memory=device.type == "cuda",
-                                         persistent_workers=workers > 0, generator=torch.Generator())
+    sampler = EpochSampler(
+        len(labels),
+        seed=int(seed),
+        rank=rank,
+        world_size=world_size,
+        shuffle=bool(shuffle) and recipe != "eval",
+    )  # eval keeps dataset order
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=bool(drop_last),
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        generator=torch.Generator(),
+    )
     return TorchvisionLoader(loader, sampler, device, mean, std, recipe)

@@ -1,6 +1,7 @@
 """The GPU window rehearsed on a CPU: both calls' trees built as they travel (tracked and
 untracked-not-ignored files plus the carried folder, nothing from ../shared), every limit checked,
 and both calls' exact commands run there with --smoke and python3 alone on the PATH."""
+
 import json
 import os
 import shutil
@@ -15,10 +16,13 @@ REPO = gw.repo()
 NPZ_BYTES = 108_920_105  # ../shared/data/cifar10.npz, the file the window carries in two parts
 
 # Stands in for ../shared/data/unpack.py: leaves a marker where CIFAR-10 would be unpacked.
-UNPACK = """import os, sys
+UNPACK = (
+    """import os, sys
 assert sys.argv[2:] == ["--only", "cifar10"] and os.path.getsize(os.path.join(os.path.dirname(__file__), "cifar10.npz")) == %d
 os.makedirs(os.path.join(sys.argv[1], "cifar-10-batches-py"), exist_ok=True)
-""" % NPZ_BYTES
+"""
+    % NPZ_BYTES
+)
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +75,9 @@ def run(command, cwd, out, bin_dir):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FASTSSL_", "PYTHON", "OUT"))}
     env.update(PATH=f"{bin_dir}:/usr/bin:/bin", OUT=str(out), HOME=os.environ.get("HOME", "/root"))
     assert shutil.which("python", path=env["PATH"]) is None  # as on the GPU machine
-    done = subprocess.run(["bash", "-c", command + " --smoke"], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        ["bash", "-c", command + " --smoke"], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
@@ -97,7 +102,9 @@ def test_both_calls_run_where_they_travel(staged, tmp_path):
     text = run(gw.command("call1"), device, out1, bin_dir)
     assert "compile check: ok" in text
     st = results(out1, "call1")
-    assert list(st) == ["environment", "step", "nt_xent"] and all(s["status"] == "ok" for s in st.values()), st
+    assert list(st) == ["environment", "step", "nt_xent"] and all(s["status"] == "ok" for s in st.values()), (
+        st
+    )
     pre = json.loads((out1 / "call1" / "preflight.json").read_text())
     assert pre["commit"] == manifest["commit"] and pre["facts"]["executable"].startswith(str(bin_dir))
     env = json.loads((out1 / "call1" / "suite.json").read_text())["environment"]
@@ -109,10 +116,14 @@ def test_both_calls_run_where_they_travel(staged, tmp_path):
     assert "CIFAR-10 assembled and unpacked" in text
     st = results(out2, "call2")
     assert list(st) == ["environment", "throughput", "time_to_accuracy"], st
-    assert all(s["status"] == "ok" for s in st.values()), {k: (s["status"], s["reason"]) for k, s in st.items()}
+    assert all(s["status"] == "ok" for s in st.values()), {
+        k: (s["status"], s["reason"]) for k, s in st.items()
+    }
     probes = st["time_to_accuracy"]["result"]["probes"]
     assert probes["linear"]["status"] == "ok"
-    assert probes["transfer"]["status"].startswith("skipped: CIFAR-100 not found")  # at once, nothing downloaded
+    assert probes["transfer"]["status"].startswith(
+        "skipped: CIFAR-100 not found"
+    )  # at once, nothing downloaded
     assert (device / gw.DATA / "cifar-10-batches-py").is_dir()
 
 
@@ -127,10 +138,18 @@ def test_call2_without_part_a_says_so_in_one_line(staged, tmp_path):
 
 
 def test_next_window_is_sized_from_the_first_windows_files(tmp_path, capsys):
-    curve = [{"epoch": e, "wall_s": 60 + 1.5 * e, "knn_top1": 50 + e, "epoch_time_s": 1.2} for e in range(10, 31, 10)]
-    tta = {"plan": {"costs": {"first_step_s": 40.0, "checkpoint_s": 0.2}, "knn_s_estimate": 2.0}, "curve": curve}
+    curve = [
+        {"epoch": e, "wall_s": 60 + 1.5 * e, "knn_top1": 50 + e, "epoch_time_s": 1.2}
+        for e in range(10, 31, 10)
+    ]
+    tta = {
+        "plan": {"costs": {"first_step_s": 40.0, "checkpoint_s": 0.2}, "knn_s_estimate": 2.0},
+        "curve": curve,
+    }
     (tmp_path / "call2").mkdir()
-    (tmp_path / "call2" / "suite.json").write_text(json.dumps({"stages": [{"stage": "time_to_accuracy", "result": tta}]}))
+    (tmp_path / "call2" / "suite.json").write_text(
+        json.dumps({"stages": [{"stage": "time_to_accuracy", "result": tta}]})
+    )
     text = gw.main(["next", "--results", str(tmp_path)])
     per = 1.2 + 2 * 0.2 + 2.0 / 10
     epochs = int((300 - 40 - 2.0) // per)

@@ -1,5 +1,6 @@
 """benchmarks.memory: its --quick run writes the table with both sizes and the RSS check; the check,
 the generated folder and the RSS meters are compared with answers computed here independently."""
+
 import hashlib
 import json
 import math
@@ -7,7 +8,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -32,12 +32,21 @@ def test_quick_run_reports_both_sizes_and_the_rss_check(tmp_path, monkeypatch, c
     assert [d["images"] for d in result["datasets"]] == [120, 240]
     recs = result["records"]
     assert [(r["pipeline"], r["view"], r["images"], r["status"]) for r in recs] == [
-        ("dali", 48, 120, "ok"), ("dali", 48, 240, "ok")]
+        ("dali", 48, 120, "ok"),
+        ("dali", 48, 240, "ok"),
+    ]
     for r in recs:
         assert r["stream_images"] == r["images"]  # the eval pass read every image once
-        for key in ("peak_rss_mib", "rss_before_loading_mib", "stream_img_per_s", "sampled_tree_peak_rss_mib"):
+        for key in (
+            "peak_rss_mib",
+            "rss_before_loading_mib",
+            "stream_img_per_s",
+            "sampled_tree_peak_rss_mib",
+        ):
             assert math.isfinite(r[key]) and r[key] > 0, key
-        assert 0 < r["views_img_per_s"]["min"] <= r["views_img_per_s"]["median"] <= r["views_img_per_s"]["max"]
+        assert (
+            0 < r["views_img_per_s"]["min"] <= r["views_img_per_s"]["median"] <= r["views_img_per_s"]["max"]
+        )
         assert r["rss_before_loading_mib"] <= r["peak_rss_views_mib"] <= r["peak_rss_mib"]
     (check,) = result["checks"]
     lo, hi = recs[0]["peak_rss_mib"], recs[1]["peak_rss_mib"]
@@ -49,15 +58,21 @@ def test_quick_run_reports_both_sizes_and_the_rss_check(tmp_path, monkeypatch, c
 
 
 def test_check_compares_the_largest_with_the_smallest_size():
-    recs = [{"pipeline": "ffcv", "view": 96, "images": n, "status": "ok", "peak_rss_mib": rss}
-            for n, rss in ((1000, 1000.0), (4000, 1140.0), (2000, 1300.0))]
-    recs += [{"pipeline": "dali", "view": 96, "images": 1000, "status": "ok", "peak_rss_mib": 900.0},
-             {"pipeline": "dali", "view": 96, "images": 4000, "status": "failed: x"}]
+    recs = [
+        {"pipeline": "ffcv", "view": 96, "images": n, "status": "ok", "peak_rss_mib": rss}
+        for n, rss in ((1000, 1000.0), (4000, 1140.0), (2000, 1300.0))
+    ]
+    recs += [
+        {"pipeline": "dali", "view": 96, "images": 1000, "status": "ok", "peak_rss_mib": 900.0},
+        {"pipeline": "dali", "view": 96, "images": 4000, "status": "failed: x"},
+    ]
     data = [{"images": n, "stored_bytes": {"ffcv": n * 2**20, "dali": n}} for n in (1000, 2000, 4000)]
     ffcv, dali = memory.checks(recs, data, margin_mib=150)
     assert ffcv["images"] == [1000, 4000] and ffcv["ratio"] == pytest.approx(1.14)
     assert ffcv["growth_mib"] == pytest.approx(140) and ffcv["status"] == "pass"
-    assert ffcv["stored_growth_mib"] == pytest.approx(3000) and ffcv["decoded_growth_mib"] == pytest.approx(3000 * 96 * 96 * 3 / 2**20)
+    assert ffcv["stored_growth_mib"] == pytest.approx(3000) and ffcv["decoded_growth_mib"] == pytest.approx(
+        3000 * 96 * 96 * 3 / 2**20
+    )
     assert dali["status"].startswith("not measured")
     assert memory.checks(recs[:2], data, margin_mib=100)[0]["status"] == "fail"  # 140 MiB > 100 MiB
 
@@ -98,19 +113,24 @@ child = subprocess.Popen([sys.executable, "-c", "import time; b = bytearray(300 
 child.wait()
 print(json.dumps({"own": own, "tree": sampler.close(), "self": peak_rss_mib()}))
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=common.REPO, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=common.REPO, check=True
+    )
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert got["own"] >= 255
     assert got["tree"] >= got["self"] - 256 + 300 - 10  # the child's 300 MiB on top of this process's RSS
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--sizes", "100"], "two different dataset sizes"),
-    (["--pipelines", "ffcv,torchvision"], "unknown torchvision"),
-    (["--repeats", "2"], "--repeats must be >= 5"),
-    (["--sizes", "10,20"], "the smallest size must hold"),
-    (["--margin-mib", "0"], "--margin-mib must be positive"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--sizes", "100"], "two different dataset sizes"),
+        (["--pipelines", "ffcv,torchvision"], "unknown torchvision"),
+        (["--repeats", "2"], "--repeats must be >= 5"),
+        (["--sizes", "10,20"], "the smallest size must hold"),
+        (["--margin-mib", "0"], "--margin-mib must be positive"),
+    ],
+)
 def test_bad_settings_are_one_line_and_exit_2(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as e:
         memory.main([*argv, "--out", str(tmp_path / "out")])

@@ -1,6 +1,7 @@
 """benchmarks.preflight and what the suite does with it: a compile that does not work costs seconds
 and turns into eager rows that say so; CUDA graphs that inductor declined are labelled "not
 engaged" with its reason, never "CUDA graphs"."""
+
 import stat
 import time
 from types import SimpleNamespace
@@ -19,10 +20,16 @@ def fake_python(tmp_path, body):
 
 
 def test_compile_check_reports_the_failure_line_and_gives_up_on_time(tmp_path):
-    broken = fake_python(tmp_path, 'echo "Traceback (most recent call last):" >&2; '
-                                   'echo "torch._inductor.exc.InductorError: RuntimeError: Failed to find C compiler." >&2; exit 1')
+    broken = fake_python(
+        tmp_path,
+        'echo "Traceback (most recent call last):" >&2; '
+        'echo "torch._inductor.exc.InductorError: RuntimeError: Failed to find C compiler." >&2; exit 1',
+    )
     got = preflight.compile_check("cuda", timeout=30, python=broken)
-    assert not got["ok"] and got["reason"] == "torch._inductor.exc.InductorError: RuntimeError: Failed to find C compiler."
+    assert (
+        not got["ok"]
+        and got["reason"] == "torch._inductor.exc.InductorError: RuntimeError: Failed to find C compiler."
+    )
     hung = fake_python(tmp_path, "sleep 30")
     t0 = time.monotonic()
     got = preflight.compile_check("cuda", timeout=0.5, python=hung)
@@ -40,9 +47,13 @@ def smoke_context(tmp_path, *flags):
 def test_a_failed_compile_check_turns_compilation_off(tmp_path, monkeypatch):
     ctx = smoke_context(tmp_path)
     ctx.sizes["compile_backend"] = "inductor"  # where the suite would generate code
-    monkeypatch.setattr(preflight, "compile_check", lambda *a, **k: {"ok": False, "reason": "no libcuda", "seconds": 1.0})
+    monkeypatch.setattr(
+        preflight, "compile_check", lambda *a, **k: {"ok": False, "reason": "no libcuda", "seconds": 1.0}
+    )
     c = suite.decide_compile(ctx)
-    assert c["enabled"] is False and c["reason"] == "compile check failed: no libcuda" and not ctx.train_compile
+    assert (
+        c["enabled"] is False and c["reason"] == "compile check failed: no libcuda" and not ctx.train_compile
+    )
     ctx = smoke_context(tmp_path, "--compile")  # forced on: no check
     monkeypatch.setattr(preflight, "compile_check", lambda *a, **k: pytest.fail("checked although --compile"))
     assert suite.decide_compile(ctx)["enabled"] is True
@@ -70,7 +81,9 @@ class FakeStep:
 def test_cuda_graphs_that_inductor_skipped_are_labelled_not_engaged(tmp_path, monkeypatch):
     ctx = smoke_context(tmp_path)
     monkeypatch.setattr(suite_stages, "_skip_reason", lambda *a, **k: "")  # let the CUDA-graphs row run here
-    monkeypatch.setattr(step_bench, "build", lambda setting, scfg, device: FakeStep(setting["mode"] == "reduce-overhead"))
+    monkeypatch.setattr(
+        step_bench, "build", lambda setting, scfg, device: FakeStep(setting["mode"] == "reduce-overhead")
+    )
     rows = {r["setting"]: r for r in suite_stages.step_ablation(ctx, lambda: False)["rows"]}
     graphs = rows["+ CUDA graphs (not engaged)"]
     assert graphs["status"] == "not engaged: skipping cudagraphs due to mutated inputs (2 instances)"
@@ -84,7 +97,9 @@ def test_no_compile_runs_eager_and_labels_every_affected_row(tmp_path, monkeypat
     ctx = smoke_context(tmp_path, "--no-compile")
     assert ctx.compile == {"enabled": False, "reason": "--no-compile", "check": None}
     built = []
-    monkeypatch.setattr(step_bench, "build", lambda setting, scfg, device: built.append(setting) or FakeStep(False))
+    monkeypatch.setattr(
+        step_bench, "build", lambda setting, scfg, device: built.append(setting) or FakeStep(False)
+    )
     rows = {r["setting"]: r for r in suite_stages.step_ablation(ctx, lambda: False)["rows"]}
     assert rows["+ torch.compile"]["status"] == "skipped: not compiled (--no-compile)"
     assert rows["+ CUDA graphs"]["status"] == "skipped: not compiled (--no-compile)"

@@ -1,6 +1,7 @@
 """Each benchmark's --quick run (CPU, seconds) writes complete, sane, self-describing outputs.
 Speed is never asserted: only the schema, positivity of the measured rates, and that every pipeline
 and target is accounted for. The measuring tools themselves are checked against known answers."""
+
 import csv
 import json
 
@@ -9,8 +10,21 @@ import torch
 
 from benchmarks import common, nt_xent, peaks, step, throughput
 
-ENV_KEYS = {"command", "date", "git_commit", "gpu", "gpu_driver", "cpu", "cpu_cores", "torch", "torchvision",
-            "dali", "ffcv", "python", "load_average_1_5_15min"}
+ENV_KEYS = {
+    "command",
+    "date",
+    "git_commit",
+    "gpu",
+    "gpu_driver",
+    "cpu",
+    "cpu_cores",
+    "torch",
+    "torchvision",
+    "dali",
+    "ffcv",
+    "python",
+    "load_average_1_5_15min",
+}
 
 
 def outputs(out, stem):
@@ -62,12 +76,21 @@ def test_peak_table():
     assert common.peak_tflops(torch.device("cpu"), 123.0) == (123.0, "--peak-tflops")
 
 
-@pytest.mark.parametrize("name, model, target", [
-    ("NVIDIA H100 80GB HBM3", "H100 SXM", True), ("NVIDIA H100 PCIe", "H100 PCIe", True),
-    ("NVIDIA H100 NVL", "H100 NVL", True), ("NVIDIA H200", "H200 SXM", True), ("NVIDIA H200 NVL", "H200 NVL", True),
-    ("NVIDIA GH200 480GB", "GH200 (H100/H200 GPU)", True), ("NVIDIA A100-SXM4-80GB", "A100", False),
-    ("NVIDIA A100 80GB PCIe", "A100", False), ("NVIDIA L4", "L4", False), ("NVIDIA L40S", "L40S", False),
-])
+@pytest.mark.parametrize(
+    "name, model, target",
+    [
+        ("NVIDIA H100 80GB HBM3", "H100 SXM", True),
+        ("NVIDIA H100 PCIe", "H100 PCIe", True),
+        ("NVIDIA H100 NVL", "H100 NVL", True),
+        ("NVIDIA H200", "H200 SXM", True),
+        ("NVIDIA H200 NVL", "H200 NVL", True),
+        ("NVIDIA GH200 480GB", "GH200 (H100/H200 GPU)", True),
+        ("NVIDIA A100-SXM4-80GB", "A100", False),
+        ("NVIDIA A100 80GB PCIe", "A100", False),
+        ("NVIDIA L4", "L4", False),
+        ("NVIDIA L40S", "L40S", False),
+    ],
+)
 def test_device_names_match_whole_words(name, model, target):
     # "L4" is inside "L40S" and "H100" would be inside a hypothetical "GH100": substrings decide wrongly.
     assert peaks.lookup(name)[0] == model
@@ -84,7 +107,9 @@ def test_measured_matmul_rate_and_mfu():
     assert peaks.mfu(25.0, info) == {"mfu": 0.25, "mfu_measured": 0.5}
     assert peaks.mfu(None, info) == {"mfu": None, "mfu_measured": None}
     cpu = peaks.peak_info("cpu")
-    assert cpu["measured_tflops"] is None and cpu["datasheet_tflops"] is None  # CPUs: nothing measured by default
+    assert (
+        cpu["measured_tflops"] is None and cpu["datasheet_tflops"] is None
+    )  # CPUs: nothing measured by default
 
 
 def test_nt_xent_quick(tmp_path, capsys):
@@ -97,16 +122,21 @@ def test_nt_xent_quick(tmp_path, capsys):
             mine = [r for r in recs if r["function"] == fname and r["mode"] == mode]
             assert mine, (fname, mode)  # every case accounted for: measured or with a reason
             for r in mine:
-                assert r["status"] == "ok" or r["status"].startswith(("unavailable: ", "failed: ", "skipped: ")), r["status"]
+                assert r["status"] == "ok" or r["status"].startswith(
+                    ("unavailable: ", "failed: ", "skipped: ")
+                ), r["status"]
     ok = [r for r in recs if r["status"] == "ok"]
     assert {(r["dtype"], r["n"]) for r in ok if r["function"] == "nt_xent"} == {
-        (d, n) for d in ("fp32", "bf16") for n in (64, 128)}
+        (d, n) for d in ("fp32", "bf16") for n in (64, 128)
+    }
     for r in ok:
         check_summary(r["fwd_bwd_ms"])
         assert r["saved_bytes"] > 0 and r["peak_cuda_bytes"] is None  # CPU: no CUDA peak
     assert len(result["targets"]) == 2
     for t in result["targets"]:
-        assert t["status"] in ("met", "not met", "not measured") and (t["status"] != "not measured" or t["reason"])
+        assert t["status"] in ("met", "not met", "not measured") and (
+            t["status"] != "not measured" or t["reason"]
+        )
 
 
 def test_step_quick(tmp_path, capsys):
@@ -131,7 +161,9 @@ def test_throughput_quick(tmp_path, capsys):
     assert set(recs) == {"torchvision", "gpu", "dali", "ffcv", "compute-only"}
     assert "cifar10-sample" in result["dataset"]
     for name, r in recs.items():
-        assert r["status"] == "ok" or r["status"].startswith(("unavailable: ", "failed: ", "skipped: ")), r["status"]
+        assert r["status"] == "ok" or r["status"].startswith(("unavailable: ", "failed: ", "skipped: ")), r[
+            "status"
+        ]
         assert r["status"].split(":")[0] in printed
         if r["status"] != "ok":
             continue

@@ -1,5 +1,6 @@
 """benchmarks.step's function API (what benchmarks.suite calls): the rows a device gets, and one
 row timed on its own with no graph compiled during its timed steps."""
+
 import torch
 
 from benchmarks import step
@@ -17,8 +18,10 @@ def test_settings_on_cpu_skip_cuda_graphs_and_modes_without_inductor():
     reasons = {s["mode"]: s["status"] for s in skipped}
     assert set(reasons) == {"max-autotune-no-cudagraphs", "reduce-overhead"}
     assert "CUDA" in reasons["reduce-overhead"] and "inductor" in reasons["max-autotune-no-cudagraphs"]
-    run, skipped = step.settings(quick_cfg("--compile-modes", "default", "--optimizer-paths", "foreach",
-                                           "--precisions", "fp32"), torch.device("cpu"))
+    run, skipped = step.settings(
+        quick_cfg("--compile-modes", "default", "--optimizer-paths", "foreach", "--precisions", "fp32"),
+        torch.device("cpu"),
+    )
     assert len(run) == 4 and not skipped and not any(s["bf16"] for s in run)
 
 

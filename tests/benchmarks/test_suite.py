@@ -1,6 +1,7 @@
 """`python -m benchmarks.suite`: --smoke runs every stage's code path on the CPU, the budget logic
 cuts stages without dropping them, and scripts/device_stage.sh stages data in bounded parts that
 join back exactly. Speed is never asserted."""
+
 import hashlib
 import json
 import os
@@ -21,9 +22,11 @@ SCRIPT = REPO / "scripts" / "device_stage.sh"
 def test_smoke_runs_every_stage(tmp_path, capsys, monkeypatch, cifar100_root):
     monkeypatch.delenv("FASTSSL_DATA", raising=False)
     out = tmp_path / "res"
-    report = suite.main(["--smoke", "--data-dir", cifar100_root, "--out", str(out)])
+    suite.main(["--smoke", "--data-dir", cifar100_root, "--out", str(out)])
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0].startswith("benchmarks.suite on") and "budget 180 s" in printed[0]  # the plan comes first
+    assert (
+        printed[0].startswith("benchmarks.suite on") and "budget 180 s" in printed[0]
+    )  # the plan comes first
     assert [line.split()[1] for line in printed[1:6]] == list(suite_stages.STAGES)
     assert printed[-1].startswith("files: ")  # the summary ends the output
 
@@ -35,11 +38,15 @@ def test_smoke_runs_every_stage(tmp_path, capsys, monkeypatch, cifar100_root):
     assert saved["environment"]["command"].startswith("python -m benchmarks.suite --smoke")
     st = {r["stage"]: r for r in saved["stages"]}
     assert list(st) == list(suite_stages.STAGES)
-    assert all(r["status"] == "ok" for r in st.values()), {k: (r["status"], r["reason"]) for k, r in st.items()}
+    assert all(r["status"] == "ok" for r in st.values()), {
+        k: (r["status"], r["reason"]) for k, r in st.items()
+    }
     assert saved["elapsed_s"] <= saved["budget_s"]
 
     env = st["environment"]["result"]["peak"]
-    assert env["measured_tflops"] > 0 and env["datasheet_tflops"] is None  # measured even on a CPU; no datasheet
+    assert (
+        env["measured_tflops"] > 0 and env["datasheet_tflops"] is None
+    )  # measured even on a CPU; no datasheet
 
     rows = st["step"]["result"]["rows"]
     assert [r["setting"] for r in rows] == [name for name, _ in suite_stages.ABLATION]
@@ -49,7 +56,9 @@ def test_smoke_runs_every_stage(tmp_path, capsys, monkeypatch, cifar100_root):
             assert 0 < r["img_per_s"]["min"] <= r["img_per_s"]["median"] <= r["img_per_s"]["max"]
             assert r["recompiles_timed"] == 0 and r["optimizer_ms"] > 0
     assert rows[0]["status"] == "ok" and rows[0]["speedup_vs_first"] == 1.0
-    assert next(r for r in rows if r["setting"] == "+ CUDA graphs")["status"] != "ok"  # no CUDA graphs on a CPU
+    assert (
+        next(r for r in rows if r["setting"] == "+ CUDA graphs")["status"] != "ok"
+    )  # no CUDA graphs on a CPU
 
     tp = {r["pipeline"]: r for r in st["throughput"]["result"]["records"]}
     assert {"gpu", "torchvision", "dali", "ffcv", "compute-only"} == set(tp) and tp["gpu"]["status"] == "ok"
@@ -57,16 +66,23 @@ def test_smoke_runs_every_stage(tmp_path, capsys, monkeypatch, cifar100_root):
 
     tta = st["time_to_accuracy"]["result"]
     curve = tta["curve"]
-    assert [p["epoch"] for p in curve] == list(range(1, tta["epochs_planned"] + 1))  # kNN every epoch in smoke
+    assert [p["epoch"] for p in curve] == list(
+        range(1, tta["epochs_planned"] + 1)
+    )  # kNN every epoch in smoke
     walls = [p["wall_s"] for p in curve]
     assert walls == sorted(walls) and 0 < walls[-1] <= tta["pretrain_wall_s"]
     assert all(0 <= p["knn_top1"] <= 100 for p in curve)
-    assert tta["probes"]["linear"]["status"] == "ok" and tta["probes"]["linear"]["dataset"] == "CIFAR-10 sample"
+    assert (
+        tta["probes"]["linear"]["status"] == "ok" and tta["probes"]["linear"]["dataset"] == "CIFAR-10 sample"
+    )
     assert tta["probes"]["transfer"]["dataset"] == "CIFAR-100 (JPEG-recompressed copy)"  # labelled so
     # planned from the time left after measuring the costs, which are all measured
     plan = tta["plan"]
     assert plan["seconds_left"] + plan["costs"]["calibration_s"] <= st["time_to_accuracy"]["deadline_s"]
-    assert all(plan["costs"][k] > 0 for k in ("first_step_s", "forward_img_per_s", "checkpoint_s", "probe_head_epoch_s"))
+    assert all(
+        plan["costs"][k] > 0
+        for k in ("first_step_s", "forward_img_per_s", "checkpoint_s", "probe_head_epoch_s")
+    )
     assert plan["probes_planned"] == ["linear", "transfer"]
     assert len(saved["targets"]) == 8
     assert all(t["status"] == "not measured" and t["reason"] for t in saved["targets"])  # CPU: nothing judged
@@ -84,8 +100,13 @@ def fake_context(tmp_path, **results):
 
 
 # Measured costs as benchmarks.suite_plan.measure_costs returns them (the numbers are made up).
-COSTS = {"first_step_s": 40.0, "forward_img_per_s": 100_000.0, "checkpoint_s": 0.4, "probe_head_epoch_s": 0.05,
-         "calibration_s": 3.0}
+COSTS = {
+    "first_step_s": 40.0,
+    "forward_img_per_s": 100_000.0,
+    "checkpoint_s": 0.4,
+    "probe_head_epoch_s": 0.05,
+    "calibration_s": 3.0,
+}
 
 
 def test_epochs_fit_the_stage_budget(tmp_path):
@@ -100,12 +121,23 @@ def test_epochs_fit_the_stage_budget(tmp_path):
             per_epoch = s["train_images"] / rate
             assert plan["epoch_s_estimate"] == pytest.approx(per_epoch)
 
-            def total(e):  # compile, setup, steps + 2 checkpoints per epoch, a kNN every 10, final kNNs, probes
+            def total(
+                e,
+            ):  # compile, setup, steps + 2 checkpoints per epoch, a kNN every 10, final kNNs, probes
                 knn = s["train_images"] / fwd
                 final = knn + (s["train_images"] + s["test_images"]) / fwd
-                probe = (s["probe_images"] + s["test_images"]) / fwd + 2 * s["probe_epochs"] * c["probe_head_epoch_s"]
-                return (c["first_step_s"] + s["train_setup_s"] + e * (per_epoch + 2 * c["checkpoint_s"])
-                        + (e / 10) * knn + final + len(probes) * probe)  # e / 10 >= the e // 10 kNN passes
+                probe = (s["probe_images"] + s["test_images"]) / fwd + 2 * s["probe_epochs"] * c[
+                    "probe_head_epoch_s"
+                ]
+                return (
+                    c["first_step_s"]
+                    + s["train_setup_s"]
+                    + e * (per_epoch + 2 * c["checkpoint_s"])
+                    + (e / 10) * knn
+                    + final
+                    + len(probes) * probe
+                )  # e / 10 >= the e // 10 kNN passes
+
             assert total(epochs) <= 0.95 * seconds or epochs == 1
             assert epochs == 200 or total(epochs + 1) > 0.95 * seconds  # the most that fit, up to 200
     # the same rate read from an earlier run's suite.json (--rates-from) gives the same plan
@@ -114,7 +146,11 @@ def test_epochs_fit_the_stage_budget(tmp_path):
     later = suite.Context(cfg, ctx.device, {}, str(tmp_path))
     later.sizes, later.max_epochs = dict(suite.FULL), 200
     assert suite_stages.plan_epochs(later, 400.0, c) == suite_stages.plan_epochs(ctx, 400.0, c)[:1] + (
-        {**suite_stages.plan_epochs(ctx, 400.0, c)[1], "source": "throughput stage of --rates-from: gpu pipeline end-to-end"},)
+        {
+            **suite_stages.plan_epochs(ctx, 400.0, c)[1],
+            "source": "throughput stage of --rates-from: gpu pipeline end-to-end",
+        },
+    )
     ctx.max_epochs = 30
     assert suite_stages.plan_epochs(ctx, 5000.0, c)[0] == 30  # --max-epochs caps the plan
     ctx.cfg.epochs = 7
@@ -141,9 +177,13 @@ def test_budget_cuts_stages_but_never_drops_them(tmp_path, monkeypatch, capsys):
         raise RuntimeError("boom")
 
     Stage = suite_stages.Stage
-    stages = {"environment": Stage(cooperative, "c", 1, 1), "step": Stage(stubborn, "s", 1, 1),
-              "throughput": Stage(stubborn, "s", 1, 1), "nt_xent": Stage(broken, "b", 1, 1),
-              "time_to_accuracy": Stage(cooperative, "c", 1, 1)}
+    stages = {
+        "environment": Stage(cooperative, "c", 1, 1),
+        "step": Stage(stubborn, "s", 1, 1),
+        "throughput": Stage(stubborn, "s", 1, 1),
+        "nt_xent": Stage(broken, "b", 1, 1),
+        "time_to_accuracy": Stage(cooperative, "c", 1, 1),
+    }
     monkeypatch.setattr(suite_stages, "STAGES", stages)
     t0 = time.monotonic()
     report = suite.main(["--smoke", "--budget", "2", "--grace", "0.2", "--out", str(tmp_path)])
@@ -169,9 +209,15 @@ def test_bad_flags_and_existing_outputs(tmp_path, capsys):
     assert e.value.code == 2 and (tmp_path / "suite.json").read_text() == "keep"
     assert "--overwrite" in capsys.readouterr().err
     (tmp_path / "junk.json").write_text("{not json")
-    for bad in (["--stages", "step,nope"], ["--budget", "0"], ["--epochs", "-1"], ["--max-epochs", "0"],
-                ["--estimates", "nope=3"], ["--estimates", "step=x"],
-                ["--rates-from", str(tmp_path / "junk.json")]):
+    for bad in (
+        ["--stages", "step,nope"],
+        ["--budget", "0"],
+        ["--epochs", "-1"],
+        ["--max-epochs", "0"],
+        ["--estimates", "nope=3"],
+        ["--estimates", "step=x"],
+        ["--rates-from", str(tmp_path / "junk.json")],
+    ):
         with pytest.raises(SystemExit) as e:
             suite.main(["--smoke", "--out", str(tmp_path / "new"), *bad])
         err = capsys.readouterr().err.strip().splitlines()
@@ -193,8 +239,23 @@ def test_device_stage_parts_join_back_exactly(tmp_path):
     # a stand-in for unpack.py: records what it was asked to unpack
     (src / "unpack.py").write_text("import os, sys\nos.makedirs(os.path.join(sys.argv[1], sys.argv[3]))\n")
     stage = tmp_path / "stage"
-    done = subprocess.run(["bash", str(SCRIPT), "--out", str(stage), "--data-src", str(src), "--part-bytes", "1000",
-                           "data", "plan"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            "bash",
+            str(SCRIPT),
+            "--out",
+            str(stage),
+            "--data-src",
+            str(src),
+            "--part-bytes",
+            "1000",
+            "data",
+            "plan",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     transfers = sorted(stage.glob("transfer-*"))
     assert len(transfers) >= 4  # 3 + 2 + 1 + 1 parts of <= 1000 bytes, packed first-fit
@@ -218,8 +279,14 @@ def test_device_stage_parts_join_back_exactly(tmp_path):
     assert shutil.which("python", path=env["PATH"]) is None
 
     def assemble():
-        r = subprocess.run(["bash", "scripts/device_stage.sh", "assemble"], cwd=gpu, capture_output=True,
-                           text=True, timeout=120, env=env)
+        r = subprocess.run(
+            ["bash", "scripts/device_stage.sh", "assemble"],
+            cwd=gpu,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
         assert r.returncode == 0, r.stderr
         return r.stdout
 
@@ -238,8 +305,12 @@ def test_device_stage_parts_join_back_exactly(tmp_path):
 
 
 def test_device_stage_dry_run_prints_each_command(tmp_path):
-    done = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--out", str(tmp_path / "s"), "ffcv", "dali", "plan"],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["bash", str(SCRIPT), "--dry-run", "--out", str(tmp_path / "s"), "ffcv", "dali", "plan"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     text = done.stdout
     assert "nvidia-dali-cuda120" in text and "--python-version 3.12" in text
     if "no Python 3.12 found" in text:  # said so, and that step alone fails
@@ -248,8 +319,12 @@ def test_device_stage_dry_run_prints_each_command(tmp_path):
         assert done.returncode == 0, done.stderr
         assert "pip wheel --no-deps ffcv==1.0.2" in text and "auditwheel repair" in text
     assert not (tmp_path / "s").exists()  # a dry run creates nothing
-    none = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--python", str(tmp_path / "nope"), "ffcv"],
-                          capture_output=True, text=True, timeout=60)
+    none = subprocess.run(
+        ["bash", str(SCRIPT), "--dry-run", "--python", str(tmp_path / "nope"), "ffcv"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert none.returncode == 1 and "no Python 3.12 found" in none.stdout
 
 
@@ -257,7 +332,9 @@ def test_a_new_stage_is_one_function_and_one_line(tmp_path, monkeypatch):
     def extra(ctx, expired):
         return {"markdown": "| entrant | img/s |\n|---|---|\n| fastssl | 1 |\n"}
 
-    monkeypatch.setitem(suite_stages.OPTIONAL, "extra", suite_stages.Stage(extra, "an extra comparison", 100, 1))
+    monkeypatch.setitem(
+        suite_stages.OPTIONAL, "extra", suite_stages.Stage(extra, "an extra comparison", 100, 1)
+    )
     report = suite.main(["--smoke", "--stages", "extra", "--out", str(tmp_path)])
     assert [r["stage"] for r in report["stages"]] == ["environment", "extra"]
     assert report["stages"][1]["status"] == "ok"
@@ -275,7 +352,9 @@ def test_race_stage_runs_the_race_and_reports_its_table(tmp_path, monkeypatch):
     stage = report["stages"][1]
     assert stage["stage"] == "race" and stage["status"] == "ok", stage
     result = stage["result"]
-    assert result["entrants"][1] == "plain" and result["skipped"] == {"lightly": "lightly is not installed (test)"}
+    assert result["entrants"][1] == "plain" and result["skipped"] == {
+        "lightly": "lightly is not installed (test)"
+    }
     assert result["command"].startswith("python3 -m benchmarks.race --dataset cifar10-sample")
     assert set(result["summary"]["entrants"]) == set(result["entrants"])
     section = (tmp_path / "suite.md").read_text().split("## race\n", 1)[1]

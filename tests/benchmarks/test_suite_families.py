@@ -1,5 +1,6 @@
 """The optional families stage of benchmarks.suite: off unless named, and its code path on a CPU
 (--smoke): three families pretrained on the sample's 80/10/10 train part, each probed on the split."""
+
 import json
 
 from benchmarks import suite, suite_stages
@@ -15,7 +16,20 @@ def test_families_stage_is_optional():
 def test_families_smoke(tmp_path, monkeypatch):
     monkeypatch.delenv("FASTSSL_DATA", raising=False)
     out = tmp_path / "res"
-    suite.main(["--smoke", "--stages", "families", "--epochs", "1", "--out", str(out), "--work-dir", str(tmp_path / "work"), "--keep-work"])
+    suite.main(
+        [
+            "--smoke",
+            "--stages",
+            "families",
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--keep-work",
+        ]
+    )
     saved = json.loads((out / "suite.json").read_text())
     rec = {r["stage"]: r for r in saved["stages"]}["families"]
     assert rec["status"] == "ok", rec["reason"]

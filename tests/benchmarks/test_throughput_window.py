@@ -2,6 +2,7 @@
 in its prefetch queue when the window opens. The loaders here are simulated on a virtual clock (one
 worker making a batch every 1/rate s, at most `depth` batches ahead of the consumer), so the test
 is exact and instant; the naive window is measured too, to show what the lead-in protects from."""
+
 from types import SimpleNamespace
 
 import pytest
@@ -24,7 +25,7 @@ class SimLoader:
     def __init__(self, clock, n, rate, depth, ahead):
         self.clock, self.n, self.rate, self.depth, self.ahead = clock, n, rate, depth, ahead
         self.finish, self.taken = [], []  # per batch handed to the worker: made at, left the queue at
-        self.base, self.used = 0, 0       # first batch of the current epoch; batches read from it
+        self.base, self.used = 0, 0  # first batch of the current epoch; batches read from it
 
     def __len__(self):
         return self.n
@@ -35,8 +36,11 @@ class SimLoader:
     def _make(self, k, not_before):
         while len(self.finish) <= k:
             j = len(self.finish)
-            start = max(self.finish[-1] if self.finish else 0.0, not_before,
-                        self.taken[j - self.depth] if j >= self.depth else 0.0)
+            start = max(
+                self.finish[-1] if self.finish else 0.0,
+                not_before,
+                self.taken[j - self.depth] if j >= self.depth else 0.0,
+            )
             self.finish.append(start + 1 / self.rate)
 
     def __iter__(self):
@@ -46,7 +50,7 @@ class SimLoader:
             for k in range(len(self.taken), last + 1):
                 self.clock.t = max(self.clock.t, self.finish[k])
                 self.taken.append(self.clock.t)
-            self.finish = self.finish[:last + 1]
+            self.finish = self.finish[: last + 1]
         self.base, self.used = len(self.taken), 0
         not_before = 0.0 if self.ahead else self.clock.t
         for i in range(self.n):
@@ -70,6 +74,7 @@ def virtual_stopwatch(clock):
         def __exit__(self, *exc):
             self.seconds = clock.t - self.t0
             return False
+
     return Stopwatch
 
 
@@ -116,5 +121,5 @@ def test_without_lead_in_the_queue_distorts_the_window():
     assert naive(ahead, clock, 40) > 1.3 * rate * BATCH
     clock = Clock()
     stale = SimLoader(clock, n=40, rate=rate, depth=16, ahead=False)
-    naive(stale, clock, 10)                  # a part-read epoch: 16 batches handed out ahead
+    naive(stale, clock, 10)  # a part-read epoch: 16 batches handed out ahead
     assert naive(stale, clock, 10) < 0.5 * rate * BATCH

@@ -1,5 +1,6 @@
 """benchmarks.timing.Stopwatch measures the window it brackets, on the CPU and (where there is
 one) on a GPU, where the end event is recorded only after the host has left the block."""
+
 import time
 
 import pytest
@@ -7,7 +8,10 @@ import torch
 
 from benchmarks import timing
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")),
+]
 
 
 @pytest.mark.parametrize("device", DEVICES)

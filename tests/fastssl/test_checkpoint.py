@@ -1,4 +1,5 @@
 """Checkpoint files: atomic writes, clear errors on bad files, backbones in torchvision's format."""
+
 import os
 
 import pytest

@@ -1,4 +1,5 @@
 """The config layer: flags, TOML, precedence, and user errors as ConfigError."""
+
 import pytest
 
 from fastssl.config import ConfigError, parse
@@ -13,20 +14,23 @@ def test_defaults_and_flags():
 
 def test_toml_then_flags(tmp_path):
     f = tmp_path / "c.toml"
-    f.write_text('epochs = 7\ntemperature = 0.5\nbatch-size = 64\n')
+    f.write_text("epochs = 7\ntemperature = 0.5\nbatch-size = 64\n")
     cfg = parse(PretrainConfig, ["--config", str(f), "--epochs", "9"])
     assert (cfg.epochs, cfg.temperature, cfg.batch_size) == (9, 0.5, 64)
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["--epochs", "0"], "epochs"),
-    (["--epochs", "two"], "integer"),
-    (["--pipeline", "magic"], "gpu"),          # the valid choices are listed
-    (["--dataset", "mnist"], "cifar10"),
-    (["--no-such-flag", "1"], "unrecognized"),
-    (["--lr", "-1"], "lr"),
-    (["--resume", "--overwrite"], "contradict"),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--epochs", "0"], "epochs"),
+        (["--epochs", "two"], "integer"),
+        (["--pipeline", "magic"], "gpu"),  # the valid choices are listed
+        (["--dataset", "mnist"], "cifar10"),
+        (["--no-such-flag", "1"], "unrecognized"),
+        (["--lr", "-1"], "lr"),
+        (["--resume", "--overwrite"], "contradict"),
+    ],
+)
 def test_bad_flags(argv, words):
     with pytest.raises(ConfigError, match=words):
         parse(PretrainConfig, argv)

@@ -1,6 +1,7 @@
 """`python -m fastssl.convert`: a real conversion prints one summary line and leaves a verified output
 with its manifest; user errors (bad flag, unknown dataset, missing data, existing output) are one
 `error:` line on stderr and exit code 2, and never touch an existing output."""
+
 import json
 import os
 import subprocess
@@ -13,8 +14,8 @@ pytest.importorskip("nvidia.dali")
 from fastssl import convert as cli  # noqa: E402
 from pipelines import datasets, files  # noqa: E402
 from pipelines.data import arrays
-from pipelines.formats import writer
 from pipelines.formats import dali as dali_format
+from pipelines.formats import writer
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -31,15 +32,37 @@ def fails(argv, capsys):
 
 def test_converts_cifar10_test_split_to_dali(cifar_root, tmp_path):
     out = tmp_path / "c10_test"
-    cmd = [sys.executable, "-m", "fastssl.convert", "--dataset", "cifar10", "--data-dir", cifar_root,
-           "--split", "test", "--to", "dali", "--out", str(out), "--workers", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fastssl.convert",
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        cifar_root,
+        "--split",
+        "test",
+        "--to",
+        "dali",
+        "--out",
+        str(out),
+        "--workers",
+        "2",
+    ]
     run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"wrote 10000 images (10 classes, 32x32, raw) to {out}"), lines
+    assert len(lines) == 1 and lines[0].startswith(f"wrote 10000 images (10 classes, 32x32, raw) to {out}"), (
+        lines
+    )
     with open(out / "manifest.json") as f:
         manifest = json.load(f)
-    assert manifest["source"] == {"dataset": "cifar10", "split": "test", "data_dir": cifar_root, "image_size": None}
+    assert manifest["source"] == {
+        "dataset": "cifar10",
+        "split": "test",
+        "data_dir": cifar_root,
+        "image_size": None,
+    }
     assert manifest["encoding"] == "raw" and manifest["count"] == 10000
     assert manifest["order"] == {"shuffled": True, "seed": 0}  # the default: a seeded permutation
     images, labels = dali_format.read_all(out, workers=2)
@@ -72,8 +95,14 @@ def test_user_errors_are_one_line_and_exit_2(cifar_root, tmp_path, capsys):
 def test_existing_output_needs_force(cifar_root, tmp_path, capsys):
     data = datasets.load("cifar10", "test", data_dir=cifar_root)
     out = str(tmp_path / "existing")
-    small = arrays.ArrayDataset(images=data.images[:50], labels=data.labels[:50], classes=data.classes,
-                                  name="first50", mean=data.mean, std=data.std)
+    small = arrays.ArrayDataset(
+        images=data.images[:50],
+        labels=data.labels[:50],
+        classes=data.classes,
+        name="first50",
+        mean=data.mean,
+        std=data.std,
+    )
     writer.convert(small, "dali", out, progress=False)
     before = {f: files.sha256(os.path.join(out, f)) for f in os.listdir(out)}
     argv = ["--dataset", "cifar10", "--data-dir", cifar_root, "--split", "test", "--to", "dali", "--out", out]
@@ -89,10 +118,14 @@ def small_disk(tmp_path, size="1m"):
     """A tmpfs of `size` (root in a container may mount one); skips with the reason otherwise."""
     mnt = tmp_path / "small"
     mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'mount failed'}); "
-                    "the injected-ENOSPC tests cover the same path")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({done.stderr.strip() or 'mount failed'}); "
+            "the injected-ENOSPC tests cover the same path"
+        )
     return mnt
 
 
@@ -103,7 +136,9 @@ def test_disk_full_is_one_line_and_leaves_no_temporary(tmp_path, capsys, monkeyp
     monkeypatch.delenv("FASTSSL_DATA", raising=False)
     mnt = small_disk(tmp_path)
     try:
-        err = fails(["--dataset", "cifar10-sample", "--to", to, "--out", str(mnt / name), "--workers", "2"], capsys)
+        err = fails(
+            ["--dataset", "cifar10-sample", "--to", to, "--out", str(mnt / name), "--workers", "2"], capsys
+        )
         assert "No space left on device" in err and name in err
         assert os.listdir(mnt) == []
     finally:
@@ -141,14 +176,20 @@ def test_a_writer_worker_killed_by_a_signal_does_not_hang(tmp_path, capsys, monk
         return real_getitem(self, i)
 
     monkeypatch.setattr(ffcv_format._Samples, "__getitem__", getitem)
-    err = fails(["--dataset", "cifar10-sample", "--to", "ffcv", "--out", str(tmp_path / "c.beton"), "--workers", "2"], capsys)
+    err = fails(
+        ["--dataset", "cifar10-sample", "--to", "ffcv", "--out", str(tmp_path / "c.beton"), "--workers", "2"],
+        capsys,
+    )
     assert "c.beton" in err and "died" in err
     assert os.listdir(tmp_path) == []
 
 
 def test_unwritable_out_and_dead_temporaries(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
-    err = fails(["--dataset", "cifar10-sample", "--to", "dali", "--out", str(tmp_path / "file" / "sub" / "shards")], capsys)
+    err = fails(
+        ["--dataset", "cifar10-sample", "--to", "dali", "--out", str(tmp_path / "file" / "sub" / "shards")],
+        capsys,
+    )
     assert "cannot create" in err
     dead = subprocess.Popen(["true"])
     dead.wait()

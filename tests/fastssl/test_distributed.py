@@ -3,6 +3,7 @@
 The reference is the single-process computation the global batch stands for: SimCLR's loss and
 parameter gradients on all images at once (BatchNorm over all of them with SyncBatchNorm, over
 each rank's shard without); the network runs in float64, so agreement is to rounding."""
+
 import json
 import os
 import signal
@@ -25,8 +26,9 @@ from pipelines import Batch
 
 REPO = Path(__file__).resolve().parents[2]
 WORLD, B, HW = 2, 8, 32  # global batch of 8 images (16 views), 4 per rank
-CFG = SimpleNamespace(backbone="resnet18", stem="imagenet", proj_hidden_dim=32, proj_dim=16, proj_out_bn=False,
-                      temperature=0.5)
+CFG = SimpleNamespace(
+    backbone="resnet18", stem="imagenet", proj_hidden_dim=32, proj_dim=16, proj_out_bn=False, temperature=0.5
+)
 
 
 def free_port() -> int:
@@ -64,8 +66,14 @@ def _worker(rank, port, sync_bn, path):
         mean_loss = loss.detach().clone()
         dist.all_reduce(mean_loss)
         if rank == 0:
-            torch.save({"loss": mean_loss / WORLD, "grads": {n: p.grad for n, p in method.named_parameters()},
-                        "buffers": {n: b for n, b in method.named_buffers()}}, path)
+            torch.save(
+                {
+                    "loss": mean_loss / WORLD,
+                    "grads": {n: p.grad for n, p in method.named_parameters()},
+                    "buffers": {n: b for n, b in method.named_buffers()},
+                },
+                path,
+            )
     finally:
         dist.destroy_process_group()
 
@@ -76,7 +84,9 @@ def reference(sync_bn: bool):
     if sync_bn:
         loss, _ = method(Batch.from_views(views, labels))  # BatchNorm over all 2B views
     else:
-        zs = [method.head(method.backbone(shard(views, labels, r).both)).float().chunk(2) for r in range(WORLD)]
+        zs = [
+            method.head(method.backbone(shard(views, labels, r).both)).float().chunk(2) for r in range(WORLD)
+        ]
         loss = nt_xent(torch.cat([z[0] for z in zs]), torch.cat([z[1] for z in zs]), CFG.temperature)
     loss.backward()
     return loss.detach(), {n: p.grad for n, p in method.named_parameters()}, dict(method.named_buffers())
@@ -116,19 +126,58 @@ def test_sync_batchnorm_conversion_keeps_state_and_eval_is_batchnorm():
 
 
 def _torchrun_env():
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT")
+    }
     env["OMP_NUM_THREADS"] = "1"
     return env
 
 
 def _torchrun_cmd(*args, nproc=2):
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-            "127.0.0.1", "--master_port", str(free_port()), "-m", "fastssl.pretrain", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "fastssl.pretrain",
+        *args,
+    ]
 
 
-TINY = ["--dataset", "cifar10-sample", "--subset", "256", "--batch-size", "16", "--proj-hidden-dim", "32",
-        "--proj-dim", "16", "--no-progress", "--no-compile", "--device", "cpu", "--stem", "imagenet",
-        "--log-interval", "1", "--knn-every", "0", "--pipeline", "torchvision", "--workers", "0", "--epochs", "3"]
+TINY = [
+    "--dataset",
+    "cifar10-sample",
+    "--subset",
+    "256",
+    "--batch-size",
+    "16",
+    "--proj-hidden-dim",
+    "32",
+    "--proj-dim",
+    "16",
+    "--no-progress",
+    "--no-compile",
+    "--device",
+    "cpu",
+    "--stem",
+    "imagenet",
+    "--log-interval",
+    "1",
+    "--knn-every",
+    "0",
+    "--pipeline",
+    "torchvision",
+    "--workers",
+    "0",
+    "--epochs",
+    "3",
+]
 STEPS = 3 * 256 // 16
 
 
@@ -138,12 +187,20 @@ def records(out):
 
 def test_torchrun_two_processes_stop_on_sigterm_and_resume_into_one_run_dir(tmp_path):
     out = tmp_path / "ddp"
-    p = subprocess.Popen(_torchrun_cmd(*TINY, "--out", str(out)), cwd=REPO, env=_torchrun_env(),
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(
+        _torchrun_cmd(*TINY, "--out", str(out)),
+        cwd=REPO,
+        env=_torchrun_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not ((out / "metrics.jsonl").exists() and records(out)):  # training has begun
-            assert p.poll() is None and time.monotonic() < deadline, p.stdout.read() if p.poll() is not None else "slow"
+            assert p.poll() is None and time.monotonic() < deadline, (
+                p.stdout.read() if p.poll() is not None else "slow"
+            )
             time.sleep(0.2)
         p.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks, which agree on where to stop
         log = p.communicate(timeout=120)[0]
@@ -158,17 +215,31 @@ def test_torchrun_two_processes_stop_on_sigterm_and_resume_into_one_run_dir(tmp_
 
     # one process cannot continue a two-process run: a clear error, the run left as it was
     before = (out / "last.pt").read_bytes()
-    q = subprocess.run([sys.executable, "-m", "fastssl.pretrain", "--out", str(out), "--resume"],
-                       capture_output=True, text=True, cwd=REPO, timeout=120, env=_torchrun_env())
+    q = subprocess.run(
+        [sys.executable, "-m", "fastssl.pretrain", "--out", str(out), "--resume"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        env=_torchrun_env(),
+    )
     assert q.returncode == 2 and "2 process" in q.stderr and "Traceback" not in q.stderr, q.stderr[-2000:]
     assert (out / "last.pt").read_bytes() == before
 
-    r = subprocess.run(_torchrun_cmd("--out", str(out), "--resume"), capture_output=True, text=True, cwd=REPO,
-                       env=_torchrun_env(), timeout=240)
+    r = subprocess.run(
+        _torchrun_cmd("--out", str(out), "--resume"),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=_torchrun_env(),
+        timeout=240,
+    )
     assert r.returncode == 0, r.stderr[:3000]
     recs = records(out)
     assert [x["epoch"] for x in recs if x.get("summary")] == [0, 1, 2]
-    assert [x["step"] for x in recs if not x.get("summary")] == list(range(1, STEPS + 1))  # one writer, none twice
+    assert [x["step"] for x in recs if not x.get("summary")] == list(
+        range(1, STEPS + 1)
+    )  # one writer, none twice
     assert json.loads((out / "summary.json").read_text())["epochs_run"] == 3
 
 
@@ -176,8 +247,14 @@ def test_two_node_script_trains_one_run_over_a_c10d_rendezvous(tmp_path):
     out = tmp_path / "two_node"
     args = TINY + ["--epochs", "1", "--out", str(out)]  # the later --epochs wins
     env = {**_torchrun_env(), "PYTHON": sys.executable}
-    p = subprocess.run(["bash", str(REPO / "scripts" / "two_node.sh"), *args], capture_output=True, text=True,
-                       cwd=REPO, env=env, timeout=240)
+    p = subprocess.run(
+        ["bash", str(REPO / "scripts" / "two_node.sh"), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=240,
+    )
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     assert json.loads((out / "config.json").read_text())["world_size"] == 2
     assert [x["step"] for x in records(out) if not x.get("summary")] == list(range(1, STEPS // 3 + 1))
@@ -190,8 +267,16 @@ def test_an_error_on_rank_0_alone_stops_every_rank(tmp_path):
 
     out = tmp_path / "busy"
     with RunLock(str(out)):  # held here: only rank 0 tries to take it, the other ranks must not wait forever
-        p = subprocess.run(_torchrun_cmd(*TINY, "--epochs", "1", "--out", str(out)), capture_output=True, text=True,
-                           cwd=REPO, env=_torchrun_env(), timeout=120)
+        p = subprocess.run(
+            _torchrun_cmd(*TINY, "--epochs", "1", "--out", str(out)),
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=_torchrun_env(),
+            timeout=120,
+        )
     assert p.returncode != 0
-    assert p.stderr.count("is in use by another run") == 1 and "another process failed" in p.stderr, p.stderr[-3000:]
+    assert p.stderr.count("is in use by another run") == 1 and "another process failed" in p.stderr, p.stderr[
+        -3000:
+    ]
     assert sorted(x.name for x in out.iterdir()) == [".lock"]  # nothing written

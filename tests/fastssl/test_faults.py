@@ -1,6 +1,7 @@
 """Preemption and damage: a signal saves the exact position, kill -9 at random moments loses
 nothing, a second writer is refused, and every damaged run file ends in one line and exit 2
 with the run directory left exactly as it was."""
+
 import errno
 import json
 import os
@@ -21,9 +22,30 @@ from fastssl.pretrain import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # 64 images / batch 16 = 4 steps per epoch; a record per step so that losses compare step by step.
-TINY = ["--dataset", "cifar10-sample", "--subset", "64", "--batch-size", "16", "--stem", "imagenet",
-        "--device", "cpu", "--no-progress", "--knn-every", "0", "--proj-hidden-dim", "64", "--proj-dim", "32",
-        "--no-compile", "--log-interval", "1", "--epochs", "2"]
+TINY = [
+    "--dataset",
+    "cifar10-sample",
+    "--subset",
+    "64",
+    "--batch-size",
+    "16",
+    "--stem",
+    "imagenet",
+    "--device",
+    "cpu",
+    "--no-progress",
+    "--knn-every",
+    "0",
+    "--proj-hidden-dim",
+    "64",
+    "--proj-dim",
+    "32",
+    "--no-compile",
+    "--log-interval",
+    "1",
+    "--epochs",
+    "2",
+]
 
 
 def losses(out):
@@ -133,7 +155,9 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path):
     # The reference runs uninterrupted in a fresh process too: a process that has run other tests
     # (libraries loaded, thread pools made) may round the same float sums differently.
     straight = str(tmp_path / "straight")
-    subprocess.run(cmd[:-4] + ["--out", straight], cwd=REPO, env=env, check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        cmd[:-4] + ["--out", straight], cwd=REPO, env=env, check=True, capture_output=True, timeout=120
+    )
     for attempt in range(6):
         # Killed before its first checkpoint, a run has nothing to resume: start it again.
         resume = ["--resume"] if os.path.isfile(os.path.join(out, "last.pt")) else ["--overwrite"]
@@ -150,7 +174,10 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path):
     assert p.returncode == 0 and kills >= 1
     assert losses(out) == losses(straight)
     summary = json.loads(open(os.path.join(out, "summary.json")).read())
-    assert summary["epochs_run"] == 2 and summary["final_loss"] == json.load(open(os.path.join(straight, "summary.json")))["final_loss"]
+    assert (
+        summary["epochs_run"] == 2
+        and summary["final_loss"] == json.load(open(os.path.join(straight, "summary.json")))["final_loss"]
+    )
     assert not [n for n in os.listdir(out) if ".tmp-" in n]
 
 
@@ -196,7 +223,7 @@ def _config_mismatch(path):
 
 def _truncated(path):
     data = open(path, "rb").read()
-    open(path, "wb").write(data[:len(data) // 2])
+    open(path, "wb").write(data[: len(data) // 2])
 
 
 def _binary_lines(path):
@@ -210,17 +237,20 @@ def _directory(path):
     os.mkdir(path)
 
 
-@pytest.mark.parametrize("name, damage, words", [
-    ("last.pt", _state_dict_only, "not a fastssl training checkpoint"),
-    ("last.pt", _foreign_dict, "not a fastssl training checkpoint"),
-    ("last.pt", _no_optimizer, "no optimizer state"),
-    ("last.pt", _config_mismatch, "does not match its saved config"),
-    ("last.pt", _truncated, "cannot read checkpoint"),
-    ("last.pt", _directory, "no checkpoint"),
-    ("metrics.jsonl", _binary_lines, "line 2 is not a JSON record"),
-    ("metrics.jsonl", _directory, "not a regular file"),
-    ("config.json", _directory, "not a regular file"),
-])
+@pytest.mark.parametrize(
+    "name, damage, words",
+    [
+        ("last.pt", _state_dict_only, "not a fastssl training checkpoint"),
+        ("last.pt", _foreign_dict, "not a fastssl training checkpoint"),
+        ("last.pt", _no_optimizer, "no optimizer state"),
+        ("last.pt", _config_mismatch, "does not match its saved config"),
+        ("last.pt", _truncated, "cannot read checkpoint"),
+        ("last.pt", _directory, "no checkpoint"),
+        ("metrics.jsonl", _binary_lines, "line 2 is not a JSON record"),
+        ("metrics.jsonl", _directory, "not a regular file"),
+        ("config.json", _directory, "not a regular file"),
+    ],
+)
 def test_damaged_run_files_are_refused_untouched(tmp_path, half, capsys, name, damage, words):
     out = str(tmp_path / "run")
     shutil.copytree(half, out)
@@ -286,7 +316,9 @@ def test_non_finite_loss_exits_3_and_keeps_the_last_good_checkpoint(tmp_path, mo
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 3 and len(err) == 1 and "epoch 2/2, step 3/4" in err[0]
     state = ckpt.load(os.path.join(out, "last.pt"))
-    assert state["epoch"] == 0 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert state["epoch"] == 0 and all(
+        torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point()
+    )
 
 
 def test_dead_temporaries_are_removed_live_ones_kept(tmp_path, half):
@@ -329,10 +361,14 @@ def test_disk_full_on_a_real_small_filesystem(tmp_path, capsys):
     """The same through a 1 MiB tmpfs, where mounting is allowed (root in a container)."""
     mnt = tmp_path / "small"
     mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'mount failed'}); "
-                    "test_disk_full_on_a_checkpoint_write_is_one_line covers the same path")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({done.stderr.strip() or 'mount failed'}); "
+            "test_disk_full_on_a_checkpoint_write_is_one_line covers the same path"
+        )
     try:
         out = str(mnt / "run")
         with pytest.raises(SystemExit) as e:

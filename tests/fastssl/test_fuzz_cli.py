@@ -1,6 +1,7 @@
 """Generated bad command lines and TOML files for every command: each ends in exit code 2 with
 at most 3 lines on stderr, names the offending setting, and raises nothing else (an exception
 other than SystemExit would fail the test with its traceback)."""
+
 import dataclasses
 import random
 import typing
@@ -8,8 +9,8 @@ import typing
 import pytest
 
 from fastssl import convert, pretrain
-from fastssl.eval import knn, linear  # the commands' code (fastssl.knn, fastssl.linear are entry points)
 from fastssl.config import _base_type
+from fastssl.eval import knn, linear  # the commands' code (fastssl.knn, fastssl.linear are entry points)
 
 COMMANDS = {  # command -> (main, config class, flags a valid command line needs)
     "pretrain": (pretrain.main, pretrain.PretrainConfig, []),
@@ -24,8 +25,11 @@ BAD_TOML = ["= 1", "key = ", "[[x", "a = 'unclosed"]
 
 def numeric_fields(cls):
     hints = typing.get_type_hints(cls)
-    return [(f.name, _base_type(hints[f.name])[0]) for f in dataclasses.fields(cls)
-            if _base_type(hints[f.name])[0] in (int, float)]
+    return [
+        (f.name, _base_type(hints[f.name])[0])
+        for f in dataclasses.fields(cls)
+        if _base_type(hints[f.name])[0] in (int, float)
+    ]
 
 
 def cases():
@@ -35,15 +39,25 @@ def cases():
             flag = "--" + name.replace("_", "-")
             value = rng.choice(BAD_INT if kind is int else BAD_FLOAT)
             out.append((command, ("argv", [*required, flag, value]), name))
-            toml = rng.choice([f"{name} = nan", f"{name} = inf", f"{name} = -inf", f"{name} = 'x'",
-                               f"{name} = [1, 2]", f"{name} = true"])
+            toml = rng.choice(
+                [
+                    f"{name} = nan",
+                    f"{name} = inf",
+                    f"{name} = -inf",
+                    f"{name} = 'x'",
+                    f"{name} = [1, 2]",
+                    f"{name} = true",
+                ]
+            )
             if kind is int:
                 toml = rng.choice([toml.replace("nan", "1.5"), f"{name} = 'x'", f"{name} = [1]"])
             out.append((command, ("toml", required, toml.encode()), name))
         out.append((command, ("argv", [*required, "--no-such-flag", "1"]), "no-such-flag"))
         out.append((command, ("toml", required, b"no_such_key = 1"), "no_such_key"))
         out.append((command, ("toml", required, rng.choice(BAD_TOML).encode()), "TOML"))
-        out.append((command, ("toml", required, bytes(rng.randrange(256) for _ in range(64)) + b"\xff"), "TOML"))
+        out.append(
+            (command, ("toml", required, bytes(rng.randrange(256) for _ in range(64)) + b"\xff"), "TOML")
+        )
         out.append((command, ("dir", required), "directory"))
     out.append(("linear", ("argv", ["--backbone", "random", "--lrs", "0.1,nan"]), "lrs"))
     out.append(("linear", ("argv", ["--backbone", "random", "--wds", "inf"]), "wds"))

@@ -1,5 +1,6 @@
 """The autoencoder and Deep InfoMax methods: their losses from the definitions, the prior game's
 signs inside the method, every parameter trained, and the loss going down on a tiny real run."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,9 +14,30 @@ from fastssl.models import Decoder, resnet18, resnet50
 from fastssl.pretrain import PretrainConfig, main
 from fastssl.train import train
 
-TINY = ["--dataset", "cifar10-sample", "--subset", "256", "--batch-size", "128", "--stem", "imagenet",
-        "--no-progress", "--no-compile", "--device", "cpu", "--log-interval", "1", "--knn-every", "0",
-        "--optimizer", "adamw", "--lr", "0.004", "--warmup-epochs", "0"]
+TINY = [
+    "--dataset",
+    "cifar10-sample",
+    "--subset",
+    "256",
+    "--batch-size",
+    "128",
+    "--stem",
+    "imagenet",
+    "--no-progress",
+    "--no-compile",
+    "--device",
+    "cpu",
+    "--log-interval",
+    "1",
+    "--knn-every",
+    "0",
+    "--optimizer",
+    "adamw",
+    "--lr",
+    "0.004",
+    "--warmup-epochs",
+    "0",
+]
 
 
 def make(*flags):
@@ -61,22 +83,39 @@ def test_autoencoder_loss_is_mse_to_the_clean_view(noise):
 
 @pytest.mark.parametrize("estimator, fn", [("jsd", jsd_mi), ("infonce", infonce_mi)])
 def test_dim_loss_from_its_terms(estimator, fn):
-    method = make("--method", "dim", "--stem", "imagenet", "--dim-estimator", estimator,
-                  "--dim-alpha", "0.5", "--dim-beta", "1", "--dim-gamma", "0.1")
+    method = make(
+        "--method",
+        "dim",
+        "--stem",
+        "imagenet",
+        "--dim-estimator",
+        estimator,
+        "--dim-alpha",
+        "0.5",
+        "--dim-beta",
+        "1",
+        "--dim-gamma",
+        "0.1",
+    )
     torch.manual_seed(2)
     loss, logs = method(batch())
-    assert loss.item() == pytest.approx(-0.5 * logs["mi_global"].item() - logs["mi_local"].item()
-                                        + 0.1 * logs["prior_d_loss"].item(), rel=1e-5)
+    assert loss.item() == pytest.approx(
+        -0.5 * logs["mi_global"].item() - logs["mi_local"].item() + 0.1 * logs["prior_d_loss"].item(),
+        rel=1e-5,
+    )
     # Each logged MI term is the chosen estimator on the critic's scores.
     c, y = method.backbone.forward_layer3(batch().view1)
-    scores = torch.einsum("ie,jep->ijp", method.local_y(y), method.local_c(c)) / 512 ** 0.5
+    scores = torch.einsum("ie,jep->ijp", method.local_y(y), method.local_c(c)) / 512**0.5
     assert logs["mi_local"].item() == pytest.approx(fn(scores).item(), rel=1e-5)
 
 
-@pytest.mark.parametrize("flags, absent", [
-    ([], ("global_c", "global_y")),                                         # DIM(L) defaults
-    (["--dim-alpha", "1", "--dim-gamma", "0"], ("prior_code", "discriminator")),
-])
+@pytest.mark.parametrize(
+    "flags, absent",
+    [
+        ([], ("global_c", "global_y")),  # DIM(L) defaults
+        (["--dim-alpha", "1", "--dim-gamma", "0"], ("prior_code", "discriminator")),
+    ],
+)
 def test_every_parameter_gets_a_gradient(flags, absent):
     # DistributedDataParallel fails on parameters without gradients, so unused terms are not built.
     method = make("--method", "dim", "--stem", "imagenet", *flags)
@@ -104,9 +143,15 @@ def test_prior_matching_signs_inside_the_method():
     torch.testing.assert_close(w_disc.grad, g_disc)
 
 
-@pytest.mark.parametrize("bad", [["--dim-gamma", "-0.1"], ["--ae-noise", "-1"],
-                                 ["--method", "dim", "--dim-alpha", "0", "--dim-beta", "0"],
-                                 ["--dim-estimator", "mine"]])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--dim-gamma", "-0.1"],
+        ["--ae-noise", "-1"],
+        ["--method", "dim", "--dim-alpha", "0", "--dim-beta", "0"],
+        ["--dim-estimator", "mine"],
+    ],
+)
 def test_bad_flags_exit_2(tmp_path, capsys, bad):
     with pytest.raises(SystemExit) as e:
         main(TINY + ["--out", str(tmp_path / "x"), *bad])
@@ -115,10 +160,15 @@ def test_bad_flags_exit_2(tmp_path, capsys, bad):
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("flags", [["--method", "autoencoder", "--ae-noise", "0.5"],
-                                   ["--method", "dim"],
-                                   ["--method", "dim", "--dim-estimator", "infonce"]],
-                         ids=["denoising-autoencoder", "dim-jsd", "dim-infonce"])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--method", "autoencoder", "--ae-noise", "0.5"],
+        ["--method", "dim"],
+        ["--method", "dim", "--dim-estimator", "infonce"],
+    ],
+    ids=["denoising-autoencoder", "dim-jsd", "dim-infonce"],
+)
 def test_loss_goes_down_on_a_tiny_real_run(tmp_path, monkeypatch, flags):
     monkeypatch.delenv("FASTSSL_DATA", raising=False)
     argv = TINY + ["--epochs", "2", "--out", str(tmp_path / "run"), *flags]
@@ -133,8 +183,12 @@ def test_heads_size_themselves_from_a_resnet50(method):
     """Projector, classifier, decoder and DIM critics read 2048 / 1024 from the backbone; one
     training step on 16px images updates every parameter."""
     m = make("--method", method, "--backbone", "resnet50", "--stem", "imagenet", "--dim-alpha", "1")
-    first = {"simclr": lambda: m.head.net[0], "supervised": lambda: m.classifier,
-             "autoencoder": lambda: m.decoder.fc, "dim": lambda: m.local_y.net[0]}[method]()
+    first = {
+        "simclr": lambda: m.head.net[0],
+        "supervised": lambda: m.classifier,
+        "autoencoder": lambda: m.decoder.fc,
+        "dim": lambda: m.local_y.net[0],
+    }[method]()
     assert isinstance(m.backbone, type(resnet50())) and m.backbone.layer4[0].conv3.out_channels == 2048
     assert first.in_features == 2048
     if method == "dim":
@@ -155,15 +209,29 @@ def test_resnet50_run_round_trips_through_its_checkpoints(tmp_path, monkeypatch)
     tv = pytest.importorskip("torchvision")
     monkeypatch.delenv("FASTSSL_DATA", raising=False)
     out = tmp_path / "run"
-    argv = TINY + ["--subset", "32", "--batch-size", "16", "--epochs", "1", "--backbone", "resnet50",
-                   "--proj-hidden-dim", "64", "--out", str(out)]  # later flags override TINY's
+    argv = TINY + [
+        "--subset",
+        "32",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "1",
+        "--backbone",
+        "resnet50",
+        "--proj-hidden-dim",
+        "64",
+        "--out",
+        str(out),
+    ]  # later flags override TINY's
     train(parse(PretrainConfig, argv), argv)
     state = ckpt.load_training_state(str(out / "last.pt"))
     assert state["config"]["backbone"] == "resnet50"
     for path in (out, out / "last.pt", out / "backbone.pt"):
         net, info = ckpt.load_backbone(str(path))
         assert info["arch"] == "resnet50" and info["stem"] == "imagenet" and net.feature_dim == 2048
-        want = {k[len("backbone."):]: v for k, v in state["model"].items() if k.startswith("backbone.")}
-        assert net.state_dict().keys() == want.keys() and all(torch.equal(net.state_dict()[k], want[k]) for k in want)
+        want = {k[len("backbone.") :]: v for k, v in state["model"].items() if k.startswith("backbone.")}
+        assert net.state_dict().keys() == want.keys() and all(
+            torch.equal(net.state_dict()[k], want[k]) for k in want
+        )
     missing, unexpected = tv.models.resnet50().load_state_dict(torch.load(out / "backbone.pt"), strict=False)
     assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected

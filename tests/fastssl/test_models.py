@@ -1,10 +1,10 @@
 """ResNet-18 and ResNet-50 against torchvision's: names, shapes, initialisation, weights both ways, outputs."""
+
 import pytest
 import torch
 from torch import nn
 
 from fastssl.models import BACKBONES, ProjectionHead, arch_of, load_torchvision_state_dict, resnet18, resnet50
-
 
 ARCHS = ["resnet18", "resnet50"]
 # Published parameter counts of torchvision's ImageNet models (1000-class fc): 11.69M and 25.56M.
@@ -29,8 +29,15 @@ def n_params(model):
 def test_output_shapes(stem, arch):
     torch.manual_seed(0)
     dim, c3 = FEATURES[arch]
-    features, classifier = BACKBONES[arch](stem=stem).eval(), BACKBONES[arch](stem=stem, num_classes=10).eval()
-    assert isinstance(features.fc, nn.Identity) and features.feature_dim == dim and features.layer3_channels == c3
+    features, classifier = (
+        BACKBONES[arch](stem=stem).eval(),
+        BACKBONES[arch](stem=stem, num_classes=10).eval(),
+    )
+    assert (
+        isinstance(features.fc, nn.Identity)
+        and features.feature_dim == dim
+        and features.layer3_channels == c3
+    )
     assert isinstance(classifier.fc, nn.Linear) and classifier.fc.in_features == dim
     with torch.no_grad():
         for size in [32, 64]:
@@ -80,16 +87,23 @@ def test_seeded_initialisation_equals_torchvision(arch):
 
 def test_zero_init_residual():
     net = resnet18(zero_init_residual=True)
-    assert all((net.get_submodule(f"layer{i}.{j}").bn2.weight == 0).all() for i in range(1, 5) for j in range(2))
+    assert all(
+        (net.get_submodule(f"layer{i}.{j}").bn2.weight == 0).all() for i in range(1, 5) for j in range(2)
+    )
     assert (resnet18().layer1[0].bn2.weight == 1).all()
     # ResNet-50: the last BN of each Bottleneck (bn3), as torchvision's zero_init_residual
     net, blocks = resnet50(zero_init_residual=True), (3, 4, 6, 3)
-    assert all((net.get_submodule(f"layer{i + 1}.{j}").bn3.weight == 0).all() for i in range(4) for j in range(blocks[i]))
+    assert all(
+        (net.get_submodule(f"layer{i + 1}.{j}").bn3.weight == 0).all()
+        for i in range(4)
+        for j in range(blocks[i])
+    )
     assert (net.layer1[0].bn2.weight == 1).all() and (resnet50().layer4[2].bn3.weight == 1).all()
     tv = tv_model("resnet50", zero_init_residual=True).state_dict()
     ours = net.state_dict()
-    assert [k for k in tv if k.endswith("weight") and (tv[k] == 0).all()] == \
-        [k for k in ours if k.endswith("weight") and (ours[k] == 0).all()]
+    assert [k for k in tv if k.endswith("weight") and (tv[k] == 0).all()] == [
+        k for k in ours if k.endswith("weight") and (ours[k] == 0).all()
+    ]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -184,8 +198,12 @@ def test_load_strips_prefixes_and_drops_fc():
     # fc of another size: dropped from the file, the model's own fc keeps its initialisation.
     dst10 = resnet18("imagenet", 10)
     fc_before = dst10.fc.weight.clone()
-    missing, unexpected = load_torchvision_state_dict(torch.compile(dst10), {f"module.{k}": v for k, v in src.state_dict().items()})
-    assert missing == ["fc.weight", "fc.bias"] and unexpected == [] and torch.equal(dst10.fc.weight, fc_before)
+    missing, unexpected = load_torchvision_state_dict(
+        torch.compile(dst10), {f"module.{k}": v for k, v in src.state_dict().items()}
+    )
+    assert (
+        missing == ["fc.weight", "fc.bias"] and unexpected == [] and torch.equal(dst10.fc.weight, fc_before)
+    )
     assert torch.equal(dst10.conv1.weight, src.conv1.weight)
 
 
@@ -193,7 +211,9 @@ def test_load_rejects_incompatible_weights():
     cifar = resnet18("cifar").state_dict()
     dst = resnet18("imagenet")
     before = dst.layer1[0].conv1.weight.clone()
-    with pytest.raises(ValueError, match=r"conv1.weight: file \(64, 3, 3, 3\) vs model \(64, 3, 7, 7\).*stem"):
+    with pytest.raises(
+        ValueError, match=r"conv1.weight: file \(64, 3, 3, 3\) vs model \(64, 3, 7, 7\).*stem"
+    ):
         load_torchvision_state_dict(dst, cifar)
     assert torch.equal(dst.layer1[0].conv1.weight, before)  # nothing loaded
     partial = {k: v for k, v in cifar.items() if not k.startswith("layer4.")}

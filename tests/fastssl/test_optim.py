@@ -1,5 +1,6 @@
 """LARS against its formula written out in float64 NumPy; fast (multi-tensor, compiled) paths
 against the per-tensor loop; the schedule's shape; parameter groups; per-optimiser defaults."""
+
 import copy
 import math
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastssl.optim import DEFAULT_LR, LARS, base_lr, build_optimizer, lars_update, param_groups, warmup_cosine
+from fastssl.optim import DEFAULT_LR, LARS, base_lr, build_optimizer, param_groups, warmup_cosine
 from fastssl.pretrain import PretrainConfig
 
 ETA, WD, LR, MOM, EPS = 0.02, 1e-3, 0.1, 0.9, 1e-8
@@ -60,9 +61,16 @@ def test_lars_matches_formula_in_three_regimes(path):
     ws, grads, bias, bias_grads = three_regimes()
     params = [torch.nn.Parameter(torch.tensor(w)) for w in ws]
     b = torch.nn.Parameter(torch.tensor(bias))
-    opt = LARS([{"params": params, "weight_decay": WD, "lars": True},
-                {"params": [b], "weight_decay": 0.0, "lars": False}],
-               lr=LR, momentum=MOM, eta=ETA, foreach=path == "foreach")
+    opt = LARS(
+        [
+            {"params": params, "weight_decay": WD, "lars": True},
+            {"params": [b], "weight_decay": 0.0, "lars": False},
+        ],
+        lr=LR,
+        momentum=MOM,
+        eta=ETA,
+        foreach=path == "foreach",
+    )
     refs = [reference_lars(w, g, LR, WD, ETA, MOM) for w, g in zip(ws, grads)]
     first = [r[1][0] for r in refs]
     assert first[0] >= 1 and LR < first[1] < 1 and first[2] < LR, first  # the three regimes are exercised
@@ -92,8 +100,13 @@ def test_lars_differs_from_trust_clipped_at_one_between_lr_and_1():
 
 def small_net():
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
-                               torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 10))
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8 * 6 * 6, 10),
+    )
 
 
 def run_steps(opt_kwargs, steps=4, lr=0.8):
@@ -211,8 +224,13 @@ def test_unclipped_lars_is_lightlys_lars():
     net = small_net()
     decay = [p for p in net.parameters() if p.ndim > 1]
     no_decay = [p for p in net.parameters() if p.ndim <= 1]
-    opt = lars.LARS([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=0.8, momentum=0.9,
-                    weight_decay=1e-4, trust_coefficient=0.001)
+    opt = lars.LARS(
+        [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=0.8,
+        momentum=0.9,
+        weight_decay=1e-4,
+        trust_coefficient=0.001,
+    )
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(5, 2))
     g = torch.Generator().manual_seed(1)
     for _ in range(5):

@@ -1,5 +1,6 @@
 """The one train step: compiled with fullgraph=True it never recompiles after the first step and
 trains like the eager step; a graph break is an error; CUDA-graph inputs live in static buffers."""
+
 import pytest
 import torch
 
@@ -11,7 +12,9 @@ from pipelines import Batch
 
 
 def cfg():
-    return PretrainConfig(stem="imagenet", proj_hidden_dim=32, proj_dim=16, batch_size=8, knn_every=0, progress=False)
+    return PretrainConfig(
+        stem="imagenet", proj_hidden_dim=32, proj_dim=16, batch_size=8, knn_every=0, progress=False
+    )
 
 
 def batches(n, b=8, size=16):
@@ -62,7 +65,9 @@ def test_graph_break_is_an_error():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     b = batches(1)[0]
-    TrainStep(model, opt, sched, "cpu", bf16=False, compile=True, fullgraph=False, backend="eager")(b)  # splits
+    TrainStep(model, opt, sched, "cpu", bf16=False, compile=True, fullgraph=False, backend="eager")(
+        b
+    )  # splits
     torch._dynamo.reset()  # else the split graphs above are reused for the same code
     with pytest.raises(Exception, match="(?i)graph.break"):
         TrainStep(model, opt, sched, "cpu", bf16=False, compile=True, fullgraph=True, backend="eager")(b)

@@ -1,5 +1,6 @@
 """Supervised from scratch: its config is pretraining's minus SimCLR fields, a tiny run trains,
 and the test accuracy in summary.json equals an independent evaluation of last.pt."""
+
 import json
 from dataclasses import fields
 
@@ -14,8 +15,28 @@ from fastssl.pretrain import PretrainConfig
 from fastssl.supervised import SIMCLR_ONLY, SupervisedConfig, main
 from pipelines import datasets
 
-TINY = ["--dataset", "imagefolder", "--batch-size", "16", "--epochs", "2", "--stem", "imagenet", "--warmup-epochs", "0",
-        "--knn-every", "1", "--knn-k", "10", "--log-interval", "1", "--device", "cpu", "--no-compile", "--no-progress"]
+TINY = [
+    "--dataset",
+    "imagefolder",
+    "--batch-size",
+    "16",
+    "--epochs",
+    "2",
+    "--stem",
+    "imagenet",
+    "--warmup-epochs",
+    "0",
+    "--knn-every",
+    "1",
+    "--knn-k",
+    "10",
+    "--log-interval",
+    "1",
+    "--device",
+    "cpu",
+    "--no-compile",
+    "--no-progress",
+]
 
 
 @pytest.fixture
@@ -37,7 +58,13 @@ def test_config_is_pretrain_config_minus_simclr_fields():
     sup = {f.name: f for f in fields(SupervisedConfig)}
     assert set(sup) == set(pre) - SIMCLR_ONLY
     cfg = SupervisedConfig()
-    assert (cfg.method, cfg.optimizer, cfg.dataset, cfg.lr, cfg.weight_decay) == ("supervised", "sgd", "cifar100", 0.2, 5e-4)
+    assert (cfg.method, cfg.optimizer, cfg.dataset, cfg.lr, cfg.weight_decay) == (
+        "supervised",
+        "sgd",
+        "cifar100",
+        0.2,
+        5e-4,
+    )
     assert sup["data_dir"].metadata == pre["data_dir"].metadata  # help and choices carried over
     with pytest.raises(ConfigError, match="epochs"):  # pretraining's validation applies
         parse(SupervisedConfig, ["--epochs", "0"])
@@ -59,7 +86,11 @@ def reference_test_accuracy(run_dir, cfg):
         logits = method.classifier(method.backbone(x))
     top5 = logits.topk(min(5, logits.shape[1]), 1).indices
     y = torch.from_numpy(test.labels)
-    return 100 * (top5[:, 0] == y).float().mean().item(), 100 * (top5 == y[:, None]).any(1).float().mean().item(), len(y)
+    return (
+        100 * (top5[:, 0] == y).float().mean().item(),
+        100 * (top5 == y[:, None]).any(1).float().mean().item(),
+        len(y),
+    )
 
 
 def test_tiny_run_scores_test_set(tmp_path, folder, capsys):
@@ -68,13 +99,20 @@ def test_tiny_run_scores_test_set(tmp_path, folder, capsys):
     assert main(argv) == 0
     assert "test top-1" in capsys.readouterr().out
     s = json.loads((out / "summary.json").read_text())
-    assert s["protocol"] == "supervised" and s["evaluated_epoch"] == 1 and s["data"]["label"] == "image folder"
+    assert (
+        s["protocol"] == "supervised" and s["evaluated_epoch"] == 1 and s["data"]["label"] == "image folder"
+    )
     assert s["backbone"]["kind"] == "supervised" and "from scratch" in s["backbone"]["label"]
     cfg = parse(SupervisedConfig, argv)
     top1, top5, n = reference_test_accuracy(out, cfg)
     one_image = 100 / n  # float32 vs float64 normalisation may flip a near-tie
-    assert s["test_top1"] == pytest.approx(top1, abs=one_image) and s["test_top5"] == pytest.approx(top5, abs=one_image)
+    assert s["test_top1"] == pytest.approx(top1, abs=one_image) and s["test_top5"] == pytest.approx(
+        top5, abs=one_image
+    )
     epochs = [r for r in ckpt.read_jsonl(str(out / "metrics.jsonl")) if r.get("summary")]
     assert len(epochs) == 2 and "epoch_acc" in epochs[0] and "knn_top1" in epochs[1]
     info = json.loads((out / "config.json").read_text())
-    assert info["command"][:3] == ["python", "-m", "fastssl.supervised"] and info["config"]["method"] == "supervised"
+    assert (
+        info["command"][:3] == ["python", "-m", "fastssl.supervised"]
+        and info["config"]["method"] == "supervised"
+    )

@@ -1,5 +1,6 @@
 """The training loop: loss goes down, resume is bit-exact, the run directory is complete, and bad
 input ends in one line on stderr with exit code 2 without touching existing outputs."""
+
 import json
 import os
 import subprocess
@@ -15,8 +16,24 @@ from fastssl.pretrain import PretrainConfig, main
 from fastssl.train import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY = ["--dataset", "cifar10-sample", "--subset", "64", "--batch-size", "32", "--proj-hidden-dim", "64",
-        "--proj-dim", "32", "--no-progress", "--no-compile", "--device", "cpu", "--log-interval", "1"]
+TINY = [
+    "--dataset",
+    "cifar10-sample",
+    "--subset",
+    "64",
+    "--batch-size",
+    "32",
+    "--proj-hidden-dim",
+    "64",
+    "--proj-dim",
+    "32",
+    "--no-progress",
+    "--no-compile",
+    "--device",
+    "cpu",
+    "--log-interval",
+    "1",
+]
 
 
 def run(tmp_path, *extra, name="run"):
@@ -38,13 +55,18 @@ def test_loss_goes_down_and_run_dir_complete(tmp_path):
     assert "val_knn_top1" in epochs[2] and "val_knn_top1" in epochs[5] and "val_knn_top1" not in epochs[0]
     assert "knn_top1" in epochs[5] and not any("knn_top1" in e for e in epochs[:5])
     best = torch.load(out / "best.pt", weights_only=False)
-    assert best["epoch"] == max((e for e in epochs if "val_knn_top1" in e), key=lambda e: e["val_knn_top1"])["epoch"]
+    assert (
+        best["epoch"]
+        == max((e for e in epochs if "val_knn_top1" in e), key=lambda e: e["val_knn_top1"])["epoch"]
+    )
     for name in ["config.json", "metrics.jsonl", "last.pt", "best.pt", "backbone.pt", "summary.json"]:
         assert (out / name).is_file(), name
     info = json.loads((out / "config.json").read_text())
     assert info["config"]["epochs"] == 6 and info["steps_per_epoch"] == 2
     sd = torch.load(out / "backbone.pt")
-    assert "layer4.1.bn2.running_var" in sd and not any(k.startswith(("_orig_mod", "module", "fc")) for k in sd)
+    assert "layer4.1.bn2.running_var" in sd and not any(
+        k.startswith(("_orig_mod", "module", "fc")) for k in sd
+    )
     assert 0 <= result["knn_top1"] <= 100
     # whole epochs are timed; the part spent waiting for the loader is recorded beside it
     assert all(0 <= e["epoch_data_wait_s"] <= e["epoch_time_s"] for e in epochs)
@@ -52,7 +74,10 @@ def test_loss_goes_down_and_run_dir_complete(tmp_path):
 
 def test_backbone_every_exports_snapshots_that_equal_the_final_weights_at_the_end(tmp_path):
     _, out = run(tmp_path, "--epochs", "4", "--knn-every", "0", "--backbone-every", "2")
-    assert sorted(p.name for p in out.glob("backbone_epoch*.pt")) == ["backbone_epoch002.pt", "backbone_epoch004.pt"]
+    assert sorted(p.name for p in out.glob("backbone_epoch*.pt")) == [
+        "backbone_epoch002.pt",
+        "backbone_epoch004.pt",
+    ]
     final, last = torch.load(out / "backbone.pt"), torch.load(out / "backbone_epoch004.pt")
     assert final.keys() == last.keys() and all(torch.equal(final[k], last[k]) for k in final)
     mid = torch.load(out / "backbone_epoch002.pt")
@@ -101,12 +126,15 @@ def test_resume_refuses_changed_settings(tmp_path, capsys):
     assert e.value.code == 2 and "temperature" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("extra, words", [
-    (["--batch-size", "4096"], "batch"),
-    (["--dataset", "cifar10", "--data-dir", "/nonexistent/dir"], "/nonexistent/dir"),
-    (["--epochs", "-1"], "epochs"),
-    (["--pipeline", "nope"], "gpu"),
-])
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--batch-size", "4096"], "batch"),
+        (["--dataset", "cifar10", "--data-dir", "/nonexistent/dir"], "/nonexistent/dir"),
+        (["--epochs", "-1"], "epochs"),
+        (["--pipeline", "nope"], "gpu"),
+    ],
+)
 def test_bad_input_exit_2(tmp_path, capsys, extra, words):
     with pytest.raises(SystemExit) as e:
         main(TINY + ["--out", str(tmp_path / "x"), "--epochs", "1", *extra])
@@ -126,23 +154,46 @@ def test_existing_out_is_never_overwritten(tmp_path, capsys):
 
 
 def test_cli_subprocess_no_traceback(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "fastssl.pretrain", "--epochs", "0", "--out", str(tmp_path / "y")],
-                       capture_output=True, text=True, cwd=REPO)
+    p = subprocess.run(
+        [sys.executable, "-m", "fastssl.pretrain", "--epochs", "0", "--out", str(tmp_path / "y")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert p.returncode == 2 and "Traceback" not in p.stderr and p.stderr.startswith("error:")
-    h = subprocess.run([sys.executable, "-m", "fastssl.pretrain", "--help"], capture_output=True, text=True, cwd=REPO)
-    for flag in ["--dataset", "--data-dir", "--subset", "--epochs", "--batch-size", "--lr", "--temperature",
-                 "--pipeline", "--device", "--compile", "--no-compile", "--seed", "--out", "--resume"]:
+    h = subprocess.run(
+        [sys.executable, "-m", "fastssl.pretrain", "--help"], capture_output=True, text=True, cwd=REPO
+    )
+    for flag in [
+        "--dataset",
+        "--data-dir",
+        "--subset",
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--temperature",
+        "--pipeline",
+        "--device",
+        "--compile",
+        "--no-compile",
+        "--seed",
+        "--out",
+        "--resume",
+    ]:
         assert flag in h.stdout
 
 
 def test_monitor_split_is_stratified_disjoint_and_leaves_out_unlabelled():
     import numpy as np
-    from pipelines.data import arrays
+
     from fastssl.train import monitor_split
+    from pipelines.data import arrays
 
     labels = np.repeat(np.arange(4), 50)
     labels[::7] = -1  # unlabelled images (cifar10+cifar100) are neither queries nor voters
-    images = np.arange(len(labels), dtype=np.uint8)[:, None, None, None].repeat(2, 1).repeat(2, 2).repeat(3, 3)
+    images = (
+        np.arange(len(labels), dtype=np.uint8)[:, None, None, None].repeat(2, 1).repeat(2, 2).repeat(3, 3)
+    )
     data = arrays.ArrayDataset(images, labels, list("abcd"), "toy", (0.5,) * 3, (0.25,) * 3)
     bank, val = monitor_split(data, 0.2, seed=3)
     ids_bank, ids_val = set(bank.images[:, 0, 0, 0]), set(val.images[:, 0, 0, 0])

@@ -3,6 +3,7 @@ written from torchvision's RandomResizedCrop with Python's `random`; rates and f
 their binomial / uniform laws, at 5 standard errors), and every op, given the parameters, computes
 what torchvision's functional op computes for each image on its own.
 """
+
 import itertools
 import math
 import random
@@ -59,7 +60,9 @@ def ks_distance(a, b):
     """Largest gap between the empirical CDFs of samples a and b."""
     a, b = np.sort(np.asarray(a, np.float64)), np.sort(np.asarray(b, np.float64))
     grid = np.concatenate([a, b])
-    return np.abs(np.searchsorted(a, grid, "right") / len(a) - np.searchsorted(b, grid, "right") / len(b)).max()
+    return np.abs(
+        np.searchsorted(a, grid, "right") / len(a) - np.searchsorted(b, grid, "right") / len(b)
+    ).max()
 
 
 def same_law(a, b):
@@ -87,11 +90,14 @@ def test_crop_boxes_follow_torchvision_algorithm(height, width):
     assert (h >= 1).all() and (w >= 1).all() and (top >= 0).all() and (left >= 0).all()
     assert (top + h <= height).all() and (left + w <= width).all()
     rtop, rleft, rh, rw = ref.T
-    for name, got, want in [("area fraction", h * w / (height * width), rh * rw / (height * width)),
-                            ("log area", np.log(h * w), np.log(rh * rw)),
-                            ("log aspect", np.log(w / h), np.log(rw / rh)),
-                            ("top", top, rtop), ("left", left, rleft),
-                            ("centre row", top + h / 2, rtop + rh / 2)]:
+    for name, got, want in [
+        ("area fraction", h * w / (height * width), rh * rw / (height * width)),
+        ("log area", np.log(h * w), np.log(rh * rw)),
+        ("log aspect", np.log(w / h), np.log(rw / rh)),
+        ("top", top, rtop),
+        ("left", left, rleft),
+        ("centre row", top + h / 2, rtop + rh / 2),
+    ]:
         ok, detail = same_law(got, want)
         assert ok, (name, detail)
     # On the narrow image ~10% of samples exhaust their 10 tries: the central fallback box.
@@ -117,8 +123,9 @@ def test_log_aspect_and_area_are_uniform_when_nothing_is_rejected():
     assert ok, detail
 
 
-@pytest.mark.parametrize("ratio,box", [((2.0, 3.0), (8, 0, 16, 32)), ((0.25, 0.5), (0, 8, 32, 16)),
-                                       ((1.5, 1.5), (5, 0, 21, 32))])
+@pytest.mark.parametrize(
+    "ratio,box", [((2.0, 3.0), (8, 0, 16, 32)), ((0.25, 0.5), (0, 8, 32, 16)), ((1.5, 1.5), (5, 0, 21, 32))]
+)
 def test_crop_falls_back_to_central_box_when_no_try_fits(ratio, box):
     # Whole-image area at an aspect the square image cannot hold: all 10 tries fail.
     boxes = augment.sample_crop_boxes(500, 32, 32, (1.0, 1.0), ratio, gen(4))
@@ -131,8 +138,11 @@ def test_crop_falls_back_to_central_box_when_no_try_fits(ratio, box):
 def test_rates_of_flip_jitter_and_grayscale():
     for recipe in (SimCLRRecipe(), SimCLRRecipe(flip_p=0.3, jitter_p=0.55, gray_p=0.05)):
         p = augment.sample_params(N, 32, 32, recipe, gen(5))
-        for name, mask, rate in [("flip", p.flip, recipe.flip_p), ("jitter", p.jitter, recipe.jitter_p),
-                                 ("gray", p.gray, recipe.gray_p)]:
+        for name, mask, rate in [
+            ("flip", p.flip, recipe.flip_p),
+            ("jitter", p.jitter, recipe.jitter_p),
+            ("gray", p.gray, recipe.gray_p),
+        ]:
             assert mask.dtype == torch.bool and mask.shape == (N,)
             ok, detail = binomial_ok(mask.numpy(), rate)
             assert ok, (name, detail)
@@ -188,7 +198,7 @@ def test_blur_is_drawn_above_32_px_at_half_rate_with_uniform_sigma():
     assert 0.1 <= sigma.min() and sigma.max() <= 2.0
     ok, detail = same_law(sigma, np.random.default_rng(0).uniform(0.1, 2.0, N))
     assert ok, detail
-    ok, detail = same_law(sigma[:N // 2], sigma[N // 2:] * 0.5 + 0.05)  # the test can fail: U[0.1, 1.05]
+    ok, detail = same_law(sigma[: N // 2], sigma[N // 2 :] * 0.5 + 0.05)  # the test can fail: U[0.1, 1.05]
     assert not ok, detail
     # The CIFAR recipe: no blur parameters, and the colour draws consume the stream as before.
     cifar = augment.sample_params(64, 32, 32, SimCLRRecipe(), gen(23))
@@ -229,11 +239,24 @@ def test_sampling_is_a_pure_function_of_the_generator():
 def test_recipe_validation():
     r = SimCLRRecipe(scale=[0.2, 1], jitter=[0.1, 0.1, 0.1, 0.05])
     assert r.scale == (0.2, 1.0) and r.jitter == (0.1, 0.1, 0.1, 0.05)
-    for bad in [dict(size=0), dict(size=32.0), dict(scale=(0.5, 0.2)), dict(scale=(0.0, 1.0)), dict(ratio=(1.0,)),
-                dict(flip_p=1.5), dict(gray_p=-0.1), dict(jitter=(0.4, 0.4, 0.4, 0.6)),
-                dict(jitter=(-0.1, 0.4, 0.4, 0.1)), dict(jitter="strong"), dict(jitter_p=True),
-                dict(blur_p=1.2), dict(blur_p="half"), dict(blur_sigma=(0.0, 2.0)), dict(blur_sigma=(2.0, 0.1)),
-                dict(blur_sigma=(0.1,))]:
+    for bad in [
+        dict(size=0),
+        dict(size=32.0),
+        dict(scale=(0.5, 0.2)),
+        dict(scale=(0.0, 1.0)),
+        dict(ratio=(1.0,)),
+        dict(flip_p=1.5),
+        dict(gray_p=-0.1),
+        dict(jitter=(0.4, 0.4, 0.4, 0.6)),
+        dict(jitter=(-0.1, 0.4, 0.4, 0.1)),
+        dict(jitter="strong"),
+        dict(jitter_p=True),
+        dict(blur_p=1.2),
+        dict(blur_p="half"),
+        dict(blur_sigma=(0.0, 2.0)),
+        dict(blur_sigma=(2.0, 0.1)),
+        dict(blur_sigma=(0.1,)),
+    ]:
         with pytest.raises(DataError, match="SimCLRRecipe"):
             SimCLRRecipe(**bad)
 
@@ -335,12 +358,12 @@ def reference_blur(image, sigma, kernel_size, mode="reflect"):
     mirrored about the edge pixel, which is not repeated: torchvision's), rows then columns."""
     r = kernel_size // 2
     t = np.arange(-r, r + 1, dtype=np.float64)
-    w = np.exp(-t ** 2 / (2 * sigma ** 2))
+    w = np.exp(-(t**2) / (2 * sigma**2))
     w /= w.sum()
     x = np.pad(np.asarray(image, np.float64), ((0, 0), (r, r), (r, r)), mode=mode)
     h, wd = image.shape[1:]
-    x = sum(w[j] * x[:, :, j:j + wd] for j in range(kernel_size))  # along width
-    return sum(w[j] * x[:, j:j + h, :] for j in range(kernel_size))  # along height
+    x = sum(w[j] * x[:, :, j : j + wd] for j in range(kernel_size))  # along width
+    return sum(w[j] * x[:, j : j + h, :] for j in range(kernel_size))  # along height
 
 
 @pytest.mark.parametrize("kernel_size", [5, 9, 23])
@@ -355,8 +378,15 @@ def test_gaussian_blur_matches_float64_reference_and_torchvision(kernel_size):
     for i in range(7):
         want = reference_blur(x[i].numpy(), float(sigma[i]), kernel_size)
         assert np.abs(got[i].double().numpy() - want).max() <= 1e-6, i
-    for other in ("constant", "edge", "symmetric"):  # zero, replicate, edge-repeating mirror: all differ at the corner
-        assert np.abs(got[6].double().numpy() - reference_blur(x[6].numpy(), 2.0, kernel_size, other)).max() > 1e-3
+    for other in (
+        "constant",
+        "edge",
+        "symmetric",
+    ):  # zero, replicate, edge-repeating mirror: all differ at the corner
+        assert (
+            np.abs(got[6].double().numpy() - reference_blur(x[6].numpy(), 2.0, kernel_size, other)).max()
+            > 1e-3
+        )
     TF = _tv()
     for i in range(7):
         want = TF.gaussian_blur(x[i], [kernel_size, kernel_size], [float(sigma[i])] * 2)
@@ -469,5 +499,9 @@ def test_cuda_matches_cpu_and_never_syncs():
     assert view.device.type == "cuda" and view.is_contiguous(memory_format=torch.channels_last)
     assert blurred.shape == (256, 3, 64, 64) and blurred.device.type == "cuda"
     sigma = torch.rand(256, generator=gen(24)) * 1.9 + 0.1
-    torch.testing.assert_close(augment.gaussian_blur(x.cuda(), sigma.cuda(), 7).cpu(),
-                               augment.gaussian_blur(x, sigma, 7), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        augment.gaussian_blur(x.cuda(), sigma.cuda(), 7).cpu(),
+        augment.gaussian_blur(x, sigma, 7),
+        atol=1e-5,
+        rtol=0,
+    )

@@ -1,10 +1,10 @@
 """Dataset readers against the raw files, the published statistics, and every way data can be broken."""
+
 import dataclasses
 import hashlib
 import io
 import os
 import pickle
-import shutil
 import tarfile
 import urllib.error
 
@@ -44,7 +44,7 @@ def reference_stats(images):
         squares += np.einsum("ij,ij->i", v, v, dtype=np.int64)
     n = len(pixels)
     mean = total / n
-    return mean / 255, np.sqrt(squares / n - mean ** 2) / 255
+    return mean / 255, np.sqrt(squares / n - mean**2) / 255
 
 
 def first_of_each_class(labels, per):
@@ -66,8 +66,18 @@ def test_cifar10_train_and_test(cifar_root, c10_train, c10_test):
         assert d.images.dtype == np.uint8 and d.labels.dtype == np.int64 and d.images.flags.c_contiguous
         assert np.bincount(d.labels).tolist() == [per] * 10
         assert d.name == "cifar10" and d.mean == cifar.CIFAR10_MEAN and d.std == cifar.CIFAR10_STD
-    assert c10_train.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                                 "truck"]
+    assert c10_train.classes == [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
     assert c10_train.labels[:5].tolist() == [6, 9, 9, 4, 1]
     # NHWC from the planar rows of the raw files: first and last image of the split
     first = raw_batch(os.path.join(cifar_root, C10, "data_batch_1"))
@@ -98,7 +108,9 @@ def test_cifar100(cifar100_root):
     test = datasets.load("cifar100", "test", data_dir=cifar100_root)
     assert train.images.shape == (50000, 32, 32, 3) and test.images.shape == (10000, 32, 32, 3)
     assert train.images.dtype == np.uint8 and train.labels.dtype == np.int64
-    assert np.bincount(train.labels).tolist() == [500] * 100 and np.bincount(test.labels).tolist() == [100] * 100
+    assert (
+        np.bincount(train.labels).tolist() == [500] * 100 and np.bincount(test.labels).tolist() == [100] * 100
+    )
     assert len(train.classes) == 100 and train.classes[:3] == ["apple", "aquarium_fish", "baby"]
     assert train.classes[-1] == "worm" and train.name == "cifar100"
     raw = raw_batch(os.path.join(cifar100_root, "cifar-100-python", "train"))
@@ -112,8 +124,12 @@ def test_cifar100(cifar100_root):
 def test_cifar10_plus_cifar100_adds_unlabelled_images(cifar_root, cifar100_root, c10_train, c10_test):
     train = datasets.load("cifar10+cifar100", "train", data_dir=cifar_root)
     c100 = datasets.load("cifar100", "train", data_dir=cifar100_root)
-    assert np.array_equal(train.images[:50000], c10_train.images) and np.array_equal(train.images[50000:], c100.images)
-    assert np.array_equal(train.labels[:50000], c10_train.labels) and (train.labels[50000:] == UNLABELLED).all()
+    assert np.array_equal(train.images[:50000], c10_train.images) and np.array_equal(
+        train.images[50000:], c100.images
+    )
+    assert (
+        np.array_equal(train.labels[:50000], c10_train.labels) and (train.labels[50000:] == UNLABELLED).all()
+    )
     test = datasets.load("cifar10+cifar100", "test", data_dir=cifar_root)
     assert np.array_equal(test.images, c10_test.images) and test.classes == c10_train.classes
     assert train.mean == test.mean == c10_train.mean  # both splits normalised alike
@@ -124,7 +140,9 @@ def test_cifar10_plus_cifar100_adds_unlabelled_images(cifar_root, cifar100_root,
 def test_subset_is_the_first_images_of_each_class(c10_train, cifar_root):
     sub = datasets.load("cifar10", "train", data_dir=cifar_root, subset=100)
     keep = first_of_each_class(c10_train.labels, 10)
-    assert np.array_equal(sub.images, c10_train.images[keep]) and np.array_equal(sub.labels, c10_train.labels[keep])
+    assert np.array_equal(sub.images, c10_train.images[keep]) and np.array_equal(
+        sub.labels, c10_train.labels[keep]
+    )
     assert sub.mean == cifar.CIFAR10_MEAN  # statistics of the full training split
     uneven = splits.first_per_class(c10_train.labels, 23, 10)
     assert np.bincount(c10_train.labels[uneven]).tolist() == [3, 3, 3] + [2] * 7
@@ -206,15 +224,21 @@ def test_truncated_pickle(fake_c10, cifar_root):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("entry, message", [
-    ({b"data": np.zeros((10000, 3071), np.uint8), b"labels": [0] * 10000}, r"uint8 \(10000, 3072\)"),
-    ({b"data": np.zeros((10000, 3072), np.float32), b"labels": [0] * 10000}, r"uint8 \(10000, 3072\)"),
-    ({b"data": np.zeros((9999, 3072), np.uint8), b"labels": [0] * 9999}, r"uint8 \(10000, 3072\)"),
-    ({b"data": np.zeros((10000, 3072), np.uint8), b"labels": [0] * 9999 + [10]}, r"labels must lie in 0\.\.9"),
-    ({b"data": np.zeros((10000, 3072), np.uint8), b"labels": [0] * 9000}, "expected 10000 labels"),
-    ({b"data": np.zeros((10000, 3072), np.uint8)}, "missing key labels"),
-    ([1, 2, 3], "expected a dict"),
-])
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({b"data": np.zeros((10000, 3071), np.uint8), b"labels": [0] * 10000}, r"uint8 \(10000, 3072\)"),
+        ({b"data": np.zeros((10000, 3072), np.float32), b"labels": [0] * 10000}, r"uint8 \(10000, 3072\)"),
+        ({b"data": np.zeros((9999, 3072), np.uint8), b"labels": [0] * 9999}, r"uint8 \(10000, 3072\)"),
+        (
+            {b"data": np.zeros((10000, 3072), np.uint8), b"labels": [0] * 9999 + [10]},
+            r"labels must lie in 0\.\.9",
+        ),
+        ({b"data": np.zeros((10000, 3072), np.uint8), b"labels": [0] * 9000}, "expected 10000 labels"),
+        ({b"data": np.zeros((10000, 3072), np.uint8)}, "missing key labels"),
+        ([1, 2, 3], "expected a dict"),
+    ],
+)
 def test_malformed_batch(fake_c10, entry, message):
     replace_test_batch(fake_c10, entry)
     with pytest.raises(DataError, match=message) as e:
@@ -262,7 +286,9 @@ def test_a_machine_without_dns_is_told_at_once(tmp_path, monkeypatch):
     import urllib.request
 
     monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: time.sleep(30))
-    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("connected without a resolved host"))
+    monkeypatch.setattr(
+        urllib.request, "urlopen", lambda *a, **k: pytest.fail("connected without a resolved host")
+    )
     monkeypatch.setattr(cifar, "RESOLVE_TIMEOUT", 0.3)
     t0 = time.monotonic()
     with pytest.raises(DataError) as e:
@@ -306,8 +332,10 @@ def write_png(path, array):
 def folder(tmp_path):
     """tmp_path/photos/{cat,dog}/... with 3 + 2 PNG images of 8x6 pixels; returns (root, images by class)."""
     rng = np.random.default_rng(0)
-    images = {c: [rng.integers(0, 256, (6, 8, 3), dtype=np.uint8) for _ in range(k)]
-              for c, k in (("dog", 2), ("cat", 3))}
+    images = {
+        c: [rng.integers(0, 256, (6, 8, 3), dtype=np.uint8) for _ in range(k)]
+        for c, k in (("dog", 2), ("cat", 3))
+    }
     root = tmp_path / "photos"
     for c, arrays in images.items():
         for i, a in enumerate(arrays):
@@ -325,7 +353,9 @@ def test_imagefolder(folder):
     pixels = expected.reshape(-1, 3) / 255
     np.testing.assert_allclose(data.mean, pixels.mean(0), atol=1e-12)
     np.testing.assert_allclose(data.std, pixels.std(0), atol=1e-12)
-    assert np.array_equal(datasets.load("imagefolder", "test", data_dir=root).images, expected)  # no split folders
+    assert np.array_equal(
+        datasets.load("imagefolder", "test", data_dir=root).images, expected
+    )  # no split folders
 
 
 def test_imagefolder_splits_share_classes_and_train_statistics(tmp_path):
@@ -345,7 +375,10 @@ def test_imagefolder_splits_share_classes_and_train_statistics(tmp_path):
 def test_imagefolder_resize_matches_torchvision(tmp_path):
     tv = pytest.importorskip("torchvision.transforms.v2")
     rng = np.random.default_rng(2)
-    arrays = [rng.integers(0, 256, (12, 20, 3), dtype=np.uint8), rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)]
+    arrays = [
+        rng.integers(0, 256, (12, 20, 3), dtype=np.uint8),
+        rng.integers(0, 256, (9, 7, 3), dtype=np.uint8),
+    ]
     write_png(tmp_path / "k" / "wide.png", arrays[0])
     Image.fromarray(arrays[1][..., 0]).save(tmp_path / "k" / "tall_gray.png")  # grayscale file -> RGB
     with pytest.raises(DataError, match="wide.png: size 20x12 differs .* image_size"):
@@ -390,7 +423,9 @@ def test_stratified_split():
     np.random.default_rng(0).shuffle(labels)
     labels = np.concatenate([labels, [10] * 7, [11]])  # a small class and a lone image
     train, val = splits.stratified_split(labels, 0.1, seed=3)
-    assert len(np.intersect1d(train, val)) == 0 and np.array_equal(np.union1d(train, val), np.arange(len(labels)))
+    assert len(np.intersect1d(train, val)) == 0 and np.array_equal(
+        np.union1d(train, val), np.arange(len(labels))
+    )
     assert train.dtype == val.dtype == np.int64
     assert np.bincount(labels[val], minlength=12).tolist() == [5] * 10 + [1, 0]
     again, other = splits.stratified_split(labels, 0.1, seed=3), splits.stratified_split(labels, 0.1, seed=4)

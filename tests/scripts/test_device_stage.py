@@ -1,5 +1,6 @@
 """scripts/device_stage.sh sizes its parts from what travels with every call: the tree (tracked and
 untracked-not-ignored files, measured when it runs) plus one part stays within 62 MiB."""
+
 import subprocess
 from pathlib import Path
 
@@ -9,8 +10,16 @@ LIMIT = 62 * 2**20
 
 
 def tree_bytes():
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, check=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     return sum((REPO / f).stat().st_size for f in files if f and (REPO / f).is_file())
 
 
@@ -22,8 +31,12 @@ def test_parts_and_tree_fit_one_call(tmp_path):
     for name in ("cifar100.npz", "unpack.py", "README.md"):
         (src / name).write_bytes(b"x" * 1000)
     stage = tmp_path / "stage"
-    done = subprocess.run(["bash", str(SCRIPT), "--out", str(stage), "--data-src", str(src), "data", "plan"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["bash", str(SCRIPT), "--out", str(stage), "--data-src", str(src), "data", "plan"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     tree = tree_bytes()
     assert f"the tree that travels with each: {tree} bytes" in done.stdout
@@ -36,8 +49,12 @@ def test_parts_and_tree_fit_one_call(tmp_path):
 
 
 def test_parts_too_large_for_the_tree_are_refused(tmp_path):
-    done = subprocess.run(["bash", str(SCRIPT), "--out", str(tmp_path / "s"), "--part-mib", "60", "data"],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["bash", str(SCRIPT), "--out", str(tmp_path / "s"), "--part-mib", "60", "data"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     err = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(err) == 1 and "exceed the" in err[0]
     assert not (tmp_path / "s").exists()

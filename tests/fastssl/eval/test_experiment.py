@@ -1,5 +1,6 @@
 """The experiment runner: the plan expands to the declared cells, finished cells are skipped, an
 interrupted cell resumes from its checkpoint, and an edited plan never reuses stale results."""
+
 import csv
 import json
 import os
@@ -8,9 +9,9 @@ import numpy as np
 import pytest
 
 import pipelines
+from fastssl import checkpoint as ckpt
 from fastssl import train
 from fastssl.eval import linear
-from fastssl import checkpoint as ckpt
 from fastssl.eval.experiment import load_plan, main
 from pipelines import datasets
 
@@ -70,29 +71,36 @@ def write_plan(tmp_path, text=PLAN, name="plan.toml"):
 
 
 def test_plan_expands_grids_seeds_and_data_fractions(tmp_path):
-    text = PLAN.replace("seeds = [0]", "seeds = [0, 1]").replace("[grid]\ntemperature = [0.2, 0.5]",
+    text = PLAN.replace("seeds = [0]", "seeds = [0, 1]").replace(
+        "[grid]\ntemperature = [0.2, 0.5]",
         "[[grid]]\ntemperature = [0.2, 0.5]\nbatch_size = [16, 32]\n[[grid]]\ndata_fraction = [0.5, 1.0]\n"
-        "[[grid]]\ntemperature = [0.2]\nbatch_size = [32]")  # the last grid repeats cells of the first
+        "[[grid]]\ntemperature = [0.2]\nbatch_size = [32]",
+    )  # the last grid repeats cells of the first
     plan, cells = load_plan(write_plan(tmp_path, text))
     names = [c.name for c in cells]
     assert len(names) == 2 * 2 * 2 + 2 * 2 and len(set(names)) == len(names)
     assert "temperature-0.5_batch_size-16_seed-1" in names and "data_fraction-0.5_seed-0" in names
     half = next(c for c in cells if c.name == "data_fraction-0.5_seed-0")
-    assert half.pretrain["subset"] == 8 and half.pretrain["seed"] == 0  # half of [pretrain] subset = 16 images
+    assert (
+        half.pretrain["subset"] == 8 and half.pretrain["seed"] == 0
+    )  # half of [pretrain] subset = 16 images
     full = next(c for c in cells if c.name == "data_fraction-1_seed-1")
     assert full.pretrain["subset"] == 16 and full.pretrain["seed"] == 1
     assert half.linear["backbone"] == half.pretrain["out"] and half.linear["seed"] == 0
     assert half.pretrain["out"] == os.path.join(plan["out"], "cells", half.name, "pretrain")
 
 
-@pytest.mark.parametrize("edit, words", [
-    (("seeds = [0]", "seeds = [0]\nbogus = 1"), "bogus"),
-    (("seeds = [0]", "seeds = []"), "seeds"),
-    (("temperature = [0.2, 0.5]", "tempreature = [0.2]"), "tempreature"),
-    (("temperature = [0.2, 0.5]", "temperature = [-1.0]"), "temperature"),
-    (("temperature = [0.2, 0.5]", "seed = [1, 2]"), "seed"),
-    (("lrs = \"0.1\"", "lrs = \"fast\""), "lrs"),
-])
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (("seeds = [0]", "seeds = [0]\nbogus = 1"), "bogus"),
+        (("seeds = [0]", "seeds = []"), "seeds"),
+        (("temperature = [0.2, 0.5]", "tempreature = [0.2]"), "tempreature"),
+        (("temperature = [0.2, 0.5]", "temperature = [-1.0]"), "temperature"),
+        (("temperature = [0.2, 0.5]", "seed = [1, 2]"), "seed"),
+        (('lrs = "0.1"', 'lrs = "fast"'), "lrs"),
+    ],
+)
 def test_bad_plans_exit_2(tmp_path, capsys, edit, words):
     with pytest.raises(SystemExit) as e:
         main([write_plan(tmp_path, PLAN.replace(*edit)), *FLAGS])
@@ -144,7 +152,9 @@ def test_skips_finished_cells_and_resumes_interrupted_one(tmp_path, monkeypatch)
     monkeypatch.setattr(pipelines, "build", real_build)
     assert main([plan, *FLAGS]) == 0
     assert len(calls) == 1 and "--resume" in calls[0] and str(second / "pretrain") in calls[0]
-    epochs = [r["epoch"] for r in ckpt.read_jsonl(str(second / "pretrain" / "metrics.jsonl")) if r.get("summary")]
+    epochs = [
+        r["epoch"] for r in ckpt.read_jsonl(str(second / "pretrain" / "metrics.jsonl")) if r.get("summary")
+    ]
     assert epochs == [0, 1]
     rows = list(csv.DictReader(open(tmp_path / "exp" / "results.csv")))
     assert [r["cell"] for r in rows] == ["temperature-0.2_seed-0", "temperature-0.5_seed-0"]

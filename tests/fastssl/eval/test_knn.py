@@ -1,4 +1,5 @@
 """Weighted kNN against a brute-force reference; top-k accuracy on hand-made scores."""
+
 import torch
 
 from fastssl.eval.knn import knn_predict, topk_accuracy
@@ -36,23 +37,31 @@ def test_knn_separable_clusters():
 
 
 def test_topk_accuracy_hand_made():
-    scores = torch.tensor([[0.1, 0.9, 0.0, 0.0, 0.0, 0.0],    # label 1: top-1 hit
-                           [0.5, 0.4, 0.3, 0.2, 0.1, 0.05],   # label 4: top-5 hit only
-                           [0.5, 0.4, 0.3, 0.2, 0.1, 0.05]])  # label 5: miss
+    scores = torch.tensor(
+        [
+            [0.1, 0.9, 0.0, 0.0, 0.0, 0.0],  # label 1: top-1 hit
+            [0.5, 0.4, 0.3, 0.2, 0.1, 0.05],  # label 4: top-5 hit only
+            [0.5, 0.4, 0.3, 0.2, 0.1, 0.05],
+        ]
+    )  # label 5: miss
     acc = topk_accuracy(scores, torch.tensor([1, 4, 5]))
     assert abs(acc["top1"] - 100 / 3) < 1e-4 and abs(acc["top5"] - 200 / 3) < 1e-4
 
 
 def test_unlabelled_training_images_do_not_vote():
     import numpy as np
+
     from fastssl.eval.knn import knn_eval
-    from pipelines.data.arrays import ArrayDataset, UNLABELLED
+    from pipelines.data.arrays import UNLABELLED, ArrayDataset
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
     labels = np.arange(40) % 4
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 16))
-    make = lambda x, y: ArrayDataset(x, y, list("abcd"), "toy", (0.5,) * 3, (0.25,) * 3)
+
+    def make(x, y):
+        return ArrayDataset(x, y, list("abcd"), "toy", (0.5,) * 3, (0.25,) * 3)
+
     test = make(images[30:], labels[30:])
     only_labelled = knn_eval(net, make(images[:20], labels[:20]), test, "cpu", k=5)
     with_extra = knn_eval(net, make(images[:30], np.r_[labels[:20], [UNLABELLED] * 10]), test, "cpu", k=5)

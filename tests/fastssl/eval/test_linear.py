@@ -1,5 +1,6 @@
 """The linear-protocol command: torchvision-format and ImageNet backbones, the stratified validation
 split, CIFAR-100 copy detection, and bad input ending in one line with exit code 2."""
+
 import hashlib
 import json
 import urllib.error
@@ -12,8 +13,23 @@ from fastssl.eval import linear
 from fastssl.eval.linear import IMAGENET_URL, dataset_label, main, validation_indices
 from pipelines import datasets
 
-FAST = ["--dataset", "imagefolder", "--epochs", "4", "--batch-size", "16", "--lrs", "0.1,1", "--wds", "0,1e-4",
-        "--knn-k", "20", "--device", "cpu", "--no-progress"]
+FAST = [
+    "--dataset",
+    "imagefolder",
+    "--epochs",
+    "4",
+    "--batch-size",
+    "16",
+    "--lrs",
+    "0.1,1",
+    "--wds",
+    "0,1e-4",
+    "--knn-k",
+    "20",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +61,17 @@ def test_torchvision_state_dict_file(tmp_path, tv_state_dict, folder):
     out = tmp_path / "lin"
     assert main(FAST + folder + ["--backbone", tv_state_dict, "--resize", "40", "--out", str(out)]) == 0
     s = json.loads((out / "summary.json").read_text())
-    assert s["protocol"] == "linear" and s["backbone"]["stem"] == "imagenet" and s["backbone"]["kind"] == "state_dict"
+    assert (
+        s["protocol"] == "linear"
+        and s["backbone"]["stem"] == "imagenet"
+        and s["backbone"]["kind"] == "state_dict"
+    )
     # a foreign 7x7-stem network is taken as ImageNet-trained: ImageNet statistics, recorded with the resize
-    assert s["data"]["normalization"] == {"source": "imagenet", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    assert s["data"]["normalization"] == {
+        "source": "imagenet",
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    }
     assert s["data"]["resize"] == 40 and s["feature_dim"] == 512
     assert s["data"]["fit_images"] + s["data"]["val_images"] == s["data"]["train_images"]
     assert 0 <= s["test_top1"] <= s["test_top5"] <= 100 and 0 <= s["knn_top1"] <= 100
@@ -64,7 +88,9 @@ def test_torchvision_state_dict_file(tmp_path, tv_state_dict, folder):
 
 def test_imagenet_backbone_from_weights_file(tmp_path, tv_state_dict, folder):
     out = tmp_path / "lin"
-    assert main(FAST + folder + ["--backbone", "imagenet", "--weights", tv_state_dict, "--out", str(out)]) == 0
+    assert (
+        main(FAST + folder + ["--backbone", "imagenet", "--weights", tv_state_dict, "--out", str(out)]) == 0
+    )
     s = json.loads((out / "summary.json").read_text())
     assert s["backbone"]["kind"] == "imagenet" and "IMAGENET1K_V1" in s["backbone"]["label"]
     assert s["data"]["normalization"]["source"] == "imagenet" and s["data"]["resize"] is None
@@ -108,7 +134,10 @@ def test_cifar100_copy_is_labelled(tmp_path, monkeypatch):
     d.mkdir()
     (d / "train").write_bytes(b"pixels decoded from JPEG")
     (d / "test").write_bytes(b"more pixels")
-    assert dataset_label("cifar100", str(tmp_path)) == {"label": "CIFAR-100 (JPEG-recompressed copy)", "official_files": False}
+    assert dataset_label("cifar100", str(tmp_path)) == {
+        "label": "CIFAR-100 (JPEG-recompressed copy)",
+        "official_files": False,
+    }
     assert dataset_label("cifar100", str(tmp_path), note="my note")["label"] == "CIFAR-100 (my note)"
     assert dataset_label("cifar10", str(tmp_path))["label"] == "CIFAR-10"
     md5 = {s: hashlib.md5((d / s).read_bytes()).hexdigest() for s in ("train", "test")}
@@ -116,14 +145,17 @@ def test_cifar100_copy_is_labelled(tmp_path, monkeypatch):
     assert dataset_label("cifar100", str(tmp_path)) == {"label": "CIFAR-100", "official_files": True}
 
 
-@pytest.mark.parametrize("extra, words", [
-    (["--backbone", "/nonexistent/backbone.pt"], "/nonexistent/backbone.pt"),
-    (["--backbone", "random", "--val-fraction", "1.5"], "val-fraction"),
-    (["--backbone", "random", "--lrs", "0.1,x"], "lrs"),
-    (["--backbone", "random", "--dataset", "cifar100", "--data-dir", "{broken}"], "cifar-100-python"),
-    (["--backbone", "random", "--weights", "w.pth"], "--weights"),
-    ([], "--backbone"),
-])
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--backbone", "/nonexistent/backbone.pt"], "/nonexistent/backbone.pt"),
+        (["--backbone", "random", "--val-fraction", "1.5"], "val-fraction"),
+        (["--backbone", "random", "--lrs", "0.1,x"], "lrs"),
+        (["--backbone", "random", "--dataset", "cifar100", "--data-dir", "{broken}"], "cifar-100-python"),
+        (["--backbone", "random", "--weights", "w.pth"], "--weights"),
+        ([], "--backbone"),
+    ],
+)
 def test_bad_input_exit_2(tmp_path, folder, capsys, extra, words):
     broken = tmp_path / "data" / "cifar-100-python"  # present but damaged: reported, never downloaded over
     broken.mkdir(parents=True)
@@ -152,8 +184,16 @@ def test_label_names_split_and_its_seed(tmp_path):
     for split, seed in (("80/10/10", 0), ("80/10/10", 1), ("official", 0)):
         run = tmp_path / f"{split.replace('/', '-')}_{seed}"
         run.mkdir()
-        cfg = {"method": "simclr", "dataset": "cifar10", "epochs": 1, "batch_size": 8, "temperature": 0.2,
-               "seed": 0, "split": split, "split_seed": seed}
+        cfg = {
+            "method": "simclr",
+            "dataset": "cifar10",
+            "epochs": 1,
+            "batch_size": 8,
+            "temperature": 0.2,
+            "seed": 0,
+            "split": split,
+            "split_seed": seed,
+        }
         (run / "config.json").write_text(json.dumps({"config": cfg}))
         labels.append(linear.describe_backbone(str(run), {"source": str(run), "stem": "cifar"})["label"])
     assert len(set(labels)) == 3 and "split 80/10/10 seed 1" in labels[1] and "split" not in labels[2], labels

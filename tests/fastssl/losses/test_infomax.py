@@ -1,5 +1,6 @@
 """Deep InfoMax estimators against slow float64 references written with explicit loops from the
 paper's equations (Hjelm et al. 2019, eqs. 4, 5 and 7)."""
+
 import math
 import os
 from pathlib import Path
@@ -9,7 +10,9 @@ import torch
 
 from fastssl.losses.infomax import infonce_mi, jsd_mi, local_scores, prior_matching_loss, reverse_gradient
 
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(__file__).resolve().parents[3] / ".cache" / "inductor"))
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR", str(Path(__file__).resolve().parents[3] / ".cache" / "inductor")
+)
 
 
 def softplus(x):
@@ -86,9 +89,11 @@ def test_identical_images_carry_no_information(fn, ref):
     v = fn(s).item()
     if fn is jsd_mi:  # -(sp(t) + sp(-t)) <= -2 log 2: the JSD bound reaches no information at best
         assert v <= -2 * math.log(2) + 1e-12
-    else:             # one score for every position: the softmax cannot beat chance, bound <= 0 ...
+    else:  # one score for every position: the softmax cannot beat chance, bound <= 0 ...
         assert v <= 1e-12
-        assert infonce_mi(torch.full((5, 5, 6), 3.0)).item() == pytest.approx(0.0, abs=1e-6)  # ... = 0 if equal
+        assert infonce_mi(torch.full((5, 5, 6), 3.0)).item() == pytest.approx(
+            0.0, abs=1e-6
+        )  # ... = 0 if equal
 
 
 def test_estimators_separate_informative_from_uninformative_scores():
@@ -111,7 +116,9 @@ def test_local_scores_are_dot_products():
     for i in range(3):
         for j in range(3):
             for p in range(5):
-                assert s[i, j, p].item() == pytest.approx(sum(y[i, e].item() * c[j, e, p].item() for e in range(7)), abs=1e-5)
+                assert s[i, j, p].item() == pytest.approx(
+                    sum(y[i, e].item() * c[j, e, p].item() for e in range(7)), abs=1e-5
+                )
     assert local_scores(y.bfloat16(), c.bfloat16()).dtype == torch.float32
 
 
@@ -151,16 +158,16 @@ def test_prior_game_signs():
     loss.backward()
     code_grad, d_grads = code.grad.clone(), [p.grad.clone() for p in d.parameters()]
     want = torch.autograd.grad(d_loss(), [code, *d.parameters()])
-    torch.testing.assert_close(code_grad, -want[0])            # encoder side: reversed
-    for got, w in zip(d_grads, want[1:]):                      # discriminator side: as is
+    torch.testing.assert_close(code_grad, -want[0])  # encoder side: reversed
+    for got, w in zip(d_grads, want[1:]):  # discriminator side: as is
         torch.testing.assert_close(got, w)
 
     before_logit, before_loss = d(code).mean().item(), d_loss().item()
     with torch.no_grad():
         code -= 0.1 * code_grad
-    assert d(code).mean().item() > before_logit                # encoder step: looks more like the prior
+    assert d(code).mean().item() > before_logit  # encoder step: looks more like the prior
     with torch.no_grad():
-        code += 0.1 * code_grad                                 # undo, then the discriminator's step
+        code += 0.1 * code_grad  # undo, then the discriminator's step
         for p, gr in zip(d.parameters(), d_grads):
             p -= 0.1 * gr
     assert d_loss().item() < before_loss

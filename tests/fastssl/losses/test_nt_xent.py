@@ -1,4 +1,5 @@
 """NT-Xent against a slow float64 reference written from the SimCLR paper (Chen et al. 2020, eq. 1)."""
+
 import math
 import os
 from pathlib import Path
@@ -8,7 +9,9 @@ import torch
 
 from fastssl.losses import nt_xent, nt_xent_chunked, nt_xent_compiled
 
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(__file__).resolve().parents[3] / ".cache" / "inductor"))
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR", str(Path(__file__).resolve().parents[3] / ".cache" / "inductor")
+)
 
 
 def reference_nt_xent(z1, z2, tau):
@@ -42,7 +45,10 @@ def value_and_grads(fn, z1, z2, *args, **kw):
 
 def cases():
     g = torch.Generator().manual_seed(0)
-    z1, z2 = torch.randn(6, 8, generator=g, dtype=torch.float64), torch.randn(6, 8, generator=g, dtype=torch.float64)
+    z1, z2 = (
+        torch.randn(6, 8, generator=g, dtype=torch.float64),
+        torch.randn(6, 8, generator=g, dtype=torch.float64),
+    )
     yield "random", z1, z2
     yield "large norms", z1 * 1e3, z2 * 1e3
     yield "mixed norms", z1 * torch.logspace(-3, 3, 6, dtype=torch.float64)[:, None], z2

@@ -2,6 +2,7 @@
 back with exact counts, labels, classes, statistics and stored sizes (each computed here from the
 files themselves), streamed by ffcv and dali in every recipe, and every kind of bad input ending
 in one DataError naming the file."""
+
 import json
 import os
 import shutil
@@ -12,16 +13,17 @@ import torch
 
 pytest.importorskip("nvidia.dali")
 pytest.importorskip("ffcv")
+from PIL import Image  # noqa: E402
+
 import pipelines  # noqa: E402
 from benchmarks.memory import make_folder  # noqa: E402
 from pipelines import DataError, datasets, recipes  # noqa: E402
 from pipelines.data import arrays, imagefolder
 from pipelines.files import sha256
-from pipelines.formats import verify, writer
-from pipelines.formats.converted import ConvertedDataset
 from pipelines.formats import dali as dali_format
 from pipelines.formats import ffcv as ffcv_format
-from PIL import Image  # noqa: E402
+from pipelines.formats import verify, writer
+from pipelines.formats.converted import ConvertedDataset
 
 CAP = 100  # --max-resolution of these conversions
 
@@ -34,20 +36,40 @@ def converted(tmp_path_factory):
     # Every FFCV conversion first: FFCV's writer forks, and a fork taken while DALI's threads of an
     # earlier read-back still exist can inherit a held lock and hang.
     rng = np.random.default_rng(0)
-    fixed = arrays.ArrayDataset(rng.integers(0, 256, (30, 16, 16, 3), dtype=np.uint8), np.arange(30) % 3,
-                                  ["a", "b", "c"], "random", (0.5,) * 3, (0.25,) * 3)
+    fixed = arrays.ArrayDataset(
+        rng.integers(0, 256, (30, 16, 16, 3), dtype=np.uint8),
+        np.arange(30) % 3,
+        ["a", "b", "c"],
+        "random",
+        (0.5,) * 3,
+        (0.25,) * 3,
+    )
     out["fixed"] = str(root / "fixed_train.beton")
     writer.convert(fixed, "ffcv", out["fixed"], workers=1, progress=False)
     flat = flat_folder(str(root / "flat"))
     for to, path, opts in (("ffcv", "p_{}.beton", {}), ("dali", "dali/{}", {"shard_size": 10})):
         for split in ("train", "test"):
             files = imagefolder.scan(folder, split, max_resolution=CAP)
-            writer.convert(files, to, str(root / path.format(split)), workers=2, progress=False,
-                            source={"split": split}, **opts)
+            writer.convert(
+                files,
+                to,
+                str(root / path.format(split)),
+                workers=2,
+                progress=False,
+                source={"split": split},
+                **opts,
+            )
             out[to, split] = str(root / path.format(split))
         out[to, "flat"] = str(root / path.format("flat_train"))
-        writer.convert(imagefolder.scan(flat, "train", max_resolution=CAP), to, out[to, "flat"], workers=1,
-                        progress=False, source={"split": "train"}, **opts)
+        writer.convert(
+            imagefolder.scan(flat, "train", max_resolution=CAP),
+            to,
+            out[to, "flat"],
+            workers=1,
+            progress=False,
+            source={"split": "train"},
+            **opts,
+        )
     return folder, out, fixed
 
 
@@ -149,15 +171,18 @@ def test_eval_views_are_resize_and_centre_crop(converted):
     first = imagefolder.scan(folder, "train", CAP).image(0)
     h, w = first.shape[:2]
     short = round(40 / recipes.CENTRE_CROP)
-    img = Image.fromarray(first).resize((round(w * short / min(h, w)), round(h * short / min(h, w))),
-                                        Image.Resampling.BILINEAR)
+    img = Image.fromarray(first).resize(
+        (round(w * short / min(h, w)), round(h * short / min(h, w))), Image.Resampling.BILINEAR
+    )
     top, left = (img.size[1] - 40) // 2, (img.size[0] - 40) // 2
     want = np.asarray(img.crop((left, top, left + 40, top + 40))) / 255.0
     for to in ("ffcv", "dali"):
         data = datasets.load(out[to, "train"], "train", image_size=40).take([0])
         batch = next(iter(pipelines.build(to, data, batch_size=1, recipe="eval", drop_last=False, workers=1)))
-        got = (batch.view1[0].permute(1, 2, 0).numpy() * np.array(data.std) + np.array(data.mean))
-        assert np.abs(got - want).mean() < 0.03, to  # resizers differ by a few levels; a wrong crop by far more
+        got = batch.view1[0].permute(1, 2, 0).numpy() * np.array(data.std) + np.array(data.mean)
+        assert np.abs(got - want).mean() < 0.03, (
+            to
+        )  # resizers differ by a few levels; a wrong crop by far more
 
 
 def copy_of(path, tmp_path):
@@ -361,7 +386,9 @@ def test_ffcv_streams_converted_files_with_bounded_buffers(converted):
     _, out, _ = converted
     data = datasets.load(out["ffcv", "train"], "train", image_size=24)
     loader = pipelines.build("ffcv", data, batch_size=8, workers=1).ffcv
-    assert isinstance(loader.memory_manager, ProcessCacheManager) and isinstance(loader.traversal_order, Windowed)
+    assert isinstance(loader.memory_manager, ProcessCacheManager) and isinstance(
+        loader.traversal_order, Windowed
+    )
     epoch = torch.cat([b.labels for b in pipelines.build("ffcv", data, batch_size=8, workers=1, seed=2)])
     counts = np.bincount(epoch.numpy(), minlength=3)  # 40 distinct samples of the 42: each at most once
     assert len(epoch) == 40 and (counts <= np.bincount(data.labels, minlength=3)).all()
@@ -378,11 +405,15 @@ def test_dali_shuffle_buffer_of_converted_data_does_not_grow_with_it(converted, 
 
     _, out, _ = converted
     data = datasets.load(out["dali", "train"], "train", image_size=24)
-    assert pipelines.build("dali", data, batch_size=8, workers=1, ahead=False).initial_fill == 42  # all < 4096
+    assert (
+        pipelines.build("dali", data, batch_size=8, workers=1, ahead=False).initial_fill == 42
+    )  # all < 4096
     monkeypatch.setattr(dali_pipe, "CONVERTED_FILL", 12)
     orders = []
     for n in (20, 42):  # the same buffer for both sizes
-        loader = pipelines.build("dali", data.take(range(n)), batch_size=2, workers=1, ahead=False, drop_last=False)
+        loader = pipelines.build(
+            "dali", data.take(range(n)), batch_size=2, workers=1, ahead=False, drop_last=False
+        )
         assert loader.initial_fill == 12
     for epoch in (0, 1):
         loader.set_epoch(epoch)

@@ -1,5 +1,6 @@
 """The .beton writer: raw mode round-trips real CIFAR-10 bit for bit through FFCV's own Loader, JPEG
 loss is bounded, and damaged files end in one DataError that names the file."""
+
 import dataclasses
 import os
 import types
@@ -9,12 +10,14 @@ import pytest
 
 pytest.importorskip("ffcv")
 from pipelines import DataError, datasets  # noqa: E402
-from pipelines.formats import verify
 from pipelines.formats import ffcv as ffcv_format
+from pipelines.formats import verify
 
 
 def subset(data, n, images=None):
-    return dataclasses.replace(data, images=data.images[:n] if images is None else images, labels=data.labels[:n])
+    return dataclasses.replace(
+        data, images=data.images[:n] if images is None else images, labels=data.labels[:n]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +59,9 @@ def test_max_resolution_shrinks_like_opencv_area(cifar_test, tmp_path):
     # 2x nearest-upsampled images shrink back to the originals exactly under area interpolation.
     data = subset(cifar_test, 200)
     big = data.images.repeat(2, axis=1).repeat(2, axis=2)
-    path = ffcv_format.write(subset(data, 200, images=big), tmp_path / "small.beton", max_resolution=32, workers=1)
+    path = ffcv_format.write(
+        subset(data, 200, images=big), tmp_path / "small.beton", max_resolution=32, workers=1
+    )
     images, _ = ffcv_format.read_all(path)
     np.testing.assert_array_equal(images, data.images)
     assert ffcv_format.verify(path, subset(data, 200, images=big))["psnr_db"] == float("inf")
@@ -120,7 +125,9 @@ def test_write_validates_and_never_clobbers(cifar_test, tmp_path):
     with pytest.raises(DataError, match="already exists"):
         ffcv_format.write(subset(cifar_test, 10), path)
     assert path.read_bytes() == b"precious"
-    floats = types.SimpleNamespace(images=cifar_test.images[:10].astype(np.float32), labels=cifar_test.labels[:10])
+    floats = types.SimpleNamespace(
+        images=cifar_test.images[:10].astype(np.float32), labels=cifar_test.labels[:10]
+    )
     with pytest.raises(DataError, match="uint8"):  # checked by the writer itself, not only by ArrayDataset
         ffcv_format.write(floats, tmp_path / "f.beton")
     with pytest.raises(DataError, match="encoding"):

@@ -2,6 +2,7 @@
 reader (and through Python's tarfile, an independent reader), JPEG loss is bounded, outputs appear
 atomically with a manifest, existing outputs survive refusals and failures, and damaged shards end
 in one DataError naming the file."""
+
 import dataclasses
 import json
 import os
@@ -14,14 +15,20 @@ pytest.importorskip("nvidia.dali")
 from pipelines import DataError, datasets  # noqa: E402
 from pipelines.data import arrays
 from pipelines.files import sha256
-from pipelines.formats import verify, writer
 from pipelines.formats import dali as dali_format
+from pipelines.formats import verify, writer
 
 
 def dataset(images, labels=None, name="random"):
     labels = np.arange(len(images)) % 10 if labels is None else labels
-    return arrays.ArrayDataset(images=images, labels=np.asarray(labels, np.int64), name=name,
-                                 classes=[str(i) for i in range(10)], mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    return arrays.ArrayDataset(
+        images=images,
+        labels=np.asarray(labels, np.int64),
+        name=name,
+        classes=[str(i) for i in range(10)],
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+    )
 
 
 def smooth_images(n, size, seed=0):
@@ -41,8 +48,14 @@ def cifar_test(cifar_root):
 @pytest.fixture(scope="module")
 def cifar_dali(cifar_test, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("dali") / "cifar10_test")
-    manifest = writer.convert(cifar_test, "dali", out, workers=2, n_check=500,
-                               source={"dataset": "cifar10", "split": "test", "data_dir": "x"})
+    manifest = writer.convert(
+        cifar_test,
+        "dali",
+        out,
+        workers=2,
+        n_check=500,
+        source={"dataset": "cifar10", "split": "test", "data_dir": "x"},
+    )
     return out, manifest
 
 
@@ -116,7 +129,7 @@ def test_shuffled_order_is_the_seeds_permutation_and_mixes_every_window(tmp_path
     np.testing.assert_array_equal(images, data.images[order])
     np.testing.assert_array_equal(labels, sorted_labels[order])
     # every 60-sample window holds most of the 10 classes (in source order: one class)
-    assert min(len(np.unique(labels[i:i + 60])) for i in range(0, n, 60)) >= 7
+    assert min(len(np.unique(labels[i : i + 60])) for i in range(0, n, 60)) >= 7
     kept = writer.convert(data, "dali", str(tmp_path / "kept"), shard_size=100, workers=2, progress=False)
     assert kept["order"] == {"shuffled": False, "seed": None}
     np.testing.assert_array_equal(dali_format.read_all(str(tmp_path / "kept"))[1], sorted_labels)
@@ -191,8 +204,11 @@ def test_truncated_shard_is_named(written):
     tar = os.path.join(out, "shard-00001.tar")
     with open(tar, "r+b") as f:
         f.truncate(os.path.getsize(tar) - 700)
-    for call in (lambda: dali_format.check(out), lambda: dali_format.read_all(out),
-                 lambda: dali_format.verify(out, data)):
+    for call in (
+        lambda: dali_format.check(out),
+        lambda: dali_format.read_all(out),
+        lambda: dali_format.verify(out, data),
+    ):
         with pytest.raises(DataError, match="shard-00001.tar: truncated"):
             call()
 
@@ -244,7 +260,9 @@ def test_bad_requests_are_data_errors(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="unknown DALI encoding"):
         writer.convert(data, "dali", str(tmp_path / "x"), encoding="png", progress=False)
     with pytest.raises(DataError, match="uint8"):
-        writer.convert(dataset(np.zeros((4, 8, 8, 3), np.float32)), "dali", str(tmp_path / "x"), progress=False)
+        writer.convert(
+            dataset(np.zeros((4, 8, 8, 3), np.float32)), "dali", str(tmp_path / "x"), progress=False
+        )
     assert os.listdir(tmp_path) == []
     with pytest.raises(DataError, match="not a dataset written by"):
         dali_format.check(tmp_path)

@@ -5,6 +5,7 @@ coordinate images), SimCLR views exactly the shared torch ops on DALI's decoded 
 views at SimCLR's rate, output statistics like the gpu pipeline's, the eval and supervised recipes
 exactly (flip_p honoured), and clean DataErrors.
 """
+
 import dataclasses
 import os
 
@@ -13,13 +14,13 @@ import pytest
 import torch
 
 pytest.importorskip("nvidia.dali")
-from pipelines import Batch, DataError, augment, datasets, recipes  # noqa: E402
-from pipelines.data import arrays
-from pipelines.formats import verify, writer
-from pipelines.formats import dali as dali_format
-from pipelines.loaders import dali as dali_pipe  # noqa: E402
-from pipelines.augment import SimCLRRecipe  # noqa: E402
 from benchmarks.view_stats import assert_same_channel_moments  # noqa: E402
+from pipelines import Batch, DataError, augment, datasets, recipes  # noqa: E402
+from pipelines.augment import SimCLRRecipe  # noqa: E402
+from pipelines.data import arrays
+from pipelines.formats import dali as dali_format
+from pipelines.formats import verify, writer
+from pipelines.loaders import dali as dali_pipe  # noqa: E402
 
 N, BATCH, SEED = 2048, 256, 0
 NEUTRAL = SimCLRRecipe(jitter_p=0.0, gray_p=0.0)  # crop and flip only: colours pass through unchanged
@@ -35,8 +36,14 @@ def coordinate_images(n, size=32):
 
 def make(images, labels=None, name="data", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)):
     labels = np.arange(len(images)) if labels is None else labels  # unique labels identify samples
-    return arrays.ArrayDataset(images=images, labels=np.asarray(labels, np.int64), name=name, mean=mean, std=std,
-                                 classes=[str(i) for i in range(int(np.max(labels)) + 1)])
+    return arrays.ArrayDataset(
+        images=images,
+        labels=np.asarray(labels, np.int64),
+        name=name,
+        mean=mean,
+        std=std,
+        classes=[str(i) for i in range(int(np.max(labels)) + 1)],
+    )
 
 
 def pixels(views, data):
@@ -79,7 +86,11 @@ def real_loader(real, cache):
 
 @pytest.fixture(scope="module")
 def epochs(real_loader):
-    return {"e0": run_epoch(real_loader, 0), "e1": run_epoch(real_loader, 1), "e0_again": run_epoch(real_loader, 0)}
+    return {
+        "e0": run_epoch(real_loader, 0),
+        "e1": run_epoch(real_loader, 1),
+        "e0_again": run_epoch(real_loader, 0),
+    }
 
 
 def test_contract_length_and_every_image_once(real_loader, epochs, real, cache):
@@ -91,7 +102,9 @@ def test_contract_length_and_every_image_once(real_loader, epochs, real, cache):
     assert not np.array_equal(out["labels"].numpy(), real.labels)  # ...a shuffled one
     assert real_loader.mean == tuple(real.mean) and real_loader.std == tuple(real.std)
     # The cached conversion is a verified DALI directory with a manifest, reused by the next build.
-    assert real_loader.source.startswith(cache) and os.path.isfile(os.path.join(real_loader.source, "manifest.json"))
+    assert real_loader.source.startswith(cache) and os.path.isfile(
+        os.path.join(real_loader.source, "manifest.json")
+    )
     stamp = os.path.getmtime(os.path.join(real_loader.source, "format.json"))
     again = dali_pipe.build(real, batch_size=BATCH, workers=1, cache_dir=cache)
     assert again.source == real_loader.source
@@ -152,8 +165,17 @@ def test_rank_shards_are_disjoint_and_cover_the_epoch(tmp_path, drop_last):
     for epoch in (0, 1):
         parts = []
         for rank in range(world):
-            loader = dali_pipe.build(data, batch_size=batch, recipe="supervised", rank=rank, world_size=world,
-                                     drop_last=drop_last, source=source, workers=1, ahead=False)
+            loader = dali_pipe.build(
+                data,
+                batch_size=batch,
+                recipe="supervised",
+                rank=rank,
+                world_size=world,
+                drop_last=drop_last,
+                source=source,
+                workers=1,
+                ahead=False,
+            )
             labels = run_epoch(loader, epoch)["labels"].numpy()
             assert len(np.unique(labels)) == len(labels)
             share = (rank + 1) * n // world - rank * n // world  # DALI's split: 333, 333, 334
@@ -198,7 +220,10 @@ def reference_boxes(n, size=32, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), seed=0)
     rng = np.random.default_rng(seed)
     area = size * size * rng.uniform(*scale, (n, 10))
     aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1]), (n, 10)))
-    w, h = np.round(np.sqrt(area * aspect)).astype(np.int64), np.round(np.sqrt(area / aspect)).astype(np.int64)
+    w, h = (
+        np.round(np.sqrt(area * aspect)).astype(np.int64),
+        np.round(np.sqrt(area / aspect)).astype(np.int64),
+    )
     ok = (w > 0) & (w <= size) & (h > 0) & (h <= size)
     pick = ok.argmax(1)
     w = np.where(ok.any(1), w[np.arange(n), pick], size)
@@ -219,17 +244,21 @@ def test_crop_and_flip_statistics(coords, cache):
     top, left, h, w, flipped = crop_boxes(views).T
     assert (top >= 0).all() and (left >= 0).all() and (top + h <= 32).all() and (left + w <= 32).all()
     rtop, rleft, rh, rw = reference_boxes(200_000).T
-    for name, got, want in [("area fraction", h * w / 1024, rh * rw / 1024),
-                            ("log aspect", np.log(w / h), np.log(rw / rh)),
-                            ("|log aspect|", np.abs(np.log(w / h)), np.abs(np.log(rw / rh))),
-                            ("centre column", left + w / 2, rleft + rw / 2),
-                            ("centre row", top + h / 2, rtop + rh / 2),
-                            ("flip", flipped, np.random.default_rng(1).random(100_000) < 0.5)]:
+    for name, got, want in [
+        ("area fraction", h * w / 1024, rh * rw / 1024),
+        ("log aspect", np.log(w / h), np.log(rw / rh)),
+        ("|log aspect|", np.abs(np.log(w / h)), np.abs(np.log(rw / rh))),
+        ("centre column", left + w / 2, rleft + rw / 2),
+        ("centre row", top + h / 2, rtop + rh / 2),
+        ("flip", flipped, np.random.default_rng(1).random(100_000) < 0.5),
+    ]:
         ok, detail = within(got, want)
         assert ok, (name, detail)
     # The tails too: P(area fraction < q) and P(|log aspect| < q) against the reference at a few q.
-    for name, got, want, qs in [("area", h * w / 1024, rh * rw / 1024, (0.1, 0.15, 0.3, 0.6, 0.9)),
-                                ("|log aspect|", np.abs(np.log(w / h)), np.abs(np.log(rw / rh)), (0.05, 0.15, 0.25))]:
+    for name, got, want, qs in [
+        ("area", h * w / 1024, rh * rw / 1024, (0.1, 0.15, 0.3, 0.6, 0.9)),
+        ("|log aspect|", np.abs(np.log(w / h)), np.abs(np.log(rw / rh)), (0.05, 0.15, 0.25)),
+    ]:
         for q in qs:
             p = (want < q).mean()
             bound = 5 * np.sqrt(p * (1 - p) / len(got)) + 1e-3
@@ -242,7 +271,9 @@ def test_grayscale_rate(coords, cache):
     outs = [run_epoch(loader, e) for e in (0, 1)]  # 8192 views: 5 sigma = 0.022
     views = np.concatenate([pixels(out[k], coords) for out in outs for k in ("view1", "view2")])
     # Exactly gray, as torchvision's RandomGrayscale (up to the float rounding of normalisation).
-    spread = np.maximum(np.abs(views[:, 0] - views[:, 1]), np.abs(views[:, 1] - views[:, 2])).reshape(len(views), -1)
+    spread = np.maximum(np.abs(views[:, 0] - views[:, 1]), np.abs(views[:, 1] - views[:, 2])).reshape(
+        len(views), -1
+    )
     gray = spread.max(1) < 1e-3
     assert np.median(spread.max(1)[~gray]) > 20  # coloured views are far from gray: the split is clean
     p, n = 0.2, len(gray)
@@ -287,7 +318,6 @@ def test_eval_recipe_is_plain_normalisation_in_order(real, cache):
     np.testing.assert_array_equal(torch.cat([b.labels for b in batches]).numpy(), data.labels)
 
 
-
 def test_eval_passes_build_one_pipeline_each(real, cache, monkeypatch):
     """Eval batches never depend on the epoch: no pipeline is started ahead for a pass that never
     comes (each would fill DALI's buffers for nothing); a training loader still starts epoch e + 1."""
@@ -313,8 +343,15 @@ def test_eval_passes_build_one_pipeline_each(real, cache, monkeypatch):
 
 @pytest.mark.parametrize("flip_p", [0.5, 0.2])
 def test_supervised_recipe_reflect_pads_translates_and_flips(coords, cache, flip_p):
-    loader = dali_pipe.build(coords, batch_size=BATCH, recipe="supervised", workers=2, cache_dir=cache, ahead=False,
-                             spec=SimCLRRecipe(flip_p=flip_p))
+    loader = dali_pipe.build(
+        coords,
+        batch_size=BATCH,
+        recipe="supervised",
+        workers=2,
+        cache_dir=cache,
+        ahead=False,
+        spec=SimCLRRecipe(flip_p=flip_p),
+    )
     out = run_epoch(loader, 0)
     assert "view2" not in out
     v = np.rint(pixels(out["view1"], coords)).astype(np.int64)

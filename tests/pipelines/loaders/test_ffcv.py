@@ -6,6 +6,7 @@ numba compiles each FFCV loader on its first batch (~10 s), so one module-scoped
 tests: it reads 1024 real CIFAR-10 test images (labels 0-9) followed by 1024 coordinate images
 (label 10) whose red/green values encode the source column/row, so translations can be read back.
 """
+
 import dataclasses
 import os
 
@@ -14,11 +15,11 @@ import pytest
 import torch
 
 pytest.importorskip("ffcv")
+from benchmarks.view_stats import assert_same_channel_moments  # noqa: E402
 from pipelines import Batch, DataError, augment, datasets, recipes  # noqa: E402
 from pipelines.formats import ffcv as ffcv_format
-from pipelines.recipes import SimCLRRecipe  # noqa: E402
 from pipelines.loaders import ffcv as ffcv_pipe  # noqa: E402
-from benchmarks.view_stats import assert_same_channel_moments  # noqa: E402
+from pipelines.recipes import SimCLRRecipe  # noqa: E402
 
 N_REAL, N_COORD, BATCH, SEED = 1024, 1024, 256, 0
 COORD = 10  # label of the coordinate images
@@ -39,14 +40,20 @@ def cifar_test(cifar_root):
 
 @pytest.fixture(scope="module")
 def real(cifar_test):
-    return dataclasses.replace(cifar_test, images=cifar_test.images[:N_REAL], labels=cifar_test.labels[:N_REAL])
+    return dataclasses.replace(
+        cifar_test, images=cifar_test.images[:N_REAL], labels=cifar_test.labels[:N_REAL]
+    )
 
 
 @pytest.fixture(scope="module")
 def mixed(real):
-    return dataclasses.replace(real, name="cifar10-test-mixed", classes=list(real.classes) + ["coordinates"],
-                               images=np.concatenate([real.images, coordinate_images(N_COORD)]),
-                               labels=np.concatenate([real.labels, np.full(N_COORD, COORD, np.int64)]))
+    return dataclasses.replace(
+        real,
+        name="cifar10-test-mixed",
+        classes=list(real.classes) + ["coordinates"],
+        images=np.concatenate([real.images, coordinate_images(N_COORD)]),
+        labels=np.concatenate([real.labels, np.full(N_COORD, COORD, np.int64)]),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +100,10 @@ def test_two_views_differ(epoch0):
 def test_order_is_a_pure_function_of_seed_and_epoch(loader, epoch0, mixed):
     # FFCV 1.0.2's rule: epoch e's order = default_rng(ffcv_seed + e).permutation(N), cut to full batches.
     steps = len(loader) * BATCH
-    orders = {e: np.random.default_rng(ffcv_pipe.derive_seed(SEED) + e).permutation(len(mixed.labels))[:steps]
-              for e in (0, 1)}
+    orders = {
+        e: np.random.default_rng(ffcv_pipe.derive_seed(SEED) + e).permutation(len(mixed.labels))[:steps]
+        for e in (0, 1)
+    }
     np.testing.assert_array_equal(epoch0[2].numpy(), mixed.labels[orders[0]])  # the full pipeline's order
     for e in (1, 0, 1):  # any epoch, in any sequence, replays
         np.testing.assert_array_equal(label_order(loader, e), mixed.labels[orders[e]])
@@ -111,7 +120,9 @@ def test_simclr_views_are_the_shared_torch_ops_on_decoded_images_and_replay(load
     gen = torch.Generator().manual_seed(recipes.derive_seed(SEED, 3, 1, 0))
     for _ in range(2):  # the same epoch twice: identical views
         for images, batch in zip(decoded, loader, strict=True):
-            want = augment.simclr_view(torch.cat([images, images]), SimCLRRecipe(), gen, loader.mean, loader.std)
+            want = augment.simclr_view(
+                torch.cat([images, images]), SimCLRRecipe(), gen, loader.mean, loader.std
+            )
             torch.testing.assert_close(torch.cat([batch.view1, batch.view2]), want, atol=0, rtol=0)
         gen.manual_seed(recipes.derive_seed(SEED, 3, 1, 0))
 
@@ -132,7 +143,9 @@ def test_eval_recipe_is_plain_normalisation_in_order(real, cache):
     threads = torch.get_num_threads()
     torch.set_num_threads(threads + 1)  # FFCV resets torch's thread count; the pipeline must put it back
     try:
-        loader = ffcv_pipe.build(data, batch_size=128, recipe="eval", drop_last=False, workers=1, cache_dir=cache)
+        loader = ffcv_pipe.build(
+            data, batch_size=128, recipe="eval", drop_last=False, workers=1, cache_dir=cache
+        )
         batches = list(loader)
         assert torch.get_num_threads() == threads + 1
     finally:
@@ -146,7 +159,9 @@ def test_eval_recipe_is_plain_normalisation_in_order(real, cache):
 
 
 def test_supervised_recipe_translates_flips_and_replays(mixed, cache):
-    data = dataclasses.replace(mixed, images=mixed.images[N_REAL:], labels=mixed.labels[N_REAL:], name="coords")
+    data = dataclasses.replace(
+        mixed, images=mixed.images[N_REAL:], labels=mixed.labels[N_REAL:], name="coords"
+    )
     loader = ffcv_pipe.build(data, batch_size=BATCH, recipe="supervised", workers=1, cache_dir=cache)
     loader.set_epoch(2)
     first = [b.check("cpu") for b in loader]
@@ -177,8 +192,11 @@ def test_bad_arguments_and_sources(real, cache, tmp_path, monkeypatch):
         ffcv_pipe.build(real, batch_size=8, rank=1, world_size=2, cache_dir=cache)
     good = ffcv_format.write(real, tmp_path / "real.beton", workers=1)
     with pytest.raises(DataError, match=f"holds {N_REAL} samples"):
-        ffcv_pipe.build(dataclasses.replace(real, images=real.images[:10], labels=real.labels[:10]),
-                        batch_size=8, source=good)
+        ffcv_pipe.build(
+            dataclasses.replace(real, images=real.images[:10], labels=real.labels[:10]),
+            batch_size=8,
+            source=good,
+        )
     cut = tmp_path / "cut.beton"
     cut.write_bytes(open(good, "rb").read()[:100_000])
     with pytest.raises(DataError, match=str(cut)):

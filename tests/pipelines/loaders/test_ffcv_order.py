@@ -1,6 +1,7 @@
 """The windowed FFCV order: a permutation per epoch (pure function of seed and epoch), equal disjoint
 parts per rank that together cover the epoch, and, scheduled by FFCV's own page scheduler, a page
 pool that does not grow with the file while order "random" grows with it."""
+
 import numpy as np
 import pytest
 
@@ -43,7 +44,7 @@ def test_a_block_spans_at_least_min_pages_when_samples_are_small():
     per_page, n = 2700, 2700 * 19
     page_of = np.arange(n) // per_page
     order = windowed(np.arange(n), page_of, seed=3, epoch=0, window=4096)
-    head = order[:8 * per_page]  # the first block: 8 pages
+    head = order[: 8 * per_page]  # the first block: 8 pages
     assert len(np.unique(page_of[head])) == 8
     assert len(np.unique(page_of[head[:512]])) == 8  # one batch already mixes them all
 
@@ -51,8 +52,10 @@ def test_a_block_spans_at_least_min_pages_when_samples_are_small():
 @pytest.mark.parametrize("world", [2, 3])
 def test_ranks_take_equal_disjoint_parts_that_cover_the_epoch(world):
     n = 1001  # not a multiple of world: padded by repetition, as torch's DistributedSampler
-    parts = [windowed(np.arange(n), pages(n), seed=1, epoch=4, window=64, rank=r, world_size=world)
-             for r in range(world)]
+    parts = [
+        windowed(np.arange(n), pages(n), seed=1, epoch=4, window=64, rank=r, world_size=world)
+        for r in range(world)
+    ]
     per_rank = -(-n // world)
     assert all(len(p) == per_rank for p in parts)
     counts = np.bincount(np.concatenate(parts), minlength=n)
@@ -70,7 +73,7 @@ def test_ffcv_page_pool_stays_bounded_as_the_file_grows():
     batch, window = 64, 1024
 
     def slots(n, order):
-        batches = [set(pages(n)[order[i:i + batch]]) for i in range(0, len(order) - batch + 1, batch)]
+        batches = [set(pages(n)[order[i : i + batch]]) for i in range(0, len(order) - batch + 1, batch)]
         return compute_schedule(batches).num_slots
 
     small, large = 20_000, 80_000

@@ -3,6 +3,7 @@ from the right images, sane normalised values, order and augmentation as a pure 
 (seed, epoch, rank), every image once per epoch, disjoint rank shards of one permutation, the
 supervised and eval recipes exactly, and clean DataErrors.
 """
+
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,9 +11,9 @@ import pytest
 import torch
 
 import pipelines
-from pipelines.loaders import gpu
 from pipelines import DataError, augment
 from pipelines.augment import SimCLRRecipe
+from pipelines.loaders import gpu
 
 MEAN, STD = (0.5, 0.45, 0.4), (0.25, 0.25, 0.3)
 
@@ -22,13 +23,21 @@ def dataset(n, height=32, width=32, seed=0, constant=False):
     constant=True: each image one random colour (crops cannot change it, only colour ops can)."""
     rng = np.random.default_rng(seed)
     if constant:
-        images = np.broadcast_to(rng.integers(0, 256, (n, 1, 1, 3), dtype=np.uint8), (n, height, width, 3)).copy()
+        images = np.broadcast_to(
+            rng.integers(0, 256, (n, 1, 1, 3), dtype=np.uint8), (n, height, width, 3)
+        ).copy()
     else:  # smooth colour gradients plus noise: something for crops, flips and colour ops to change
         ramp = np.linspace(0, 1, width)[None, None, :, None] * rng.uniform(0, 255, (n, 1, 1, 3))
         noise = rng.normal(0, 20, (n, height, width, 3))
         images = np.clip(ramp + rng.uniform(0, 128, (n, 1, 1, 3)) + noise, 0, 255).astype(np.uint8)
-    return SimpleNamespace(images=images, labels=np.arange(n, dtype=np.int64), classes=[str(i) for i in range(n)],
-                           name="toy", mean=MEAN, std=STD)
+    return SimpleNamespace(
+        images=images,
+        labels=np.arange(n, dtype=np.int64),
+        classes=[str(i) for i in range(n)],
+        name="toy",
+        mean=MEAN,
+        std=STD,
+    )
 
 
 def epoch(loader, e):
@@ -82,8 +91,9 @@ def test_views_come_from_their_labels_images():
         assert b.view1.shape == (32, 3, 16, 16)
         colour = torch.from_numpy(data.images[b.labels.numpy(), 0, 0]).float().div(255)  # (32, 3)
         for view in (b.view1, b.view2):
-            torch.testing.assert_close(unnormalise(view), colour[:, :, None, None].expand(-1, -1, 16, 16),
-                                       atol=1e-5, rtol=0)
+            torch.testing.assert_close(
+                unnormalise(view), colour[:, :, None, None].expand(-1, -1, 16, 16), atol=1e-5, rtol=0
+            )
 
 
 def test_batches_are_a_pure_function_of_seed_epoch_and_rank():
@@ -93,8 +103,14 @@ def test_batches_are_a_pure_function_of_seed_epoch_and_rank():
     epoch(a, 0), epoch(a, 1)  # a has been used; b is fresh: resume must not care
     e2 = epoch(a, 2)
     for x, y in zip(e2, epoch(b, 2)):
-        assert torch.equal(x.view1, y.view1) and torch.equal(x.view2, y.view2) and torch.equal(x.labels, y.labels)
-    assert all(torch.equal(x.view2, y.view2) for x, y in zip(e2, epoch(a, 2))), "an epoch replays when iterated again"
+        assert (
+            torch.equal(x.view1, y.view1)
+            and torch.equal(x.view2, y.view2)
+            and torch.equal(x.labels, y.labels)
+        )
+    assert all(torch.equal(x.view2, y.view2) for x, y in zip(e2, epoch(a, 2))), (
+        "an epoch replays when iterated again"
+    )
     e3 = epoch(a, 3)
     assert not torch.equal(torch.cat([x.labels for x in e2]), torch.cat([x.labels for x in e3]))
     assert not torch.equal(e2[0].view1, e3[0].view1)
@@ -124,8 +140,10 @@ def test_every_image_once_per_epoch():
 @pytest.mark.parametrize("drop_last", [True, False])
 def test_rank_shards_are_disjoint_slices_of_one_permutation(drop_last):
     data, world, tiny = dataset(301, height=8, width=8), 3, SimCLRRecipe(size=8)
-    loaders = [gpu.build(data, batch_size=32, rank=r, world_size=world, seed=1, drop_last=drop_last, spec=tiny)
-               for r in range(world)]
+    loaders = [
+        gpu.build(data, batch_size=32, rank=r, world_size=world, seed=1, drop_last=drop_last, spec=tiny)
+        for r in range(world)
+    ]
     assert len({len(loader) for loader in loaders}) == 1, "every rank must run the same number of steps"
     shards = [torch.cat([b.labels for b in epoch(loader, 4)]) for loader in loaders]
     assert all(len(s) == (96 if drop_last else 100) for s in shards)
@@ -163,9 +181,13 @@ def test_supervised_recipe_reflect_pads_translates_and_flips():
     padded = torch.nn.functional.pad(source.float(), (4, 4, 4, 4), mode="reflect")
     found = []
     for i in range(64):  # which of the 9 x 9 x 2 translations / flips produced view i?
-        crops = {(dy, dx): padded[i, :, dy:dy + 24, dx:dx + 28] for dy in range(9) for dx in range(9)}
-        hits = [(dy, dx, f) for (dy, dx), c in crops.items() for f in (0, 1)
-                if torch.equal(got[i].float(), c.flip(-1) if f else c)]
+        crops = {(dy, dx): padded[i, :, dy : dy + 24, dx : dx + 28] for dy in range(9) for dx in range(9)}
+        hits = [
+            (dy, dx, f)
+            for (dy, dx), c in crops.items()
+            for f in (0, 1)
+            if torch.equal(got[i].float(), c.flip(-1) if f else c)
+        ]
         assert hits, i
         found.append(hits[0])
     dys, dxs, flips = zip(*found)
@@ -184,10 +206,14 @@ def test_errors():
     with pytest.raises(DataError, match="rank"):
         gpu.build(data, batch_size=10, rank=2, world_size=2)
     with pytest.raises(DataError, match="uint8"):
-        gpu.build(SimpleNamespace(images=data.images.astype(np.float32), labels=data.labels, mean=MEAN, std=STD),
-                  batch_size=10)
+        gpu.build(
+            SimpleNamespace(images=data.images.astype(np.float32), labels=data.labels, mean=MEAN, std=STD),
+            batch_size=10,
+        )
     with pytest.raises(DataError, match="labels"):
-        gpu.build(SimpleNamespace(images=data.images, labels=data.labels[:50], mean=MEAN, std=STD), batch_size=10)
+        gpu.build(
+            SimpleNamespace(images=data.images, labels=data.labels[:50], mean=MEAN, std=STD), batch_size=10
+        )
     with pytest.raises(DataError, match="too small"):
         gpu.build(dataset(10, height=4, width=4), batch_size=5, recipe="supervised")
 

@@ -11,19 +11,25 @@ The Gaussian blur of the recipe above 32 px is checked the same way on its own s
 high-frequency energy ratio; see test_blur_views_follow_torchvisions_distribution).
 Plus the shared pieces: recorded recipe names, derive_seed, one set of recipe constants.
 """
+
 import numpy as np
 import pytest
 import torch
 
 import pipelines
+from benchmarks.view_stats import compare, indexed, ks_distance, loader_statistics, unnormalize
 from pipelines import DataError, augment, datasets, recipes
 from pipelines.data import arrays
 from pipelines.recipes import SimCLRRecipe
-from benchmarks.view_stats import compare, indexed, ks_distance, loader_statistics, unnormalize
 
 N, BATCH = 4000, 500
 BOUND_FACTOR = 2.0
-BACKEND_KWARGS = {"torchvision": dict(workers=0), "gpu": {}, "dali": dict(workers=2, ahead=False), "ffcv": dict(workers=2)}
+BACKEND_KWARGS = {
+    "torchvision": dict(workers=0),
+    "gpu": {},
+    "dali": dict(workers=2, ahead=False),
+    "ffcv": dict(workers=2),
+}
 SEEDS = (0, 1)
 
 
@@ -45,7 +51,9 @@ def runs(data, tmp_path_factory):
                 pytest.importorskip({"dali": "nvidia.dali", "ffcv": "ffcv"}[backend])
                 kwargs["cache_dir"] = cache
             loader = pipelines.build(backend, data, batch_size=BATCH, seed=seed, spec=spec, **kwargs)
-            assert getattr(loader, "recipe_name", recipes.name(backend, "simclr")) == recipes.name(backend, "simclr")
+            assert getattr(loader, "recipe_name", recipes.name(backend, "simclr")) == recipes.name(
+                backend, "simclr"
+            )
             done[key] = loader_statistics(loader, data)
         return done[key]
 
@@ -53,7 +61,9 @@ def runs(data, tmp_path_factory):
 
 
 def against_torchvision(runs, backend, spec=SimCLRRecipe()):
-    return compare([runs(backend, s, spec) for s in SEEDS], [runs("torchvision", s) for s in SEEDS], BOUND_FACTOR)
+    return compare(
+        [runs(backend, s, spec) for s in SEEDS], [runs("torchvision", s) for s in SEEDS], BOUND_FACTOR
+    )
 
 
 @pytest.mark.parametrize("backend", ["gpu", "dali", "ffcv"])
@@ -63,10 +73,14 @@ def test_backend_draws_views_from_torchvisions_distribution(runs, backend):
     assert max(result["worst"].values()) <= result["bound"], result
 
 
-@pytest.mark.parametrize("wrong, caught_by", [
-    (dict(jitter_p=0.6), ("brightness",)),
-    (dict(jitter=(0.4, 0.4, 0.4, 0.0)), ("hue",)),
-], ids=["jitter_p=0.6", "no-hue"])
+@pytest.mark.parametrize(
+    "wrong, caught_by",
+    [
+        (dict(jitter_p=0.6), ("brightness",)),
+        (dict(jitter=(0.4, 0.4, 0.4, 0.0)), ("hue",)),
+    ],
+    ids=["jitter_p=0.6", "no-hue"],
+)
 def test_parity_check_catches_a_wrong_recipe(runs, wrong, caught_by):
     result = against_torchvision(runs, "gpu", SimCLRRecipe(**wrong))
     for stat in caught_by:  # by every pairing of seeds
@@ -98,8 +112,14 @@ def blur_runs():
     rng = np.random.default_rng(0)
     base, amp = rng.uniform(60, 190, (BLUR_N, 1, 1, 3)), rng.uniform(10, 60, (BLUR_N, 1, 1, 1))
     noise = base + amp * rng.standard_normal((BLUR_N, BLUR_SIZE, BLUR_SIZE, 3))
-    data = arrays.ArrayDataset(np.clip(noise, 0, 255).round().astype(np.uint8), np.arange(BLUR_N), [],
-                                 "noise", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    data = arrays.ArrayDataset(
+        np.clip(noise, 0, 255).round().astype(np.uint8),
+        np.arange(BLUR_N),
+        [],
+        "noise",
+        (0.5, 0.5, 0.5),
+        (0.25, 0.25, 0.25),
+    )
     done = {}
 
     def run(backend, seed, **recipe):
@@ -107,10 +127,13 @@ def blur_runs():
         if key not in done:
             torch.set_num_threads(1)  # PIL-side blur in this process: one thread beats contended two
             spec = SimCLRRecipe(size=BLUR_SIZE, **NO_COLOUR, **recipe)
-            loader = pipelines.build(backend, data, batch_size=250, seed=seed, spec=spec, **BACKEND_KWARGS[backend])
+            loader = pipelines.build(
+                backend, data, batch_size=250, seed=seed, spec=spec, **BACKEND_KWARGS[backend]
+            )
             loader.set_epoch(0)
-            done[key] = np.concatenate([high_frequency_ratio(v, data.mean, data.std)
-                                        for b in loader for v in (b.view1, b.view2)])
+            done[key] = np.concatenate(
+                [high_frequency_ratio(v, data.mean, data.std) for b in loader for v in (b.view1, b.view2)]
+            )
         return done[key]
 
     return run
@@ -133,7 +156,9 @@ def test_blur_views_follow_torchvisions_distribution(blur_runs):
     assert blur_runs("gpu", 0).mean() < 0.85 * blur_runs("gpu", 0, blur_p=0.0).mean()
 
 
-@pytest.mark.parametrize("wrong", [dict(blur_p=0.0), dict(blur_sigma=(0.1, 1.0))], ids=["no-blur", "sigma<=1"])
+@pytest.mark.parametrize(
+    "wrong", [dict(blur_p=0.0), dict(blur_sigma=(0.1, 1.0))], ids=["no-blur", "sigma<=1"]
+)
 def test_blur_parity_catches_a_wrong_blur(blur_runs, wrong):
     pytest.importorskip("torchvision")
     least, _, bound = blur_against_torchvision(blur_runs, **wrong)
@@ -143,7 +168,10 @@ def test_blur_parity_catches_a_wrong_blur(blur_runs, wrong):
 def test_recipe_names_record_how_each_pipeline_computes_the_recipe():
     assert recipes.name("torchvision", "simclr") == "simclr/pil"
     assert {recipes.name(p, "simclr") for p in ("gpu", "dali", "ffcv")} == {"simclr/torch"}
-    assert {recipes.name(p, r) for p in pipelines.PIPELINES for r in ("supervised", "eval")} == {"supervised", "eval"}
+    assert {recipes.name(p, r) for p in pipelines.PIPELINES for r in ("supervised", "eval")} == {
+        "supervised",
+        "eval",
+    }
     assert set(recipes.VARIANTS) == set(pipelines.PIPELINES) and recipes.RECIPES == pipelines.RECIPES
     for bad in (("gpu", "byol"), ("jax", "simclr")):
         with pytest.raises(DataError, match="unknown"):
@@ -154,9 +182,9 @@ def test_derive_seed_mixes_and_fits_its_bits():
     seeds = [recipes.derive_seed(s, e) for s in range(30) for e in range(30)]
     assert len(set(seeds)) == len(seeds)  # (seed, epoch) pairs never alias, unlike seed + epoch
     assert recipes.derive_seed(3, 1, 2) == recipes.derive_seed(3, 1, 2) != recipes.derive_seed(3, 2, 1)
-    assert all(0 <= s < 2 ** 63 for s in seeds) and max(seeds) > 2 ** 62  # uses the high bits too
+    assert all(0 <= s < 2**63 for s in seeds) and max(seeds) > 2**62  # uses the high bits too
     small = [recipes.derive_seed(s, bits=31) for s in range(200)]
-    assert all(0 <= s < 2 ** 31 for s in small) and max(small) > 2 ** 30
+    assert all(0 <= s < 2**31 for s in small) and max(small) > 2**30
     # one generator state, cut to size: the 31-bit seed is the top of the 63-bit one
     assert recipes.derive_seed(7, bits=31) == recipes.derive_seed(7) >> 32
     with pytest.raises(DataError, match="bits"):
@@ -164,13 +192,15 @@ def test_derive_seed_mixes_and_fits_its_bits():
 
 
 def test_one_set_of_recipe_constants():
+    from pipelines.loaders import dali, ffcv, gpu
     from pipelines.loaders import torchvision as baseline
-    from pipelines.loaders import dali
-    from pipelines.loaders import ffcv
-    from pipelines.loaders import gpu
 
     assert augment.SimCLRRecipe is recipes.SimCLRRecipe and augment.PAD == recipes.PAD
-    assert (recipes.BLUR_P, recipes.BLUR_SIGMA, recipes.BLUR_ABOVE) == (0.5, (0.1, 2.0), 32)  # SimCLR, appendix A
+    assert (recipes.BLUR_P, recipes.BLUR_SIGMA, recipes.BLUR_ABOVE) == (
+        0.5,
+        (0.1, 2.0),
+        32,
+    )  # SimCLR, appendix A
     assert SimCLRRecipe().blur_prob == 0 and SimCLRRecipe(size=33).blur_prob == recipes.BLUR_P
     for module in (baseline, dali, ffcv, gpu):
         assert not hasattr(module, "RECIPES") or module.RECIPES == recipes.RECIPES

@@ -1,4 +1,5 @@
 """The torchvision DataLoader baseline: contract, recipes, reproducibility, sharding."""
+
 import dataclasses
 
 import numpy as np
@@ -6,10 +7,10 @@ import pytest
 import torch
 
 pytest.importorskip("torchvision")
-from pipelines.loaders import torchvision as baseline  # noqa: E402
+from benchmarks.view_stats import assert_same_channel_moments  # noqa: E402
 from pipelines import DataError, augment, build, datasets
 from pipelines.data import arrays
-from benchmarks.view_stats import assert_same_channel_moments  # noqa: E402
+from pipelines.loaders import torchvision as baseline  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +35,11 @@ def unnormalize(view, data):
 
 def same(a, b):
     return len(a) == len(b) and all(
-        torch.equal(x.labels, y.labels) and torch.equal(x.view1, y.view1)
-        and (x.view2 is None and y.view2 is None or torch.equal(x.view2, y.view2)) for x, y in zip(a, b))
+        torch.equal(x.labels, y.labels)
+        and torch.equal(x.view1, y.view1)
+        and (x.view2 is None and y.view2 is None or torch.equal(x.view2, y.view2))
+        for x, y in zip(a, b)
+    )
 
 
 def test_simclr_batches_satisfy_the_contract(sample):
@@ -49,7 +53,9 @@ def test_simclr_batches_satisfy_the_contract(sample):
         pixels = unnormalize(torch.cat([b.view1, b.view2]), sample)
         assert pixels.min() > -1e-5 and pixels.max() < 1 + 1e-5  # normalised with data.mean/std
     seen = torch.cat([b.labels for b in batches])
-    assert sorted(seen.tolist()) == list(range(48)) and seen.tolist() != list(range(48))  # a shuffled permutation
+    assert sorted(seen.tolist()) == list(range(48)) and seen.tolist() != list(
+        range(48)
+    )  # a shuffled permutation
 
 
 def test_len_and_drop_last(sample):
@@ -98,8 +104,10 @@ def test_supervised_is_a_reflect_padded_crop_maybe_flipped(sample):
     for view, i in zip(views, b.labels.tolist()):
         image = torch.from_numpy(sample.images[i]).permute(2, 0, 1).double()[None] / 255
         padded = torch.nn.functional.pad(image, (4, 4, 4, 4), mode="reflect")[0]
-        crops = [padded[:, dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)]
-        found = [f for c in crops for f in (False, True) if torch.allclose(c.flip(-1) if f else c, view, atol=1e-6)]
+        crops = [padded[:, dy : dy + 32, dx : dx + 32] for dy in range(9) for dx in range(9)]
+        found = [
+            f for c in crops for f in (False, True) if torch.allclose(c.flip(-1) if f else c, view, atol=1e-6)
+        ]
         assert found, f"view of image {i} is no padded crop"
         flips += found[0]
     assert 0 < flips < 8  # both orientations occur (this seed's draw; a 2 / 2^8 event otherwise)
@@ -115,7 +123,9 @@ def test_reproducible_for_any_worker_count(sample):
     fresh = baseline.build(sample, batch_size=8, seed=7, workers=2)
     assert same(epoch(fresh, 2), epoch(runs[0], 2))  # a resumed run sees the same epoch 2
     other = epoch(runs[0], 2)
-    assert not torch.equal(first[0].labels, other[0].labels) and not torch.equal(first[0].view1, other[0].view1)
+    assert not torch.equal(first[0].labels, other[0].labels) and not torch.equal(
+        first[0].view1, other[0].view1
+    )
     reseeded = epoch(baseline.build(sample, batch_size=8, seed=8, workers=0), 1)
     assert not torch.equal(reseeded[0].labels, first[0].labels)
 
@@ -130,7 +140,10 @@ def test_global_rng_is_untouched(sample):
 
 
 def test_ranks_get_disjoint_shards_of_one_order(sample):
-    shards = [epoch(baseline.build(sample, batch_size=8, seed=3, rank=r, world_size=3, workers=0), 5) for r in range(3)]
+    shards = [
+        epoch(baseline.build(sample, batch_size=8, seed=3, rank=r, world_size=3, workers=0), 5)
+        for r in range(3)
+    ]
     ids = [torch.cat([b.labels for b in s]).tolist() for s in shards]
     assert all(len(i) == 16 for i in ids)
     assert len(set(ids[0]) | set(ids[1]) | set(ids[2])) == 48
@@ -164,8 +177,10 @@ def test_output_statistics_match_gpu_pipeline():
     d = datasets.load("cifar10-sample", "train")
     real = arrays.ArrayDataset(d.images[:1000], d.labels[:1000], d.classes, d.name, d.mean, d.std)
     views = []
-    for loader in (baseline.build(real, batch_size=100, device="cpu", seed=3, workers=0),
-                   gpu.build(real, batch_size=100, device="cpu", seed=3)):
+    for loader in (
+        baseline.build(real, batch_size=100, device="cpu", seed=3, workers=0),
+        gpu.build(real, batch_size=100, device="cpu", seed=3),
+    ):
         views.append(torch.cat([torch.cat([b.view1, b.view2]) for b in epoch(loader, 0)]))
     assert_same_channel_moments(*views)
 
@@ -178,8 +193,13 @@ def test_blur_is_in_the_recipe_above_32_px_only():
 
     def blurs(spec):
         chain = baseline.transform("simclr", spec, (0.5,) * 3, (0.25,) * 3, (spec.size, spec.size)).transforms
-        return [(t.p, b) for t in chain if isinstance(t, T.RandomApply) for b in t.transforms
-                if isinstance(b, T.GaussianBlur)]
+        return [
+            (t.p, b)
+            for t in chain
+            if isinstance(t, T.RandomApply)
+            for b in t.transforms
+            if isinstance(b, T.GaussianBlur)
+        ]
 
     assert blurs(augment.SimCLRRecipe()) == []
     [(p, blur)] = blurs(augment.SimCLRRecipe(size=96))

@@ -1,16 +1,16 @@
 """What a dataset is in memory: uint8 images with labels, classes and normalisation statistics.
 
-    from pipelines.data.arrays import ArrayDataset
-    data = ArrayDataset(images, labels, classes, "mine", mean, std)   # validated on creation
-    part = data.take(idx)                                              # the images idx, same statistics
+from pipelines.data.arrays import ArrayDataset
+data = ArrayDataset(images, labels, classes, "mine", mean, std)   # validated on creation
+part = data.take(idx)                                              # the images idx, same statistics
 """
+
 import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import DataError
-
 
 UNLABELLED = -1  # label of images that carry none (the CIFAR-100 half of cifar10+cifar100)
 
@@ -34,12 +34,16 @@ class ArrayDataset:
     def __post_init__(self):
         x = self.images
         if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != 3:
-            raise DataError(f"{self.name}: images must be a uint8 array (N, H, W, 3), got "
-                            f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
+            raise DataError(
+                f"{self.name}: images must be a uint8 array (N, H, W, 3), got "
+                f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}"
+            )
         self.labels = np.asarray(self.labels)
         if self.labels.shape != (len(self.images),) or not np.issubdtype(self.labels.dtype, np.integer):
-            raise DataError(f"{self.name}: labels must be {len(self.images)} integers, got "
-                            f"{self.labels.dtype} {self.labels.shape}")
+            raise DataError(
+                f"{self.name}: labels must be {len(self.images)} integers, got "
+                f"{self.labels.dtype} {self.labels.shape}"
+            )
         self.labels = self.labels.astype(np.int64, copy=False)
         self.classes = list(self.classes)
         self.mean, self.std = tuple(float(v) for v in self.mean), tuple(float(v) for v in self.std)
@@ -70,9 +74,17 @@ def as_dataset(data) -> ArrayDataset:
         return data
     missing = [k for k in ("images", "labels", "mean", "std") if not hasattr(data, k)]
     if missing:
-        raise DataError(f"a dataset needs images, labels, mean and std; {type(data).__name__} lacks {', '.join(missing)}")
-    return ArrayDataset(data.images, data.labels, getattr(data, "classes", []), getattr(data, "name", "data"),
-                        data.mean, data.std)
+        raise DataError(
+            f"a dataset needs images, labels, mean and std; {type(data).__name__} lacks {', '.join(missing)}"
+        )
+    return ArrayDataset(
+        data.images,
+        data.labels,
+        getattr(data, "classes", []),
+        getattr(data, "name", "data"),
+        data.mean,
+        data.std,
+    )
 
 
 def channel_stats(images):

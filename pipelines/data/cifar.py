@@ -15,6 +15,7 @@ CIFAR copies fastssl bundles lack the unused `filenames` key, so their md5s are 
 while their pixels and labels are (CIFAR-10 exactly; CIFAR-100 is a JPEG-recompressed copy). Any
 problem raises `DataError` with one line naming the file.
 """
+
 import hashlib
 import http.client
 import io
@@ -38,12 +39,13 @@ from ..errors import DataError, one_line
 from ..files import data_root
 from .arrays import UNLABELLED, ArrayDataset
 
-
 DOWNLOAD_TIMEOUT = 20  # seconds without progress before a download is given up
 # Seconds to resolve the archive's host first: urlopen's timeout does not bound the DNS lookup, which
 # on an offline machine can hang far longer; offline then answers in one line at once.
 RESOLVE_TIMEOUT = 3
-SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "cifar10_sample.npz")
+SAMPLE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "cifar10_sample.npz"
+)
 
 
 # Train-split per-channel mean and std in [0, 1] units (population std over all pixels), as published
@@ -67,15 +69,32 @@ class Cifar(NamedTuple):
 
 
 ARCHIVES = {
-    "cifar10": Cifar("CIFAR-10", "cifar-10-batches-py",
-                     {"train": ([f"data_batch_{i}" for i in range(1, 6)], 10000), "test": (["test_batch"], 10000)},
-                     "batches.meta", b"label_names", b"labels", 10,
-                     "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a",
-                     CIFAR10_MEAN, CIFAR10_STD),
-    "cifar100": Cifar("CIFAR-100", "cifar-100-python", {"train": (["train"], 50000), "test": (["test"], 10000)},
-                      "meta", b"fine_label_names", b"fine_labels", 100,
-                      "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85",
-                      CIFAR100_MEAN, CIFAR100_STD),
+    "cifar10": Cifar(
+        "CIFAR-10",
+        "cifar-10-batches-py",
+        {"train": ([f"data_batch_{i}" for i in range(1, 6)], 10000), "test": (["test_batch"], 10000)},
+        "batches.meta",
+        b"label_names",
+        b"labels",
+        10,
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        "c58f30108f718f92721af3b95e74349a",
+        CIFAR10_MEAN,
+        CIFAR10_STD,
+    ),
+    "cifar100": Cifar(
+        "CIFAR-100",
+        "cifar-100-python",
+        {"train": (["train"], 50000), "test": (["test"], 10000)},
+        "meta",
+        b"fine_label_names",
+        b"fine_labels",
+        100,
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        "eb9058c3a382ffc7106e4002c42a8d85",
+        CIFAR100_MEAN,
+        CIFAR100_STD,
+    ),
 }
 
 
@@ -103,8 +122,10 @@ def find_cifar(name, data_dir=None, download=True) -> str:
     folder = os.path.join(root, spec.folder)
     if os.path.isdir(folder):
         return folder
-    where = (f"put the extracted {spec.folder}/ folder in {root}, or point --data-dir (or $FASTSSL_DATA) at the "
-             f"folder that holds it")
+    where = (
+        f"put the extracted {spec.folder}/ folder in {root}, or point --data-dir (or $FASTSSL_DATA) at the "
+        f"folder that holds it"
+    )
     if not download:
         raise DataError(f"{spec.title} not found: no {folder}; {where}")
     _download(spec, root, where)
@@ -129,9 +150,17 @@ class _CifarUnpickler(pickle.Unpickler):
     """Unpickles only what CIFAR files contain (numpy arrays, bytes), so a damaged or foreign file
     fails cleanly instead of running code."""
 
-    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-               ("numpy._core.multiarray", "_reconstruct"), ("_codecs", "encode"), ("copy_reg", "_reconstructor"),
-               ("copyreg", "_reconstructor"), ("__builtin__", "object"), ("builtins", "object")}
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("_codecs", "encode"),
+        ("copy_reg", "_reconstructor"),
+        ("copyreg", "_reconstructor"),
+        ("__builtin__", "object"),
+        ("builtins", "object"),
+    }
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
@@ -163,8 +192,10 @@ def _read_batch(path, spec, count):
             raise DataError(f"{path}: missing key {key.decode()} (has {have})")
     data = d[b"data"]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape != (count, 3072):
-        raise DataError(f"{path}: data must be uint8 ({count}, 3072), got "
-                        f"{getattr(data, 'dtype', type(data).__name__)} {getattr(data, 'shape', '')}")
+        raise DataError(
+            f"{path}: data must be uint8 ({count}, 3072), got "
+            f"{getattr(data, 'dtype', type(data).__name__)} {getattr(data, 'shape', '')}"
+        )
     try:
         labels = np.asarray(d[spec.labels_key], dtype=np.int64)
     except (TypeError, ValueError, OverflowError):
@@ -172,7 +203,9 @@ def _read_batch(path, spec, count):
     if labels.shape != (count,):
         raise DataError(f"{path}: expected {count} labels, got shape {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() >= spec.num_classes):
-        raise DataError(f"{path}: labels must lie in 0..{spec.num_classes - 1}, found {labels.min()}..{labels.max()}")
+        raise DataError(
+            f"{path}: labels must lie in 0..{spec.num_classes - 1}, found {labels.min()}..{labels.max()}"
+        )
     return data, labels
 
 
@@ -244,13 +277,17 @@ def _download(spec, root, where):
     try:
         response = _open(spec.url)
     except (OSError, http.client.HTTPException) as e:
-        raise DataError(f"{spec.title} not found in {root} and the download from {spec.url} failed "
-                        f"({one_line(e)}); {where}") from None
+        raise DataError(
+            f"{spec.title} not found in {root} and the download from {spec.url} failed "
+            f"({one_line(e)}); {where}"
+        ) from None
     with response:
         try:
             os.makedirs(root, exist_ok=True)
         except OSError as e:
-            raise DataError(f"{spec.title} not found and {root} cannot be created ({one_line(e)}); {where}") from None
+            raise DataError(
+                f"{spec.title} not found and {root} cannot be created ({one_line(e)}); {where}"
+            ) from None
         fd, archive = tempfile.mkstemp(prefix=".download-", suffix=".tar.gz", dir=root)
         try:
             print(f"downloading {spec.title} from {spec.url} to {root}", file=sys.stderr)
@@ -258,15 +295,21 @@ def _download(spec, root, where):
                 with os.fdopen(fd, "wb") as f:
                     shutil.copyfileobj(response, f, 1 << 20)
             except (OSError, http.client.HTTPException) as e:
-                raise DataError(f"the download of {spec.title} from {spec.url} failed ({one_line(e)}); {where}") from None
+                raise DataError(
+                    f"the download of {spec.title} from {spec.url} failed ({one_line(e)}); {where}"
+                ) from None
             got = _md5(archive)
             if got != spec.md5:
-                raise DataError(f"{spec.url}: downloaded archive has md5 {got}, expected {spec.md5} "
-                                f"(incomplete or altered download); {where}")
+                raise DataError(
+                    f"{spec.url}: downloaded archive has md5 {got}, expected {spec.md5} "
+                    f"(incomplete or altered download); {where}"
+                )
             try:
                 _extract(archive, spec.folder, root)
             except (OSError, tarfile.TarError, EOFError, zlib.error) as e:
-                raise DataError(f"{spec.url}: cannot extract the archive into {root} ({one_line(e)}); {where}") from None
+                raise DataError(
+                    f"{spec.url}: cannot extract the archive into {root} ({one_line(e)}); {where}"
+                ) from None
         finally:
             os.remove(archive)
 
@@ -277,21 +320,31 @@ def read_sample(split) -> ArrayDataset:
     try:
         with np.load(SAMPLE) as z:
             blob, offsets = z[f"{split}/webp"], z[f"{split}/offsets"]
-            labels, digest, classes = z[f"{split}/labels"], str(z[f"{split}/sha256"]), [str(c) for c in z["classes"]]
+            labels, digest, classes = (
+                z[f"{split}/labels"],
+                str(z[f"{split}/sha256"]),
+                [str(c) for c in z["classes"]],
+            )
         images = decode_images(blob, offsets)
     except (OSError, KeyError, ValueError, zlib.error) as e:
-        raise DataError(f"{SAMPLE}: unreadable ({one_line(e)}); reinstall fastssl or rebuild it with "
-                        "scripts/make_cifar10_sample.py") from None
+        raise DataError(
+            f"{SAMPLE}: unreadable ({one_line(e)}); reinstall fastssl or rebuild it with "
+            "scripts/make_cifar10_sample.py"
+        ) from None
     if hashlib.sha256(images.tobytes()).hexdigest() != digest:
-        raise DataError(f"{SAMPLE}: decoded {split} pixels do not match their SHA-256 (damaged file or a Pillow "
-                        "without lossless WebP)")
+        raise DataError(
+            f"{SAMPLE}: decoded {split} pixels do not match their SHA-256 (damaged file or a Pillow "
+            "without lossless WebP)"
+        )
     return ArrayDataset(images, labels.astype(np.int64), classes, "cifar10-sample", CIFAR10_MEAN, CIFAR10_STD)
 
 
 def decode_images(blob, offsets) -> np.ndarray:
     """Concatenated encoded images (uint8 bytes, (n + 1,) offsets) -> uint8 (n, H, W, 3) RGB."""
-    first = np.asarray(Image.open(io.BytesIO(blob[offsets[0]:offsets[1]].tobytes())).convert("RGB"))
+    first = np.asarray(Image.open(io.BytesIO(blob[offsets[0] : offsets[1]].tobytes())).convert("RGB"))
     out = np.empty((len(offsets) - 1, *first.shape), np.uint8)
     for i in range(len(out)):
-        out[i] = np.asarray(Image.open(io.BytesIO(blob[offsets[i]:offsets[i + 1]].tobytes())).convert("RGB"))
+        out[i] = np.asarray(
+            Image.open(io.BytesIO(blob[offsets[i] : offsets[i + 1]].tobytes())).convert("RGB")
+        )
     return out

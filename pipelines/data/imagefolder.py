@@ -15,6 +15,7 @@ max_resolution with an area average (PIL BOX, the DALI writer's resizer) keeping
 The writers re-encode these pixels as baseline JPEG, which every decoder (nvJPEG, libjpeg-turbo)
 reads. An unreadable file is a DataError naming it.
 """
+
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,14 +28,17 @@ from ..files import data_root
 from .arrays import ArrayDataset, channel_stats
 from .splits import SPLITS
 
-
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
 def read_imagefolder(split, data_dir=None, image_size=None) -> ArrayDataset:
     """root/<class>/*.{jpg,jpeg,png}; with root/train (and root/test) the split picks the subfolder,
     otherwise the split is ignored. mean/std are computed from the training images."""
-    if isinstance(image_size, bool) or image_size is not None and (not isinstance(image_size, int) or image_size < 1):
+    if (
+        isinstance(image_size, bool)
+        or image_size is not None
+        and (not isinstance(image_size, int) or image_size < 1)
+    ):
         raise DataError(f"image_size must be a positive integer, got {image_size!r}")
     if not (data_dir or os.environ.get("FASTSSL_DATA")):
         raise DataError("imagefolder needs a folder: pass --data-dir (or set $FASTSSL_DATA)")
@@ -66,8 +70,11 @@ def class_files(root):
         files = []
         for d, subdirs, names in os.walk(os.path.join(root, c)):
             subdirs[:] = sorted(s for s in subdirs if not s.startswith("."))
-            files += [os.path.join(d, n) for n in sorted(names)
-                      if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith(".")]
+            files += [
+                os.path.join(d, n)
+                for n in sorted(names)
+                if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith(".")
+            ]
         if not files:
             raise DataError(f"{os.path.join(root, c)}: no images (.jpg, .jpeg, .png)")
         out[c] = files
@@ -98,14 +105,18 @@ def _read_folder(root, image_size, classes=None):
     if classes is None:
         classes = list(files)
     elif not set(files) <= set(classes):
-        raise DataError(f"{root}: class folders {sorted(set(files) - set(classes))} are not in the training split")
+        raise DataError(
+            f"{root}: class folders {sorted(set(files) - set(classes))} are not in the training split"
+        )
     images, labels = [], []
     for c, paths in files.items():
         for path in paths:
             img = open_rgb(path, image_size)
             if images and img.shape != images[0].shape:
-                raise DataError(f"{path}: size {img.shape[1]}x{img.shape[0]} differs from the first image's "
-                                f"{images[0].shape[1]}x{images[0].shape[0]}; pass image_size to resize them all")
+                raise DataError(
+                    f"{path}: size {img.shape[1]}x{img.shape[0]} differs from the first image's "
+                    f"{images[0].shape[1]}x{images[0].shape[0]}; pass image_size to resize them all"
+                )
             images.append(img)
             labels.append(classes.index(c))
     return np.stack(images), np.asarray(labels, np.int64), classes
@@ -191,7 +202,11 @@ def scan(root, split="train", max_resolution=None) -> ImageFiles:
     files = class_files(folder)
     classes = classes or list(files)
     if not set(files) <= set(classes):
-        raise DataError(f"{folder}: class folders {sorted(set(files) - set(classes))} are not in the training split")
+        raise DataError(
+            f"{folder}: class folders {sorted(set(files) - set(classes))} are not in the training split"
+        )
     paths = [p for c in files for p in files[c]]
     labels = np.asarray([classes.index(c) for c in files for _ in files[c]], np.int64)
-    return ImageFiles(paths, labels, classes, split, root, None if max_resolution is None else int(max_resolution))
+    return ImageFiles(
+        paths, labels, classes, split, root, None if max_resolution is None else int(max_resolution)
+    )

@@ -8,10 +8,10 @@
 Every function is a pure function of its arguments (numpy's default_rng(seed) where random), so a
 split is reproduced from its seed alone.
 """
+
 import numpy as np
 
 from ..errors import DataError
-
 
 SPLITS = ("train", "test")  # the splits a dataset is read as
 
@@ -70,7 +70,9 @@ def parse_split(text) -> tuple[float, float, float] | None:
     except ValueError:
         values = ()
     if len(parts) != 3 or len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
-        raise DataError(f"--split: expected 'official' or three positive train/val/test percentages like 80/10/10, got {text!r}")
+        raise DataError(
+            f"--split: expected 'official' or three positive train/val/test percentages like 80/10/10, got {text!r}"
+        )
     if abs(sum(values) - 100) > 1e-6:
         raise DataError(f"--split: the percentages must add up to 100, got {text!r} (sum {sum(values):g})")
     return values
@@ -91,9 +93,11 @@ def split_three(labels, percents, seed=0):
         if k_test + k_val >= len(members):
             raise DataError(f"class {c} has {len(members)} images: too few for a {percents} split")
         test.append(members[:k_test])
-        val.append(members[k_test:k_test + k_val])
+        val.append(members[k_test : k_test + k_val])
     val, test = (np.sort(np.concatenate(v)).astype(np.int64) for v in (val, test))
     if not len(val) or not len(test):
-        raise DataError(f"the {percents} split leaves the validation or test part empty ({len(labels)} images)")
+        raise DataError(
+            f"the {percents} split leaves the validation or test part empty ({len(labels)} images)"
+        )
     train = np.setdiff1d(np.arange(len(labels), dtype=np.int64), np.concatenate([val, test]))
     return train, val, test

@@ -1,6 +1,7 @@
 """Image folders converted at their own sizes: the file listing and labels, the manifest's image-size
 policy and label checksum, and a source image that cannot be decoded stopping the conversion with one
 DataError naming it, the existing output untouched."""
+
 import hashlib
 import json
 import os
@@ -42,15 +43,21 @@ def test_scan_lists_classes_labels_and_caps_the_longer_side(folder):
 
 def test_manifest_records_the_size_policy_statistics_and_label_checksum(folder, tmp_path):
     files = imagefolder.scan(folder, "train", max_resolution=50)
-    m = writer.convert(files, "dali", str(tmp_path / "d"), workers=2, progress=False, source={"split": "train"})
+    m = writer.convert(
+        files, "dali", str(tmp_path / "d"), workers=2, progress=False, source={"split": "train"}
+    )
     with open(os.path.join(tmp_path, "d", "manifest.json")) as f:
         on_disk = json.load(f)
     assert on_disk["manifest_version"] == manifest.MANIFEST_VERSION and on_disk["split"] == "train"
     assert on_disk["count"] == 12 and on_disk["encoding"] == "jpg" and on_disk["classes"] == files.classes
     assert on_disk["labels_sha256"] == hashlib.sha256(files.labels.astype("<i8").tobytes()).hexdigest()
     sizes = np.array([files.image(i).shape[:2] for i in range(12)])
-    assert on_disk["image_policy"] == {"sizes": "own", "max_resolution": 50, "max_shape": sizes.max(0).tolist(),
-                                       "min_side": int(sizes.min())}
+    assert on_disk["image_policy"] == {
+        "sizes": "own",
+        "max_resolution": 50,
+        "max_shape": sizes.max(0).tolist(),
+        "min_side": int(sizes.min()),
+    }
     pixels = np.concatenate([files.image(i).reshape(-1, 3) for i in range(12)]) / 255.0
     np.testing.assert_allclose(on_disk["mean"], pixels.mean(0), atol=1e-9)
     np.testing.assert_allclose(on_disk["std"], pixels.std(0), atol=1e-9)
@@ -75,17 +82,45 @@ def test_an_unreadable_source_image_stops_the_conversion_and_keeps_the_output(fo
 def test_raw_encoding_keeps_a_folder_of_one_size_exact_and_refuses_mixed_sizes(folder, tmp_path, capsys):
     from fastssl import convert as command
     from pipelines import datasets
-    from pipelines.formats import verify
     from pipelines.formats import dali as dali_format
 
     with pytest.raises(SystemExit) as e:  # mixed sizes cannot be raw: one line naming the odd file
-        command.main(["--dataset", "imagefolder", "--data-dir", folder, "--to", "dali", "--out",
-                      str(tmp_path / "x"), "--encoding", "raw"])
+        command.main(
+            [
+                "--dataset",
+                "imagefolder",
+                "--data-dir",
+                folder,
+                "--to",
+                "dali",
+                "--out",
+                str(tmp_path / "x"),
+                "--encoding",
+                "raw",
+            ]
+        )
     assert e.value.code == 2 and "differs from the first image" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "x")
     same = make_folder(str(tmp_path / "same"), 6, sides=(20, 20), seed=4)
-    assert command.main(["--dataset", "imagefolder", "--data-dir", same, "--to", "dali", "--out",
-                         str(tmp_path / "y"), "--encoding", "raw", "--order", "source"]) == 0
+    assert (
+        command.main(
+            [
+                "--dataset",
+                "imagefolder",
+                "--data-dir",
+                same,
+                "--to",
+                "dali",
+                "--out",
+                str(tmp_path / "y"),
+                "--encoding",
+                "raw",
+                "--order",
+                "source",
+            ]
+        )
+        == 0
+    )
     images, _ = dali_format.read_all(str(tmp_path / "y"))  # --order source: the folder's order
     np.testing.assert_array_equal(images, datasets.load("imagefolder", "train", same).images)
 
@@ -95,16 +130,20 @@ def test_compare_is_the_psnr_of_all_pixels_holding_one_image_at_a_time(folder):
     keeps no decoded image once it asks for the next one."""
     import weakref
 
-    from pipelines import datasets
-    from pipelines.formats import verify
 
     files = imagefolder.scan(folder, "train", max_resolution=50)
     pick = np.array([0, 3, 4, 11])
     rng = np.random.default_rng(0)
-    noisy = [np.clip(files.image(int(i)) + rng.integers(-9, 10, files.image(int(i)).shape), 0, 255).astype(np.uint8)
-             for i in pick]
-    want = verify.psnr(np.concatenate([a.ravel() for a in noisy]),
-                         np.concatenate([files.image(int(i)).ravel() for i in pick]))
+    noisy = [
+        np.clip(files.image(int(i)) + rng.integers(-9, 10, files.image(int(i)).shape), 0, 255).astype(
+            np.uint8
+        )
+        for i in pick
+    ]
+    want = verify.psnr(
+        np.concatenate([a.ravel() for a in noisy]),
+        np.concatenate([files.image(int(i)).ravel() for i in pick]),
+    )
     alive = []
 
     def one_at_a_time():
@@ -113,7 +152,9 @@ def test_compare_is_the_psnr_of_all_pixels_holding_one_image_at_a_time(folder):
             yield image
             alive.append(weakref.ref(image))
             del image
-            assert all(r() is None for r in alive[:-1]), "compare still holds an earlier image"  # [-1]: its loop variable
+            assert all(r() is None for r in alive[:-1]), (
+                "compare still holds an earlier image"
+            )  # [-1]: its loop variable
 
     assert verify.compare("out", files, pick, one_at_a_time(), 20) == pytest.approx(want, rel=1e-12)
     assert 25 < want < 40 and verify.compare("out", files, pick[:1], [files.image(0)], 20) == float("inf")

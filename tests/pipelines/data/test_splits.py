@@ -1,5 +1,6 @@
 """The train/val/test split of pooled labelled images (`--split 80/10/10`): disjoint, stratified with
 exact per-class counts, seeded, covering the pool; bad split strings are refused."""
+
 import numpy as np
 import pytest
 
@@ -14,8 +15,21 @@ def test_parse_split():
     assert splits.parse_split("33.5/33.25/33.25") == (33.5, 33.25, 33.25)
 
 
-@pytest.mark.parametrize("text", ["80/10", "50/50/50", "90/20/-10", "80/10/ten", "", "80/10/10/0", "100/0/0",
-                                  "nan/50/50", "80//20", "80,10,10"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "80/10",
+        "50/50/50",
+        "90/20/-10",
+        "80/10/ten",
+        "",
+        "80/10/10/0",
+        "100/0/0",
+        "nan/50/50",
+        "80//20",
+        "80,10,10",
+    ],
+)
 def test_parse_split_refuses(text):
     with pytest.raises(DataError, match="--split"):
         splits.parse_split(text)
@@ -63,8 +77,9 @@ def test_load_split_pools_train_and_test(monkeypatch):
         assert np.array_equal(np.bincount(parts[p].labels), np.full(10, len(parts[p]) // 10))
     # Every pooled image lands in exactly one part: compare pixel hashes with the official splits.
     key = lambda imgs: sorted(bytes(x.tobytes()) for x in imgs)  # noqa: E731
-    assert key(np.concatenate([parts[p].images for p in ("train", "val", "test")])) == \
-        key(np.concatenate([train.images, test.images]))
+    assert key(np.concatenate([parts[p].images for p in ("train", "val", "test")])) == key(
+        np.concatenate([train.images, test.images])
+    )
     official = datasets.load_split("cifar10-sample", "official")
     assert official["val"] is None and np.array_equal(official["test"].labels, test.labels)
 

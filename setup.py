@@ -2,7 +2,16 @@ from setuptools import find_packages, setup
 
 # No upper pins: fastssl must run on torch 2.11 (GPU images) and on the newest torch alike.
 # psutil: the benchmarks sample the memory of whole process trees (DataLoader workers included).
-core = ["torch>=2.4", "numpy>=1.24", "pillow>=9", "rich>=13", "matplotlib>=3.7", "psutil>=5.9"]
+# safetensors: backbone.safetensors, weights that load without unpickling (fastssl/checkpoint.py).
+core = [
+    "torch>=2.4",
+    "numpy>=1.24",
+    "pillow>=9",
+    "rich>=13",
+    "matplotlib>=3.7",
+    "psutil>=5.9",
+    "safetensors>=0.4",
+]
 extras = {
     "torchvision": ["torchvision>=0.19"],
     "dali": ["nvidia-dali-cuda130>=2.0"],
@@ -10,7 +19,11 @@ extras = {
     "ffcv": ["ffcv==1.0.2", "numba>=0.60"],
     # the SSL library benchmarks.race compares fastssl with (its tests use it as an independent reference)
     "peers": ["lightly>=1.6"],
-    "dev": ["pytest>=7", "pytest-timeout", "lightly>=1.6", "ruff>=0.6"],
+    # --logger tensorboard (torch.utils.tensorboard's SummaryWriter)
+    "tensorboard": ["tensorboard>=2.14"],
+    # python -m fastssl.embed --plot-method tsne | umap (PCA maps need neither)
+    "embed": ["scikit-learn>=1.3", "umap-learn>=0.5"],
+    "dev": ["pytest>=7", "pytest-timeout", "lightly>=1.6", "ruff>=0.6", "tensorboard>=2.14"],
 }
 extras["all"] = sorted({d for k in ("torchvision", "dali", "ffcv") for d in extras[k]})
 

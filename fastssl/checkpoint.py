@@ -9,6 +9,9 @@ A run directory holds:
     .lock              held by the one process writing the directory (fastssl/lock.py)
     backbone.pt        plain `state_dict` of the backbone, torchvision `resnet18`/`resnet50` key
                        names (no `fc`: load into torchvision with strict=False or replace fc first)
+    backbone.safetensors  the same tensors in the safetensors format (loads without unpickling)
+    backbone.json      what the weights are: arch, stem, feature width, the training data's mean/std,
+                       view side, method, dataset, commit, fastssl version (export_backbone's `meta`)
 
 Every write goes to `<name>.tmp-<pid>` and is renamed into place; a dead writer's temporaries are
 removed by the next run (remove_dead_temporaries). Models are always saved unwrapped: no `_orig_mod.` (torch.compile) or `module.` (DDP) prefixes.
@@ -20,10 +23,11 @@ import os
 import random
 
 import numpy as np
+import safetensors.torch
 import torch
 
 from pipelines import DataError
-from pipelines.files import pid_alive, remove_dead_temporaries  # noqa: F401  (one implementation, shared)
+from pipelines.files import pid_alive, remove_dead_temporaries, sha256  # noqa: F401  (one implementation, shared)
 
 from .models import BACKBONES, arch_of, load_torchvision_state_dict
 
@@ -101,13 +105,15 @@ def set_rng_state(state: dict, device=None) -> None:
 
 
 def load(path: str, map_location="cpu") -> dict:
-    """Load a file written by this module (or any torch.save'd dict) with a one-line error on a
-    missing, truncated or foreign file."""
+    """Load a file written by this module (or any torch.save'd dict, or a `.safetensors` file) with a
+    one-line error on a missing, truncated or foreign file."""
     if not os.path.isfile(path):
         raise DataError(f"checkpoint not found: {path}")
     try:
-        # weights_only=False: our training checkpoints hold numpy/python RNG states.
-        obj = torch.load(path, map_location=map_location, weights_only=False)
+        if path.endswith(".safetensors"):
+            obj = safetensors.torch.load_file(path, device=str(map_location))
+        else:  # weights_only=False: our training checkpoints hold numpy/python RNG states.
+            obj = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # torch raises many types for truncated / non-torch files
         raise DataError(
             f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
@@ -119,13 +125,14 @@ def load(path: str, map_location="cpu") -> dict:
 
 def backbone_state_dict(path: str) -> tuple[dict, dict]:
     """Return (backbone state_dict, info) from any of: a run directory, a fastssl checkpoint
-    (last.pt / best.pt), an exported backbone.pt, or a torchvision-format ResNet-18 or ResNet-50
-    state_dict (e.g. ImageNet-supervised weights). `info` says what was found (arch, stem, source)."""
+    (last.pt / best.pt), an exported backbone.pt or backbone.safetensors, or a torchvision-format
+    ResNet-18 or ResNet-50 state_dict (e.g. ImageNet-supervised weights; .safetensors too). `info`
+    says what was found (arch, stem, source: the file read)."""
     if os.path.isdir(path):
-        for name in ("backbone.pt", "last.pt"):
+        for name in ("backbone.pt", "backbone.safetensors", "last.pt"):
             if os.path.isfile(os.path.join(path, name)):
                 return backbone_state_dict(os.path.join(path, name))
-        raise DataError(f"{path} holds neither backbone.pt nor last.pt")
+        raise DataError(f"{path} holds neither backbone.pt, backbone.safetensors nor last.pt")
     obj = load(path)
     if "model" in obj and "config" in obj:  # a training checkpoint
         sd = {k[len("backbone.") :]: v for k, v in obj["model"].items() if k.startswith("backbone.")}
@@ -149,11 +156,24 @@ def backbone_state_dict(path: str) -> tuple[dict, dict]:
     return sd, info
 
 
-def export_backbone(backbone: torch.nn.Module, path: str) -> None:
-    """Save the plain backbone state_dict (torchvision key names) plus a little metadata."""
+def export_backbone(backbone: torch.nn.Module, path: str, meta: dict | None = None) -> None:
+    """Save the plain backbone state_dict (torchvision key names) to `path` (a .pt file). With
+    `meta` (what the training run knows: data statistics, method, ...) also write the same tensors
+    to <path without .pt>.safetensors and a description to <...>.json, each atomically."""
     # Pure tensors only, so torchvision's load_state_dict accepts the file as it is; the stem is
     # recovered from conv1's kernel size (3x3 CIFAR, 7x7 ImageNet).
-    atomic_save({k: v.detach().cpu() for k, v in unwrap(backbone).state_dict().items()}, path)
+    net = unwrap(backbone)
+    sd = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    atomic_save(sd, path)
+    if meta is None:
+        return
+    base = os.path.splitext(path)[0]
+    # safetensors stores dense row-major tensors only; channels_last conv weights are repacked.
+    data = safetensors.torch.save({k: v.contiguous() for k, v in sd.items()}, metadata={"format": "pt"})
+    atomic_write_bytes(base + ".safetensors", data)
+    # Written last: a backbone.json names weights already in place.
+    about = {"arch": arch_of(sd), "stem": net.stem, "feature_dim": net.feature_dim, **meta}
+    atomic_write_text(base + ".json", json.dumps(about, indent=2))
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -209,7 +229,7 @@ def load_training_state(path: str) -> dict:
     return state
 
 
-def load_backbone(path: str, stem: str | None = None, arch: str = "resnet18"):
+def load_network(path: str, stem: str | None = None, arch: str = "resnet18"):
     """(ResNet-18 or ResNet-50 backbone with fc = Identity, info) from anything
     `backbone_state_dict` accepts (the architecture is read from the weights), or path == "random"
     for a randomly initialised `arch` control (seed it with torch.manual_seed)."""
@@ -224,8 +244,26 @@ def load_backbone(path: str, stem: str | None = None, arch: str = "resnet18"):
         }
     sd, info = backbone_state_dict(path)
     model = BACKBONES[info["arch"]](stem=stem or info["stem"])
+    load_into(model, sd, path)
+    return model, info
+
+
+def load_into(model: torch.nn.Module, sd: dict, source: str) -> None:
+    """Copy a backbone state_dict (backbone_state_dict's) into `model`, one of BACKBONES or a
+    torchvision ResNet with the same key names; DataError naming `source`, nothing loaded, when the
+    weights do not fit (the other stem, missing or extra tensors)."""
     try:
         load_torchvision_state_dict(model, sd)
     except (ValueError, RuntimeError) as e:
-        raise DataError(f"{path}: incompatible backbone weights: {str(e).splitlines()[0][:200]}") from None
-    return model, info
+        raise DataError(f"{source}: incompatible backbone weights: {str(e).splitlines()[0][:200]}") from None
+
+
+def init_backbone(backbone: torch.nn.Module, path: str) -> dict:
+    """--init: load the weights at `path` (anything backbone_state_dict accepts) into a new run's
+    backbone. Returns what config.json records: the path given, the file read and its sha256."""
+    sd, info = backbone_state_dict(path)
+    want = arch_of(unwrap(backbone).state_dict())
+    if info["arch"] != want:
+        raise DataError(f"{info['source']} holds {info['arch']} weights; this run's backbone is {want}")
+    load_into(backbone, sd, info["source"])
+    return {"path": path, "file": os.path.abspath(info["source"]), "sha256": sha256(info["source"])}

@@ -4,12 +4,20 @@ The kernel drops the lock when its holder dies (kill -9 included), so a lock lef
 process never blocks; the pid written into the file only serves the error message. `--overwrite`
 empties the directory but keeps `.lock` (see `clear_run_dir`): deleting the locked file would let a
 second process lock a fresh file of the same name while the first still writes.
+
+Where `fcntl` does not exist (Windows), acquiring prints a one-line warning on stderr and the run
+goes on unlocked: nothing then stops a second run from writing into the same directory.
 """
 
 import errno
-import fcntl
 import os
 import shutil
+import sys
+
+try:
+    import fcntl
+except ImportError:  # no flock on this platform: RunLock degrades to a warning
+    fcntl = None
 
 from .config import ConfigError
 
@@ -35,6 +43,10 @@ class RunLock:
             raise ConfigError(
                 f"--out {self.out}: cannot create the run directory or its lock: {e.strerror}"
             ) from None
+        if fcntl is None:
+            print(f"warning: no fcntl here, {self.out} is not locked against other runs", file=sys.stderr)
+            self._fd = fd  # kept open so that release() behaves as with a lock
+            return self
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:

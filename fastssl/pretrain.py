@@ -6,6 +6,11 @@
     python -m fastssl.pretrain --dataset cifar10 --data-dir data --epochs 200 --out runs/simclr
     # the same with DALI or FFCV feeding the GPU, or the plain torchvision DataLoader
     python -m fastssl.pretrain --dataset cifar10 --data-dir data --pipeline dali --out runs/simclr_dali
+    # watch a run live: the metrics also as TensorBoard event files (the `tensorboard` extra)
+    python -m fastssl.pretrain --dataset cifar10-sample --epochs 3 --logger tensorboard --out runs/x
+    tensorboard --logdir runs/x/tensorboard
+    # a new run starting from trained weights (a run, backbone.safetensors, a torchvision state_dict)
+    python -m fastssl.pretrain --dataset cifar100 --data-dir data --init runs/simclr --out runs/from_simclr
     # continue an interrupted run exactly where its last checkpoint left it
     python -m fastssl.pretrain --out runs/simclr --resume
     # on preemptible machines: SIGTERM/SIGINT/SIGUSR1 save the position and exit 128 + signal;
@@ -26,7 +31,7 @@
     python -m fastssl.pretrain --config simclr.toml --temperature 0.5
 
 Every flag is listed by --help. The run directory gets config.json, metrics.jsonl, last.pt,
-best.pt and backbone.pt (see fastssl/checkpoint.py).
+best.pt and backbone.pt / .safetensors / .json (see fastssl/checkpoint.py).
 """
 
 import sys
@@ -35,6 +40,7 @@ from dataclasses import dataclass, field
 import pipelines
 from pipelines import datasets
 
+from . import loggers
 from .config import cli, parse
 from .data import check_split, split_field, split_seed_field
 from .methods import METHODS
@@ -89,6 +95,14 @@ class PretrainConfig:
         metadata={
             "help": "cifar: 3x3 conv, no max-pool; imagenet: 7x7/2 conv + max-pool",
             "choices": ["cifar", "imagenet"],
+        },
+    )
+    # A new run whose backbone starts from these weights (heads start fresh); config.json records the path
+    # and the file's sha256. Architecture and stem must match --backbone and --stem.
+    init: str | None = field(
+        default=None,
+        metadata={
+            "help": "start the backbone from weights: run dir, backbone.pt/.safetensors, torchvision state_dict"
         },
     )
     # The SimCLR defaults mix two sources: solo-learn's CIFAR temperature (0.2) and optimiser (below);
@@ -211,6 +225,12 @@ class PretrainConfig:
         default=50, metadata={"help": "steps between metric records (each costs one host sync)"}
     )
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    # metrics.jsonl is always written and stays the source of truth; tensorboard mirrors its records
+    # under <out>/tensorboard/ (the `tensorboard` extra), see fastssl/loggers.py.
+    logger: str = field(
+        default="jsonl",
+        metadata={"help": "where metric records go, comma-separated: jsonl (always on), tensorboard"},
+    )
     # Exported outside the timed epoch, so the epoch times do not include the export.
     backbone_every: int = field(
         default=0,
@@ -267,6 +287,7 @@ class PretrainConfig:
             raise ValueError("--workers must be >= 0")
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite contradict each other")
+        loggers.names(self.logger)  # an unknown name: ValueError
         check_split(self)
 
 

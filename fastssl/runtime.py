@@ -76,10 +76,10 @@ def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
     return t / dist.get_world_size()
 
 
-def environment() -> dict:
-    """What produced a run: versions, hardware and code revision, stored beside its results."""
+def git_commit() -> str | None:
+    """The commit of fastssl's source checkout, or None (an installed copy, no git, a timeout)."""
     try:
-        commit = (
+        return (
             subprocess.run(
                 ["git", "rev-parse", "HEAD"],
                 capture_output=True,
@@ -90,11 +90,15 @@ def environment() -> dict:
             or None
         )
     except (OSError, subprocess.SubprocessError):
-        commit = None
+        return None
+
+
+def environment() -> dict:
+    """What produced a run: versions, hardware and code revision, stored beside its results."""
     return {
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "commit": commit,
+        "commit": git_commit(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),

@@ -22,6 +22,7 @@ from pipelines.data import splits
 from pipelines.formats import converted
 from pipelines.recipes import SimCLRRecipe
 
+from . import __version__, loggers
 from . import checkpoint as ckpt
 from .config import ConfigError, from_dict, parse
 from .data import load_data, view_side
@@ -31,7 +32,7 @@ from .lock import RunLock, clear_run_dir, has_content
 from .methods import METHODS
 from .optim import base_lr, build_optimizer, warmup_cosine
 from .progress import Progress, summary_table
-from .runtime import agree, environment, mean_over_ranks, resolve_device, setup_distributed  # noqa: F401  (re-exported)
+from .runtime import agree, environment, git_commit, mean_over_ranks, resolve_device, setup_distributed  # noqa: F401  (re-exported)
 from .signals import StopFlag
 from .signals import name as signal_name
 from .step import TrainStep, setup_device
@@ -44,6 +45,7 @@ RESUMABLE_CHANGES = {
     "device",
     "compile",
     "progress",
+    "logger",
     "log_interval",
     "workers",
     "data_dir",
@@ -66,6 +68,8 @@ def prepare_run_dir(cfg, argv):
     flags may override it. Damaged or foreign run files are refused here, before anything is written."""
     out = cfg.out
     exists = has_content(out)
+    if cfg.resume and cfg.init:
+        raise ConfigError("--init starts a new run from given weights; it cannot be combined with --resume")
     if cfg.resume:
         last = os.path.join(out, "last.pt")
         if not os.path.isfile(last):
@@ -169,6 +173,8 @@ class Run:
     position: dict | None = None  # a position inside start_epoch to continue from
     step: TrainStep | None = None  # build_step
     history: list = field(default_factory=list)  # epoch summaries, a resumed run's earlier ones too
+    init: dict | None = None  # --init: the weights the backbone started from (init_weights)
+    loggers: list = field(default_factory=list)  # write_run_dir: rank 0's (fastssl/loggers.py), fed by log()
     progress: Progress | None = None
     t_start: float = 0.0  # when training began: time-to-accuracy's zero
 
@@ -183,7 +189,8 @@ class Run:
 
 def _train(cfg, argv, command, rank, world, local_rank, stop):
     """The run's phases in order, each a function below: check_run_dir, build_data, build_model,
-    restore (when resuming), build_step, write_run_dir, run_epoch per epoch, finish."""
+    restore (when resuming) or init_weights (--init), build_step, write_run_dir, run_epoch per epoch,
+    finish."""
     cfg, resume_state, finished = check_run_dir(cfg, argv, rank, world)
     if finished is not None:  # resuming a finished run changes nothing
         return finished
@@ -198,13 +205,16 @@ def _train(cfg, argv, command, rank, world, local_rank, stop):
     build_model(run)
     if resume_state is not None:
         restore(run, resume_state)
+    elif cfg.init:
+        init_weights(run)
     build_step(run)
     write_run_dir(run)
     run.progress = Progress(
         cfg.epochs, run.steps_per_epoch, run.start_epoch, enabled=cfg.progress and run.main_rank
     )
     run.t_start = time.perf_counter()
-    with run.progress:
+    # The loggers close when the epochs end, and on a stop, a divergence or a crash: nothing logged is lost.
+    with run.progress, loggers.closing(run.loggers):
         for epoch in range(run.start_epoch, cfg.epochs):
             run_epoch(run, epoch)
     return finish(run)
@@ -215,6 +225,7 @@ def check_run_dir(cfg, argv, rank, world):
     a run that already finished all its epochs or None)."""
     try:
         cfg, resume_state, error = *prepare_run_dir(cfg, list(argv)), None
+        loggers.require(cfg.logger)  # a missing optional package (tensorboard) before any work
     except Exception as e:
         error = e
     agree(error)  # a run directory refused on one rank (e.g. not shared between nodes) stops all
@@ -324,7 +335,7 @@ def restore(run: Run, state: dict) -> None:
         raise ConfigError(
             f"{last} does not match its saved config: {str(e).strip().splitlines()[0][:200]}"
         ) from None
-    run.start_epoch, run.best = state["epoch"] + 1, state.get("best")
+    run.start_epoch, run.best, run.init = state["epoch"] + 1, state.get("best"), state.get("init")
     run.position = position = state.get("position")  # saved inside an epoch (signal or --save-every-steps)
     if position is not None:
         if not 0 < position["step"] < run.steps_per_epoch:
@@ -332,6 +343,15 @@ def restore(run: Run, state: dict) -> None:
                 f"{last}: saved at step {position['step']} of an epoch of {run.steps_per_epoch} steps"
             )
         run.start_epoch = position["epoch"]
+
+
+def init_weights(run: Run) -> None:
+    """--init: a new run's backbone starts from given weights (heads, decoder and critics start
+    fresh). Weights that do not fit --backbone/--stem are refused before --out is written."""
+    try:
+        run.init = ckpt.init_backbone(run.method.backbone, run.cfg.init)
+    except pipelines.DataError as e:
+        raise ConfigError(f"--init: {e}") from None
 
 
 def build_step(run: Run) -> None:
@@ -396,6 +416,7 @@ def write_run_dir(run: Run) -> None:
                 "dataset_name": data.train.name,
                 "split": data.parts.info(),
                 "image_size": data.size,  # the view side used (a converted dataset's resolved default too)
+                "init": run.init,  # --init's path, the file read and its sha256
                 # the augmentation as this pipeline computes it (pipelines.recipes.name)
                 "recipe": getattr(data.loader, "recipe_name", METHODS[cfg.method].recipe),
             }
@@ -408,6 +429,7 @@ def write_run_dir(run: Run) -> None:
             ]
             ckpt.atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
             prior = [r for r in kept if r.get("summary")]
+            run.loggers = loggers.open_loggers(cfg.logger, out, steps_per_epoch, resume_step)
     except Exception as e:
         error = e
     agree(error)  # the other ranks wait here until rank 0 has prepared --out
@@ -517,7 +539,7 @@ def end_epoch(run: Run, epoch: int, summary: dict) -> None:
     cfg = run.cfg
     last_epoch = epoch == cfg.epochs - 1
     if run.main_rank and cfg.backbone_every and (epoch + 1) % cfg.backbone_every == 0:
-        ckpt.export_backbone(run.method.backbone, os.path.join(run.out, f"backbone_epoch{epoch + 1:03d}.pt"))
+        export(run, f"backbone_epoch{epoch + 1:03d}", epoch + 1)
     if run.data.monitor is not None and run.main_rank and (last_epoch or (epoch + 1) % cfg.knn_every == 0):
         knn_monitor(run, epoch, summary, last_epoch)
     # Seconds since this process began training (compilation and kNN included): time-to-accuracy's x axis.
@@ -564,7 +586,8 @@ def save_checkpoints(run: Run, epoch: int, summary: dict) -> None:
 
 
 def finish(run: Run) -> dict:
-    """summary.json (a resumed run's earlier epochs counted), the final backbone.pt, the console table."""
+    """summary.json (a resumed run's earlier epochs counted), the final backbone (.pt, .safetensors,
+    .json; see export), the console table."""
     cfg, history = run.cfg, run.history
     wall = time.perf_counter() - run.t_start
     knn = next((h for h in reversed(history) if "knn_top1" in h), None)
@@ -583,12 +606,32 @@ def finish(run: Run) -> dict:
         "split_seed": cfg.split_seed,
     }
     if run.main_rank:
-        ckpt.export_backbone(run.method.backbone, os.path.join(run.out, "backbone.pt"))
+        export(run, "backbone", len(history))
         ckpt.atomic_write_text(os.path.join(run.out, "summary.json"), json.dumps(result, indent=2))
         summary_table(result, cfg)
     if run.world > 1:
         dist.destroy_process_group()
     return result
+
+
+def export(run: Run, name: str, epochs: int) -> None:
+    """<out>/<name>.pt, .safetensors and .json: the backbone after `epochs` epochs, and what a user of
+    the weights needs to feed it (the training data's mean/std in [0, 1] units, the view side)."""
+    data, recipe = run.data, METHODS[run.cfg.method].recipe
+    # None: SimCLR views take the recipe's default side, the other recipes keep the images' side.
+    side = data.size or (SimCLRRecipe().size if recipe == "simclr" else int(data.train.images.shape[1]))
+    meta = {
+        "mean": list(data.train.mean),
+        "std": list(data.train.std),
+        "image_size": side,
+        "method": run.cfg.method,
+        "dataset": data.train.name,
+        "epochs": epochs,
+        "init": run.init,
+        "commit": git_commit(),
+        "fastssl": __version__,
+    }
+    ckpt.export_backbone(run.method.backbone, os.path.join(run.out, f"{name}.pt"), meta)
 
 
 def training_state(run: Run, epoch_done: int, pos=None) -> dict:
@@ -602,14 +645,15 @@ def training_state(run: Run, epoch_done: int, pos=None) -> dict:
         "best": run.best,
         "config": asdict(run.cfg),
         "world_size": run.world,
+        "init": run.init,  # config.json keeps it across --resume
     }
     return {**state, "position": pos} if pos is not None else state
 
 
 def log(run: Run, record: dict) -> None:
-    if run.main_rank:
-        with open(os.path.join(run.out, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(record) + "\n")
+    """The one place a metrics record is logged: metrics.jsonl and every --logger (rank 0 holds them)."""
+    for logger in run.loggers:
+        logger.log(record)
 
 
 def stop_requested(run: Run, step_in_epoch: int):

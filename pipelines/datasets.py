@@ -47,7 +47,8 @@ def load(
 ) -> ArrayDataset:
     """Read dataset `name` (a key of DATASETS), split "train" or "test".
 
-    data_dir: where the data lives (else $FASTSSL_DATA, else DEFAULT_ROOT; the embedded sample needs none).
+    data_dir: where the data lives (else $FASTSSL_DATA, else files.DEFAULT_ROOT in files.cache_root();
+    the embedded sample needs none).
     subset: keep only the first `subset` images of the split, class-balanced (see `first_per_class`);
     deterministic, so `seed` does not change it (the argument is accepted for callers that pass one).
     download: fetch the official CIFAR archive when the folder is absent.

@@ -1,4 +1,5 @@
-"""Files on disk: checksums, atomic publishing, and the cleanup of temporaries a killed writer left.
+"""Files on disk: checksums, atomic publishing, the cleanup of temporaries a killed writer left, and
+where the caches live (`cache_root`: $XDG_CACHE_HOME/fastssl, else ~/.cache/fastssl).
 
 Every output of the data layer (converted datasets, checksum stamps) and of the trainer (checkpoints)
 is written to `<out>.tmp-<pid>` and moved into place once complete, so a reader sees the old file or
@@ -79,12 +80,28 @@ def publish(tmp, out):
     remove(aside)
 
 
-# Where datasets live when no --data-dir is given (then $FASTSSL_DATA, then this).
-DEFAULT_ROOT = os.path.join("~", ".cache", "fastssl", "data")
+def cache_root() -> str:
+    """fastssl's cache folder: $XDG_CACHE_HOME/fastssl, else ~/.cache/fastssl. Read at each call, so
+    a change of the variable after import counts. As the XDG base directory spec says, an empty or
+    relative $XDG_CACHE_HOME is ignored."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "fastssl")
+
+
+def cache_path(where) -> str:
+    """`where` inside cache_root(); an absolute `where` (or one starting with `~`) is taken as it is,
+    so a module's default folder can be pointed elsewhere by setting its constant to a full path."""
+    return os.path.join(cache_root(), os.path.expanduser(os.fspath(where)))
+
+
+# Where datasets live when no --data-dir is given (then $FASTSSL_DATA, then this, in cache_root()).
+DEFAULT_ROOT = "data"
 
 
 def data_root(data_dir) -> str:
-    """The data folder: `data_dir`, else $FASTSSL_DATA, else DEFAULT_ROOT; absolute, `~` expanded."""
-    return os.path.abspath(
-        os.path.expanduser(os.fspath(data_dir or os.environ.get("FASTSSL_DATA") or DEFAULT_ROOT))
-    )
+    """The data folder: `data_dir`, else $FASTSSL_DATA, else cache_path(DEFAULT_ROOT); absolute,
+    `~` expanded."""
+    chosen = data_dir or os.environ.get("FASTSSL_DATA")
+    return os.path.abspath(os.path.expanduser(os.fspath(chosen)) if chosen else cache_path(DEFAULT_ROOT))

@@ -13,10 +13,9 @@ import time
 
 import PIL.Image
 import torch
-import torchvision
 from torch import nn
 
-from fastssl import checkpoint
+from fastssl import checkpoint, weights
 
 from .spec import RaceSpec
 
@@ -25,12 +24,7 @@ def torchvision_resnet18(stem: str) -> nn.Module:
     """torchvision's resnet18 without its classifier; the CIFAR stem swaps conv1 for a 3x3 stride-1
     conv and drops the max-pool, as every CIFAR SimCLR code does. Its state_dict keeps torchvision's
     names, which fastssl.checkpoint.load_backbone reads for the shared evaluation."""
-    model = torchvision.models.resnet18()
-    model.fc = nn.Identity()
-    if stem == "cifar":
-        model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-        model.maxpool = nn.Identity()
-    return model
+    return weights.torchvision_resnet("resnet18", stem)
 
 
 def _sync(device):

@@ -12,7 +12,7 @@ import json
 
 import torch
 
-from fastssl.checkpoint import atomic_write_text, load_backbone
+from fastssl.checkpoint import atomic_write_text, load_network
 from fastssl.eval.knn import knn_eval
 from pipelines.data.arrays import ArrayDataset, fingerprint
 from pipelines.files import sha256
@@ -46,7 +46,7 @@ def score(path: str, bank, test, mean, std, device, k: int, t: float) -> dict:
             return saved["score"]
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    backbone, _ = load_backbone(path)
+    backbone, _ = load_network(path)
     backbone = backbone.to(device)
     result = knn_eval(backbone, normalised(bank, mean, std), normalised(test, mean, std), device, k, t)
     atomic_write_text(cache, json.dumps({"key": key, "score": result}))
@@ -74,6 +74,6 @@ def score_runs(spec: RaceSpec, runs: list, seeds: list, device, k: int, t: float
     if untrained:
         for seed in seeds:  # the same network untrained: what the features are worth before training
             torch.manual_seed(seed)
-            backbone, _ = load_backbone("random", spec.stem)
+            backbone, _ = load_network("random", spec.stem)
             control.append({"seed": seed, **knn_eval(backbone.to(device), bank, test, device, k, t)})
     return {"runs": out, "untrained": control}

@@ -108,13 +108,13 @@ class KNNConfig:
 
 @cli
 def main(argv=None):
-    from ..checkpoint import load_backbone
+    from ..checkpoint import load_network
 
     cfg = parse(KNNConfig, argv, description=__doc__)
     check_backbone_split(cfg.backbone, cfg)
     device, data = setup(cfg)
     torch.manual_seed(cfg.seed)
-    backbone, info = load_backbone(cfg.backbone, cfg.stem if cfg.backbone == "random" else None)
+    backbone, info = load_network(cfg.backbone, cfg.stem if cfg.backbone == "random" else None)
     bank, _ = data.labelled()  # with a train/val/test split the validation images vote too: nothing is tuned
     acc = knn_eval(on_device(backbone, device), bank, data.test, device, cfg.k, cfg.t, cfg.batch_size)
     print(

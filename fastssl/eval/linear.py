@@ -313,7 +313,7 @@ def load_eval_backbone(cfg: LinearConfig):
         info = {"source": source, "stem": "imagenet", "arch": arch}
     else:
         torch.manual_seed(cfg.seed)  # the 'random' control's initialisation
-        model, info = ckpt.load_backbone(cfg.backbone, stem=cfg.stem if cfg.backbone == "random" else None)
+        model, info = ckpt.load_network(cfg.backbone, stem=cfg.stem if cfg.backbone == "random" else None)
         info = {"source": info["source"], "stem": info["stem"], "arch": info["arch"]}
     for p in model.parameters():
         p.requires_grad_(False)

@@ -7,10 +7,13 @@
 A figure is a row of panels; a panel is a list of series; a series is {"label", "x", "y"} plus
 optional "err" (error bars: mean ± std over seeds), "style" (matplotlib format string) and "alpha".
 Callers turn run files into these plain dicts, so this module knows nothing about runs.
+`scatter` draws points coloured by class (a 2-D map of features).
 """
 
 import os
 
+import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -82,6 +85,37 @@ def bars(path: str, panel: dict, width: float = 7.0, height: float = 4.0):
     ax.grid(axis="y", alpha=0.3)
     if n:
         ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False, ncol=2)
+    return _save(fig, path)
+
+
+def scatter(path: str, xy, labels, classes, title: str = "", axes=("", ""), width=7.5, height=5.5):
+    """Points xy (N, 2) coloured by labels (N,) ints indexing `classes` (-1: no label, grey), named in a
+    legend when there are at most MAX_LEGEND classes. Writes a PNG atomically."""
+    xy, labels = np.asarray(xy), np.asarray(labels)
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    n = max(len(classes), 1)
+    cmap = colormaps["tab10" if n <= 10 else "tab20" if n <= 20 else "turbo"]
+    size = min(12.0, max(0.5, 6000 / max(len(xy), 1)))  # dots shrink as they crowd: 6 px² at 1,000 points
+    unlabelled = labels < 0
+    if unlabelled.any():
+        ax.scatter(*xy[unlabelled].T, s=size, c="lightgrey", label="no label", rasterized=True)
+    for c in np.unique(labels[~unlabelled]):
+        colour = cmap(c % cmap.N if cmap.N < 256 else c / max(n - 1, 1))
+        name = str(classes[c]) if c < len(classes) else str(c)
+        ax.scatter(*xy[labels == c].T, s=size, color=colour, alpha=0.8, label=name, rasterized=True)
+    ax.set_title(title)
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    ax.grid(alpha=0.3)
+    if n <= MAX_LEGEND:
+        ax.legend(
+            fontsize="small",
+            markerscale=max(1.0, 24 / size) ** 0.5,
+            loc="center left",
+            bbox_to_anchor=(1, 0.5),
+        )
     return _save(fig, path)
 
 

@@ -5,10 +5,10 @@ CIFAR-10 sample shipped inside fastssl.
     train = cifar.read_cifar("cifar10", "train", data_dir="data")   # ArrayDataset (50000, 32, 32, 3) uint8
     sample = cifar.read_sample("test")                               # 1,000 real CIFAR-10 images, no download
 
-Data is found in `data_dir`, else `$FASTSSL_DATA`, else files.DEFAULT_ROOT; that directory may be
-the parent of `cifar-10-batches-py/` (`cifar-100-python/`) or that folder itself. When the folder
-is absent and download=True, the official archive is fetched, its md5 checked and it is extracted
-atomically; an existing but broken folder is reported, never replaced.
+Data is found in `data_dir`, else `$FASTSSL_DATA`, else files.DEFAULT_ROOT in files.cache_root();
+that directory may be the parent of `cifar-10-batches-py/` (`cifar-100-python/`) or that folder
+itself. When the folder is absent and download=True, the official archive is fetched, its md5
+checked and it is extracted atomically; an existing but broken folder is reported, never replaced.
 
 Files are validated by structure (keys, shapes, dtypes, label ranges, image counts), not by md5: the
 CIFAR copies fastssl bundles lack the unused `filenames` key, so their md5s are not the official ones

@@ -9,7 +9,7 @@ Opening checks, in order, each failure one DataError naming the file: the manife
 `formats/writer.py` (present, parseable, this format version); the file structure (formats/ffcv.py
 check: header, fields, allocation table; formats/dali.py check: every shard and index present and
 consistent); the sha256 of every file against the manifest (reads every byte once: about as long as
-copying the data; a passed check is stamped in ~/.cache/fastssl/verified and later opens of the
+copying the data; a passed check is stamped in files.cache_root()/verified and later opens of the
 unchanged files skip it, see verify.check_checksums); the labels read from the file (FFCV metadata / DALI .cls members) against the
 manifest's checksum. Only labels and the manifest are held in memory; the pipelines decode images
 batch by batch.

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from ..errors import DataError
-from ..files import remove, remove_dead_temporaries, sha256
+from ..files import cache_path, remove, remove_dead_temporaries, sha256
 from .manifest import load_manifest
 
 
@@ -52,8 +52,9 @@ def compare(out, files, pick, decoded, min_psnr) -> float:
 
 
 # Stamps of converted outputs whose every byte was checked: (size, mtime, ctime, inode, device) of
-# each file, as git's index keeps them, so the next open need not read the data again.
-VERIFIED_DIR = os.path.join("~", ".cache", "fastssl", "verified")
+# each file, as git's index keeps them, so the next open need not read the data again. A folder in
+# files.cache_root() ($XDG_CACHE_HOME/fastssl, else ~/.cache/fastssl); an absolute path replaces it.
+VERIFIED_DIR = "verified"
 
 
 # A file modified in the same clock tick as its check could keep the stamped times (file times are
@@ -68,7 +69,8 @@ def _identity(path) -> list:
 
 def _stamp_path(out, verified_dir):
     key = hashlib.sha256(os.path.abspath(out).encode()).hexdigest()[:32]
-    return os.path.join(os.path.expanduser(verified_dir or VERIFIED_DIR), key + ".json")
+    where = os.path.expanduser(os.fspath(verified_dir)) if verified_dir else cache_path(VERIFIED_DIR)
+    return os.path.join(where, key + ".json")
 
 
 def check_checksums(to: str, out, verified_dir=None, manifest=None) -> bool:

@@ -5,7 +5,7 @@ and augments on the GPU, and hands torch tensors to the trainer through DALI's P
     loader = pipelines.build("dali", data, batch_size=512, source="data/cifar10_dali")
 
 Without `source`, `data` is converted once (raw uint8, verified) into
-`~/.cache/fastssl/dali/<fingerprint>` and reused by later runs.
+`<cache>/dali/<fingerprint>` (`files.cache_root()`) and reused by later runs.
 
 The graph: reader (host; this rank's part of the epoch, buffer-shuffled) -> decode (raw: reshape,
 copied to the GPU; JPEG: nvJPEG, device "mixed"). For SimCLR, DALI's work ends there: both views are
@@ -57,13 +57,14 @@ from .. import augment, recipes
 from ..batch import Batch
 from ..data.arrays import as_dataset, fingerprint
 from ..errors import DataError
+from ..files import cache_path
 from ..formats import dali as dali_format
 from ..formats.converted import ConvertedDataset
 from ..formats.writer import convert
 from ..recipes import CENTRE_CROP, PAD, RECIPES, SimCLRRecipe, derive_seed
 
 EXTRA = "dali"
-CACHE_DIR = os.path.join("~", ".cache", "fastssl", "dali")
+CACHE_DIR = "dali"  # in files.cache_root(); an absolute path replaces it
 SHUFFLE_BUFFER_BYTES = 1 << 30  # reader shuffle buffer: whole rank's part when it fits in 1 GiB
 # A converted dataset's buffer: a fixed number of samples (about 4 shards of dali_format's default
 # 1000), so the reader's memory does not grow with the dataset (see the module docstring).
@@ -79,7 +80,8 @@ except (ImportError, RuntimeError, OSError):  # reported by dali_format.require(
 
 def cached_source(data, cache_dir=None, workers=None) -> str:
     """Directory holding `data` in the DALI format (raw), converted and verified on first use."""
-    path = os.path.join(os.path.expanduser(cache_dir or CACHE_DIR), fingerprint(data))
+    cache_dir = os.path.expanduser(os.fspath(cache_dir)) if cache_dir else cache_path(CACHE_DIR)
+    path = os.path.join(cache_dir, fingerprint(data))
 
     def ready():
         try:

@@ -9,8 +9,8 @@ coloured by `augment.simclr_view` (recipe "simclr/torch", as the gpu pipeline).
     loader = pipelines.build("ffcv", data, batch_size=512, source="cifar10_train.beton")
     python -m pipelines.loaders.ffcv --data-dir data --workers 8 --device cuda    # loader-only images/s
 
-Without `source`, `data` is written once to `~/.cache/fastssl/ffcv/<fingerprint>.beton` (raw uint8,
-atomic) and reused by later runs. The first batch of a process is slow: numba compiles FFCV's
+Without `source`, `data` is written once (raw uint8, atomic) to `<cache>/ffcv/<fingerprint>.beton`,
+<cache> being `files.cache_root()`, and reused by later runs. The first batch of a process is slow: numba compiles FFCV's
 pipeline (~10-20 s on a small CPU). supervised: the reflect-pad crop + flip runs on the device too
 (`augment.crop_flip_view`), because FFCV's RandomTranslate pads with a constant.
 
@@ -43,6 +43,7 @@ from ..batch import Batch, check_per_process
 from ..data.arrays import as_dataset, fingerprint
 from ..datasets import load
 from ..errors import DataError
+from ..files import cache_path
 from ..formats import ffcv as ffcv_format
 from ..formats.converted import ConvertedDataset
 from ..recipes import CENTRE_CROP, PAD, RECIPES, SimCLRRecipe, derive_seed
@@ -50,7 +51,7 @@ from . import ffcv_order
 
 EXTRA = "ffcv"
 ORDERS = ("random", "quasi_random", "windowed")
-CACHE_DIR = os.path.join("~", ".cache", "fastssl", "ffcv")
+CACHE_DIR = "ffcv"  # in files.cache_root(); an absolute path replaces it
 _COMPILED = []  # see the end of build()
 
 try:
@@ -71,7 +72,7 @@ except (ImportError, RuntimeError, OSError):  # reported by ffcv_format.require(
 
 def cached_beton(data, cache_dir=None, workers=None) -> str:
     """Path of `data` as a raw .beton in the cache, written (atomically) on first use."""
-    cache_dir = os.path.expanduser(cache_dir or CACHE_DIR)
+    cache_dir = os.path.expanduser(os.fspath(cache_dir)) if cache_dir else cache_path(CACHE_DIR)
     path = os.path.join(cache_dir, fingerprint(data) + ".beton")
     if os.path.exists(path):
         try:

@@ -15,7 +15,7 @@ from benchmarks.race.__main__ import entrant_list, main
 from benchmarks.race.eager import run_epochs, torchvision_resnet18
 from benchmarks.race.report import summarize_runs
 from benchmarks.race.score import score
-from fastssl.checkpoint import export_backbone, load_backbone
+from fastssl.checkpoint import export_backbone, load_network
 from fastssl.config import ConfigError
 from pipelines import DataError
 from pipelines.data.arrays import ArrayDataset
@@ -82,7 +82,7 @@ def test_one_evaluation_sees_each_entrants_network_exactly(tmp_path, stem):
     net.train()(torch.randn(8, 3, 32, 32))  # non-trivial BatchNorm statistics
     export_backbone(net, str(tmp_path / "a.pt"))
     export_backbone(net, str(tmp_path / "b.pt"))
-    loaded, _ = load_backbone(str(tmp_path / "a.pt"))
+    loaded, _ = load_network(str(tmp_path / "a.pt"))
     x = torch.randn(4, 3, 32, 32)
     torch.testing.assert_close(loaded.eval()(x), net.eval()(x), rtol=1e-5, atol=1e-5)
     bank, test = random_images(60, 1), random_images(30, 2)

@@ -27,7 +27,7 @@ def test_truncated_and_missing_files_are_data_errors(tmp_path):
         ckpt.load(str(tmp_path / "missing.pt"))
     (tmp_path / "c.pt").write_text("not a checkpoint")
     with pytest.raises(DataError):
-        ckpt.load_backbone(str(tmp_path / "c.pt"))
+        ckpt.load_network(str(tmp_path / "c.pt"))
 
 
 def test_export_and_reload_backbone(tmp_path):
@@ -38,7 +38,7 @@ def test_export_and_reload_backbone(tmp_path):
         ckpt.export_backbone(torch.compile(net), path)  # wrappers are unwrapped on save
         sd = torch.load(path)
         assert not any(k.startswith("_orig_mod") for k in sd)
-        again, info = ckpt.load_backbone(path)
+        again, info = ckpt.load_network(path)
         assert info["stem"] == stem
         x = torch.randn(2, 3, 32, 32)
         assert torch.equal(net(x), again.eval()(x))
@@ -58,15 +58,15 @@ def test_resnet50_weights_are_recognised(tmp_path):
     src = tv.models.resnet50()  # an ImageNet-format state_dict, 1000-class fc included
     path = str(tmp_path / "tv50.pt")
     torch.save(src.state_dict(), path)
-    net, info = ckpt.load_backbone(path)
+    net, info = ckpt.load_network(path)
     assert info["arch"] == "resnet50" and info["stem"] == "imagenet" and net.feature_dim == 2048
     src.fc = torch.nn.Identity()
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(net.eval()(x), src.eval()(x))
-    net, info = ckpt.load_backbone("random", stem="cifar", arch="resnet50")
+    net, info = ckpt.load_network("random", stem="cifar", arch="resnet50")
     assert info["arch"] == "resnet50" and net.feature_dim == 2048 and net.conv1.kernel_size == (3, 3)
     with pytest.raises(DataError, match="unknown backbone"):
-        ckpt.load_backbone("random", arch="resnet34")
+        ckpt.load_network("random", arch="resnet34")
     torch.save(tv.models.resnet34().state_dict(), str(tmp_path / "tv34.pt"))
     with pytest.raises(DataError, match="another depth; supported: resnet18, resnet50"):
-        ckpt.load_backbone(str(tmp_path / "tv34.pt"))
+        ckpt.load_network(str(tmp_path / "tv34.pt"))

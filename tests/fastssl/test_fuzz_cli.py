@@ -10,12 +10,17 @@ import pytest
 
 from fastssl import convert, pretrain
 from fastssl.config import _base_type
-from fastssl.eval import knn, linear  # the commands' code (fastssl.knn, fastssl.linear are entry points)
+from fastssl.eval import embed, knn, linear  # the commands' code (fastssl.knn etc. are entry points)
 
 COMMANDS = {  # command -> (main, config class, flags a valid command line needs)
     "pretrain": (pretrain.main, pretrain.PretrainConfig, []),
     "linear": (linear.main, linear.LinearConfig, ["--backbone", "random"]),
     "knn": (knn.main, knn.KNNConfig, ["--backbone", "random"]),
+    "embed": (
+        embed.main,
+        embed.EmbedConfig,
+        ["--backbone", "random", "--dataset", "cifar10-sample", "--out", "/nonexistent/never-written.npz"],
+    ),
     "convert": (convert.main, convert.ConvertConfig, ["--to", "dali", "--out", "/nonexistent/never-written"]),
 }
 BAD_INT = ["nan", "inf", "1.5", "abc", "", "1e3", "--"]

@@ -227,7 +227,7 @@ def test_resnet50_run_round_trips_through_its_checkpoints(tmp_path, monkeypatch)
     state = ckpt.load_training_state(str(out / "last.pt"))
     assert state["config"]["backbone"] == "resnet50"
     for path in (out, out / "last.pt", out / "backbone.pt"):
-        net, info = ckpt.load_backbone(str(path))
+        net, info = ckpt.load_network(str(path))
         assert info["arch"] == "resnet50" and info["stem"] == "imagenet" and net.feature_dim == 2048
         want = {k[len("backbone.") :]: v for k, v in state["model"].items() if k.startswith("backbone.")}
         assert net.state_dict().keys() == want.keys() and all(

@@ -130,7 +130,6 @@ def test_compare_is_the_psnr_of_all_pixels_holding_one_image_at_a_time(folder):
     keeps no decoded image once it asks for the next one."""
     import weakref
 
-
     files = imagefolder.scan(folder, "train", max_resolution=50)
     pick = np.array([0, 3, 4, 11])
     rng = np.random.default_rng(0)

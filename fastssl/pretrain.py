@@ -219,6 +219,12 @@ class PretrainConfig:
         default=0.1,
         metadata={"help": "stratified fraction of the labelled training images the kNN monitor scores"},
     )
+    # A linear classifier on the detached features, with its own optimiser (fastssl/online_probe.py);
+    # scored with the kNN monitor. Only on a labelled dataset; it never changes the backbone's gradients.
+    online_probe: bool = field(
+        default=True,
+        metadata={"help": "online linear probe: val_online_top1/top5 with the kNN monitor"},
+    )
     knn_k: int = field(default=200, metadata={"help": "kNN neighbours"})
     knn_t: float = field(default=0.1, metadata={"help": "kNN temperature"})
     log_interval: int = field(

@@ -37,7 +37,8 @@ def setup_device(device) -> None:
 class TrainStep:
     """One optimisation step of `model` (a method: `model(batch) -> (loss, logs)`, possibly wrapped
     in DDP) on a `pipelines.Batch`. `compile`: torch.compile the forward (model + loss) with
-    `mode`, `fullgraph` and `backend`; the backward follows from it (AOTAutograd)."""
+    `mode`, `fullgraph` and `backend`; the backward follows from it (AOTAutograd).
+    `probe_optimizer`: a second optimiser stepped after the first (the online probe's)."""
 
     def __init__(
         self,
@@ -51,10 +52,13 @@ class TrainStep:
         mode: str = "default",
         fullgraph: bool = True,
         backend: str = "inductor",
+        probe_optimizer=None,
     ):
         if mode not in COMPILE_MODES:
             raise ValueError(f"compile mode {mode!r} is not one of {', '.join(COMPILE_MODES)}")
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
+        # The online probe's own optimiser (fastssl/online_probe.py), stepped beside the method's.
+        self.optimizers = [optimizer] + ([probe_optimizer] if probe_optimizer is not None else [])
         self.device, self.bf16 = torch.device(device), bf16
         self.cudagraphs = compile and mode == "reduce-overhead"
         self._static = None  # the static input buffers of the CUDA-graph mode
@@ -90,9 +94,11 @@ class TrainStep:
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are dead now
             batch = self._stage(batch)
         loss, logs = self.forward(batch)
-        self.optimizer.zero_grad(set_to_none=True)
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
+        for opt in self.optimizers:
+            opt.step()
         self.schedule.step()
         if self.cudagraphs:  # graph-owned outputs are overwritten by the next replay
             logs = {k: v.clone() for k, v in logs.items()}
@@ -106,7 +112,8 @@ class TrainStep:
         with FlopCounterMode(display=False) as counter:
             loss, _ = self._forward(batch)
             loss.backward()
-        self.optimizer.zero_grad(set_to_none=True)
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
         return int(counter.get_total_flops())
 
 

@@ -22,7 +22,7 @@ from pipelines.data import splits
 from pipelines.formats import converted
 from pipelines.recipes import SimCLRRecipe
 
-from . import __version__, loggers
+from . import __version__, loggers, online_probe
 from . import checkpoint as ckpt
 from .config import ConfigError, from_dict, parse
 from .data import load_data, view_side
@@ -166,6 +166,8 @@ class Run:
     method: torch.nn.Module | None = None  # build_model: unwrapped, what checkpoints hold
     optimizer: torch.optim.Optimizer | None = None
     schedule: torch.optim.lr_scheduler.LambdaLR | None = None
+    probed: torch.nn.Module | None = None  # the method + online probe (online_probe.Probed), or None: off
+    probe_optimizer: torch.optim.Optimizer | None = None
     lr: float = 0.0  # the lr used: base lr x batch / 256
     steps_per_epoch: int = 0
     start_epoch: int = 0  # restore: the first epoch still to train
@@ -319,6 +321,10 @@ def build_model(run: Run) -> None:
         optimizer, warmup_cosine(cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch))
     )
     run.method, run.optimizer, run.schedule = method, optimizer, schedule
+    # The online probe needs labels to learn from and the monitor's validation images to be scored on.
+    labelled = len(run.data.train.classes) > 0 and bool((np.asarray(run.data.train.labels) >= 0).any())
+    if getattr(cfg, "online_probe", False) and labelled and run.data.monitor is not None:
+        run.probed, run.probe_optimizer = online_probe.build(method, len(run.data.train.classes))
     run.lr, run.steps_per_epoch = lr, steps_per_epoch
 
 
@@ -330,6 +336,9 @@ def restore(run: Run, state: dict) -> None:
         run.method.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
         run.schedule.load_state_dict(state["schedule"])
+        if run.probed is not None and "probe" in state:  # absent: a run saved before the probe existed
+            run.probed.probe.load_state_dict(state["probe"])
+            run.probe_optimizer.load_state_dict(state["probe_optimizer"])
         ckpt.set_rng_state(state["rng"], run.device)
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
         raise ConfigError(
@@ -356,7 +365,8 @@ def init_weights(run: Run) -> None:
 
 def build_step(run: Run) -> None:
     """The training step around the method: compiled, and under torchrun inside DistributedDataParallel."""
-    cfg, method, device = run.cfg, run.method, run.device
+    cfg, device = run.cfg, run.device
+    method = run.probed if run.probed is not None else run.method  # what the step trains
     model, compile_step = method, run.use_compile
     if run.world > 1:
         # Dynamo cannot trace DDP's own forward (its logger): under fullgraph a compiled step
@@ -386,6 +396,7 @@ def build_step(run: Run) -> None:
         compile=compile_step,
         mode=cfg.compile_mode,
         fullgraph=cfg.compile_fullgraph,
+        probe_optimizer=run.probe_optimizer,
     )
 
 
@@ -562,6 +573,11 @@ def knn_monitor(run: Run, epoch: int, summary: dict, last_epoch: bool) -> None:
     precision = "bf16" if run.use_bf16 else "fp32"
     val = knn_eval(run.method.backbone, *data.monitor, device, cfg.knn_k, cfg.knn_t, precision=precision)
     summary.update({"val_knn_top1": val["top1"], "val_knn_top5": val["top5"]})
+    if run.probed is not None:
+        probe = online_probe.evaluate(
+            run.method.backbone, run.probed.probe, data.monitor[1], device, precision
+        )
+        summary.update({"val_online_top1": probe["top1"], "val_online_top5": probe["top5"]})
     note = f"epoch {epoch + 1}: kNN top-1 {val['top1']:.2f}% (validation)"
     if last_epoch and data.test is not None:
         # The test split is scored once, for the final network, and never selects anything.
@@ -647,6 +663,9 @@ def training_state(run: Run, epoch_done: int, pos=None) -> dict:
         "world_size": run.world,
         "init": run.init,  # config.json keeps it across --resume
     }
+    if run.probed is not None:
+        state["probe"] = run.probed.probe.state_dict()
+        state["probe_optimizer"] = run.probe_optimizer.state_dict()
     return {**state, "position": pos} if pos is not None else state
 
 

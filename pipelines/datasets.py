@@ -5,6 +5,7 @@
     data = datasets.load("cifar10-sample", "test")                # 1,000 real CIFAR-10 images, shipped inside fastssl
     data = datasets.load("cifar100", "train", subset=5000)        # first 50 images of each class
     data = datasets.load("imagefolder", "train", data_dir="photos", image_size=64)
+    data = datasets.load("images", "train", data_dir="trip", image_size=64)   # no labels: all -1, no classes
     data = datasets.load("data/photos_train.beton", "train")      # ConvertedDataset: streamed from its file
     parts = datasets.load_split("cifar10", "80/10/10", seed=0)    # 60,000 pooled -> 48,000 / 6,000 / 6,000
 
@@ -28,10 +29,14 @@ DATASETS = {
     "cifar10": "CIFAR-10: 50,000 train + 10,000 test 32x32 images, 10 classes (cifar-10-batches-py/)",
     "cifar100": "CIFAR-100: 50,000 train + 10,000 test 32x32 images, 100 fine classes (cifar-100-python/)",
     "cifar10-sample": "2,000 train + 1,000 test CIFAR-10 images shipped with fastssl (no download)",
-    "imagefolder": "data_dir/<class>/*.jpg|png, optionally under data_dir/train and data_dir/test",
+    "imagefolder": "data_dir/<class>/*.jpg|png, optionally under data_dir/train and data_dir/test; "
+    "a folder of images without subfolders is read without labels (label -1)",
+    "images": "every image under data_dir, subfolders included, without labels (label -1): a photo collection",
     "cifar10+cifar100": "pretraining on 100,000 images: CIFAR-10 train + CIFAR-100 train used without labels "
     "(label -1); its test split is CIFAR-10's",
 }
+
+FOLDERS = ("imagefolder", "images")  # read from a folder of image files (data/imagefolder.py)
 
 
 class Choices(list):
@@ -69,7 +74,7 @@ def load(
         )
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
-    if image_size is not None and name != "imagefolder":
+    if image_size is not None and name not in FOLDERS:
         raise DataError(f"image_size applies to imagefolder only, not {name}")
     if name in ARCHIVES:
         data = read_cifar(name, split, data_dir, download)
@@ -82,7 +87,7 @@ def load(
     elif name == "cifar10-sample":
         data = read_sample(split)
     else:
-        data = read_imagefolder(split, data_dir, image_size)
+        data = read_imagefolder(split, data_dir, image_size, unlabelled=name == "images")
     if subset is not None:
         data = data.take(first_per_class(data.labels, subset, len(data.classes)))
     return data
@@ -101,7 +106,7 @@ def pooled(name, data_dir=None, download=True) -> ArrayDataset:
         raise DataError(
             f"a train/val/test split pools images in memory; {name} is a converted dataset, use its name"
         )
-    if name == "imagefolder" and not os.path.isdir(os.path.join(data_root(data_dir), "train")):
+    if name in FOLDERS and not os.path.isdir(os.path.join(data_root(data_dir), "train")):
         return train
     test = load(name, "test", data_dir, download=download)
     return ArrayDataset(

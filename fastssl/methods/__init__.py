@@ -2,6 +2,7 @@
 
     method = METHODS[name](cfg, num_classes)   # cfg: the command's config dataclass
     loss, logs = method(batch)                 # batch: pipelines.Batch; logs: dict of 0-d tensors
+    loss, logs, y = method(batch, features=True)  # y: the pooled backbone features computed
     method.backbone                            # the network whose features are evaluated
     method.recipe                              # which augmentation recipe its pipeline must use
 

@@ -24,9 +24,11 @@ class Autoencoder(nn.Module):
         self.decoder = Decoder(self.backbone.feature_dim)
         self.noise = cfg.ae_noise
 
-    def forward(self, batch):
+    def forward(self, batch, features: bool = False):
         x = batch.view1
         noisy = x + self.noise * torch.randn_like(x) if self.noise > 0 and self.training else x
-        recon = self.decoder(self.backbone(noisy), x.shape[-2:])
+        y = self.backbone(noisy)
+        recon = self.decoder(y, x.shape[-2:])
         loss = F.mse_loss(recon.float(), x.float())
-        return loss, {"loss": loss.detach()}
+        logs = {"loss": loss.detach()}
+        return (loss, logs, y) if features else (loss, logs)

@@ -107,7 +107,7 @@ class DeepInfoMax(nn.Module):
                 nn.Linear(200, 1),
             )
 
-    def forward(self, batch):
+    def forward(self, batch, features: bool = False):
         c, y = self.backbone.forward_layer3(batch.view1)
         loss = torch.zeros((), device=y.device)
         logs = {}
@@ -127,4 +127,5 @@ class DeepInfoMax(nn.Module):
             )
             loss = loss + self.gamma * d_loss
             logs["prior_d_loss"] = d_loss.detach()
-        return loss, {"loss": loss.detach(), **logs}
+        logs = {"loss": loss.detach(), **logs}
+        return (loss, logs, y) if features else (loss, logs)

@@ -17,12 +17,14 @@ class SimCLR(nn.Module):
         )
         self.temperature = cfg.temperature
 
-    def forward(self, batch):
+    def forward(self, batch, features: bool = False):
         # Both views go through the network as one batch: one kernel launch per layer instead of
         # two, and BatchNorm sees statistics of all 2B images, as in the paper's global BN.
         # `batch.both` is the pipeline's own (2B, ...) tensor when it made one: no copy per step.
-        z = self.head(self.backbone(batch.both))
+        y = self.backbone(batch.both)
+        z = self.head(y)
         z1, z2 = z.float().chunk(2)
         # Under torchrun the negatives are the whole global batch's (gathered with gradients).
         loss = nt_xent(z1, z2, self.temperature, global_batch=True)
-        return loss, {"loss": loss.detach()}
+        logs = {"loss": loss.detach()}
+        return (loss, logs, y) if features else (loss, logs)

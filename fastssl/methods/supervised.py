@@ -17,10 +17,12 @@ class Supervised(nn.Module):
         self.backbone = BACKBONES[cfg.backbone](stem=cfg.stem)
         self.classifier = nn.Linear(self.backbone.feature_dim, num_classes)
 
-    def forward(self, batch):
-        logits = self.classifier(self.backbone(batch.view1)).float()
+    def forward(self, batch, features: bool = False):
+        y = self.backbone(batch.view1)
+        logits = self.classifier(y).float()
         # Unlabelled images (label -1, cifar10+cifar100) contribute nothing.
         loss = F.cross_entropy(logits, batch.labels, ignore_index=-1)
         labelled = batch.labels >= 0
         acc = ((logits.argmax(1) == batch.labels) & labelled).float().sum() / labelled.sum().clamp(min=1)
-        return loss, {"loss": loss.detach(), "acc": acc.detach()}
+        logs = {"loss": loss.detach(), "acc": acc.detach()}
+        return (loss, logs, y) if features else (loss, logs)

@@ -14,6 +14,13 @@ progressive JPEG all come out RGB); `ImageFiles` shrinks an image whose longer s
 max_resolution with an area average (PIL BOX, the DALI writer's resizer) keeping its aspect ratio.
 The writers re-encode these pixels as baseline JPEG, which every decoder (nvJPEG, libjpeg-turbo)
 reads. An unreadable file is a DataError naming it.
+
+Unlabelled photo collections (labels UNLABELLED, -1, and no classes; pretraining needs no labels):
+a folder that holds images and no subfolders is read as one, since nothing in it could be a class
+(it used to be an error, so no labelled folder changes meaning); a folder with subfolders keeps
+reading them as classes, because folders named by date, camera or shard look exactly like class
+folders. `unlabelled=True` (`--dataset images`) reads every image under the folder, subfolders
+included, without labels. With root/train the split's folder is read the same way as train/.
 """
 
 import os
@@ -25,15 +32,16 @@ from PIL import Image
 
 from ..errors import DataError, one_line
 from ..files import data_root
-from .arrays import ArrayDataset, channel_stats
+from .arrays import UNLABELLED, ArrayDataset, channel_stats
 from .splits import SPLITS
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
-def read_imagefolder(split, data_dir=None, image_size=None) -> ArrayDataset:
+def read_imagefolder(split, data_dir=None, image_size=None, unlabelled=False) -> ArrayDataset:
     """root/<class>/*.{jpg,jpeg,png}; with root/train (and root/test) the split picks the subfolder,
-    otherwise the split is ignored. mean/std are computed from the training images."""
+    otherwise the split is ignored. mean/std are computed from the training images. Unlabelled
+    folders: see the module docstring."""
     if (
         isinstance(image_size, bool)
         or image_size is not None
@@ -46,35 +54,71 @@ def read_imagefolder(split, data_dir=None, image_size=None) -> ArrayDataset:
     if not os.path.isdir(root):
         raise DataError(f"image folder {root} does not exist")
     if os.path.isdir(os.path.join(root, "train")):
-        train_images, train_labels, classes = _read_folder(os.path.join(root, "train"), image_size)
+        train_images, train_labels, classes = _read_folder(
+            os.path.join(root, "train"), image_size, unlabelled
+        )
         if split == "train":
             images, labels = train_images, train_labels
         else:
             if not os.path.isdir(os.path.join(root, split)):
                 raise DataError(f"{root} has train/ but no {split}/ folder")
-            images, labels, _ = _read_folder(os.path.join(root, split), image_size, classes)
+            images, labels, _ = _read_folder(
+                os.path.join(root, split), image_size, unlabelled or not classes, classes
+            )
     else:
-        images, labels, classes = _read_folder(root, image_size)
+        images, labels, classes = _read_folder(root, image_size, unlabelled)
         train_images = images
     mean, std = channel_stats(train_images)
-    return ArrayDataset(images, labels, classes, "imagefolder", mean, std)
+    return ArrayDataset(images, labels, classes, "images" if unlabelled else "imagefolder", mean, std)
+
+
+def folder_files(folder, unlabelled=False, classes=None):
+    """(paths, labels, classes) of one folder: class subfolders (labels index `classes`, which
+    defaults to the folder's own), or, for a folder of images without subfolders or with
+    `unlabelled`, every image under it with label UNLABELLED and no classes."""
+    if unlabelled or not _subfolders(folder) and image_paths(folder):
+        paths = image_paths(folder)
+        if not paths:
+            raise DataError(f"{folder}: no images (.jpg, .jpeg, .png)")
+        if classes:
+            raise DataError(f"{folder}: images without class folders, but the training split has classes")
+        return paths, np.full(len(paths), UNLABELLED, np.int64), []
+    files = class_files(folder)
+    classes = classes or list(files)
+    if not set(files) <= set(classes):
+        raise DataError(
+            f"{folder}: class folders {sorted(set(files) - set(classes))} are not in the training split"
+        )
+    paths = [p for c in files for p in files[c]]
+    labels = np.asarray([classes.index(c) for c in files for _ in files[c]], np.int64)
+    return paths, labels, classes
+
+
+def _subfolders(folder):
+    return [e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")]
+
+
+def image_paths(folder):
+    """Every image under `folder`, subfolders included, in sorted walk order."""
+    files = []
+    for d, subdirs, names in os.walk(folder):
+        subdirs[:] = sorted(s for s in subdirs if not s.startswith("."))
+        files += [
+            os.path.join(d, n)
+            for n in sorted(names)
+            if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith(".")
+        ]
+    return files
 
 
 def class_files(root):
     """{class name: sorted image paths} for root/<class>/**/*.{jpg,jpeg,png}, classes sorted by name."""
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    classes = sorted(_subfolders(root))
     if not classes:
-        raise DataError(f"{root}: no class folders (expected {root}/<class>/*.jpg|png)")
+        raise DataError(f"{root}: no class folders (expected {root}/<class>/*.jpg|png) and no images")
     out = {}
     for c in classes:
-        files = []
-        for d, subdirs, names in os.walk(os.path.join(root, c)):
-            subdirs[:] = sorted(s for s in subdirs if not s.startswith("."))
-            files += [
-                os.path.join(d, n)
-                for n in sorted(names)
-                if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith(".")
-            ]
+        files = image_paths(os.path.join(root, c))
         if not files:
             raise DataError(f"{os.path.join(root, c)}: no images (.jpg, .jpeg, .png)")
         out[c] = files
@@ -100,26 +144,18 @@ def open_rgb(path, image_size):
     return np.asarray(img)
 
 
-def _read_folder(root, image_size, classes=None):
-    files = class_files(root)
-    if classes is None:
-        classes = list(files)
-    elif not set(files) <= set(classes):
-        raise DataError(
-            f"{root}: class folders {sorted(set(files) - set(classes))} are not in the training split"
-        )
-    images, labels = [], []
-    for c, paths in files.items():
-        for path in paths:
-            img = open_rgb(path, image_size)
-            if images and img.shape != images[0].shape:
-                raise DataError(
-                    f"{path}: size {img.shape[1]}x{img.shape[0]} differs from the first image's "
-                    f"{images[0].shape[1]}x{images[0].shape[0]}; pass image_size to resize them all"
-                )
-            images.append(img)
-            labels.append(classes.index(c))
-    return np.stack(images), np.asarray(labels, np.int64), classes
+def _read_folder(root, image_size, unlabelled=False, classes=None):
+    paths, labels, classes = folder_files(root, unlabelled, classes)
+    images = []
+    for path in paths:
+        img = open_rgb(path, image_size)
+        if images and img.shape != images[0].shape:
+            raise DataError(
+                f"{path}: size {img.shape[1]}x{img.shape[0]} differs from the first image's "
+                f"{images[0].shape[1]}x{images[0].shape[0]}; pass image_size to resize them all"
+            )
+        images.append(img)
+    return np.stack(images), labels, classes
 
 
 def resized_shape(height, width, max_resolution):
@@ -183,7 +219,7 @@ class ImageFiles:
         return self
 
 
-def scan(root, split="train", max_resolution=None) -> ImageFiles:
+def scan(root, split="train", max_resolution=None, unlabelled=False) -> ImageFiles:
     """The files of `split` under `root` (see the module docstring); DataError naming what is wrong."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
@@ -195,18 +231,12 @@ def scan(root, split="train", max_resolution=None) -> ImageFiles:
     classes = None
     folder = root
     if os.path.isdir(os.path.join(root, "train")):
-        classes = list(class_files(os.path.join(root, "train")))
+        _, _, classes = folder_files(os.path.join(root, "train"), unlabelled)
+        unlabelled = unlabelled or not classes  # the split's folder is read as train/ is
         folder = os.path.join(root, split)
         if not os.path.isdir(folder):
             raise DataError(f"{root} has train/ but no {split}/ folder")
-    files = class_files(folder)
-    classes = classes or list(files)
-    if not set(files) <= set(classes):
-        raise DataError(
-            f"{folder}: class folders {sorted(set(files) - set(classes))} are not in the training split"
-        )
-    paths = [p for c in files for p in files[c]]
-    labels = np.asarray([classes.index(c) for c in files for _ in files[c]], np.int64)
-    return ImageFiles(
-        paths, labels, classes, split, root, None if max_resolution is None else int(max_resolution)
-    )
+    paths, labels, classes = folder_files(folder, unlabelled, classes)
+    resolution = None if max_resolution is None else int(max_resolution)
+    name = "images" if unlabelled else "imagefolder"
+    return ImageFiles(paths, labels, classes, split, root, resolution, name)

@@ -11,6 +11,9 @@
     # ... or all resized to one size: shorter side to 128 px, centre 128x128 crop (held in memory);
     # --encoding raw without --image-size keeps a folder of one size exact (held in memory too)
     python -m fastssl.convert --dataset imagefolder --data-dir photos/ --image-size 128 --to dali --out data/photos_dali/train
+    # a photo collection without labels (manifest "labels": "none"): a folder of images without
+    # subfolders as imagefolder, or any layout, subfolders included, as images (docs/data.md)
+    python -m fastssl.convert --dataset images --data-dir trip/ --max-resolution 512 --to ffcv --out data/trip_train.beton
     # the test split, replacing an earlier conversion, JPEG quality 95, longer side at most 256 px
     python -m fastssl.convert --dataset cifar10 --data-dir DIR --split test --to dali --out data/c10_test \\
         --force --encoding jpg --quality 95 --max-resolution 256
@@ -101,7 +104,7 @@ class ConvertConfig:
             raise ValueError(f"--max-resolution must be positive, got {self.max_resolution}")
         if self.order_seed < 0:
             raise ValueError(f"--order-seed must be >= 0, got {self.order_seed}")
-        if self.image_size is not None and self.dataset != "imagefolder":
+        if self.image_size is not None and self.dataset not in datasets.FOLDERS:
             raise ValueError(f"--image-size applies to --dataset imagefolder only, not {self.dataset}")
 
 
@@ -114,12 +117,12 @@ def main(argv=None):
         "data_dir": cfg.data_dir,
         "image_size": cfg.image_size,
     }
-    own_sizes = cfg.dataset == "imagefolder" and cfg.image_size is None and cfg.encoding != "raw"
+    own_sizes = cfg.dataset in datasets.FOLDERS and cfg.image_size is None and cfg.encoding != "raw"
     if own_sizes:  # each image at its own size, streamed one at a time, JPEG
         root = cfg.data_dir or os.environ.get("FASTSSL_DATA")
         if not root:
             raise DataError("imagefolder needs a folder: pass --data-dir (or set $FASTSSL_DATA)")
-        data = imagefolder.scan(root, cfg.split, cfg.max_resolution)
+        data = imagefolder.scan(root, cfg.split, cfg.max_resolution, unlabelled=cfg.dataset == "images")
         opts, size, encoding = {}, f"own sizes, longer side <= {cfg.max_resolution or 'any'}", "jpg"
     else:
         data = datasets.load(cfg.dataset, cfg.split, cfg.data_dir, image_size=cfg.image_size)
@@ -138,8 +141,9 @@ def main(argv=None):
         **opts,
     )
     check = "exact" if m["verified"].get("psnr_db") is None else f"{m['verified']['psnr_db']:.1f} dB PSNR"
+    labels = f"{len(m['classes'])} classes" if m["labels"] != "none" else "no labels"
     print(
-        f"wrote {m['count']} images ({len(m['classes'])} classes, {size}, {encoding}) to {m['path']} "
+        f"wrote {m['count']} images ({labels}, {size}, {encoding}) to {m['path']} "
         f"with {m['library']} {m['library_version']} in {m['seconds']:.1f} s; read back {m['verified']['checked']} "
         f"samples ({check}); manifest {m['manifest']}"
     )

@@ -17,11 +17,11 @@ from torch import nn
 
 from .eval.features import extract
 
-# Its own optimiser, not the method's (LARS, weight decay, warm-up schedule): plain SGD with momentum
-# at a constant rate on a zero-initialised layer; zero init draws no random numbers, so the run's
-# RNG stream (augmentation, initialisation) is the same with the probe on or off.
-LR = 0.1
-MOMENTUM = 0.9
+# Its own optimiser, not the method's (LARS, weight decay, warm-up schedule): Adam at a constant rate,
+# whose step size does not depend on the features' scale, which changes as the backbone trains (SGD at
+# 0.1 diverged on the unnormalised pooled features). The layer starts at zero: that draws no random
+# numbers, so the run's RNG stream (initialisation, augmentation) is the same with the probe on or off.
+LR = 1e-3
 
 
 class Probed(nn.Module):
@@ -49,7 +49,7 @@ class Probed(nn.Module):
 def build(method: nn.Module, num_classes: int):
     """(Probed model, its optimiser)."""
     model = Probed(method, num_classes).to(next(method.parameters()).device)
-    return model, torch.optim.SGD(model.probe.parameters(), lr=LR, momentum=MOMENTUM)
+    return model, torch.optim.Adam(model.probe.parameters(), lr=LR)
 
 
 @torch.no_grad()

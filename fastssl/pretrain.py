@@ -27,6 +27,8 @@
     python -m fastssl.pretrain --dataset cifar10 --data-dir data --split 80/10/10 --out runs/simclr_split
     # a converted image folder (python -m fastssl.convert ... --to ffcv), streamed, views of 224 px
     python -m fastssl.pretrain --dataset data/photos_train.beton --pipeline ffcv --stem imagenet --out runs/photos
+    # photos without labels (a folder of images, no class subfolders; docs/data.md): no kNN monitor
+    python -m fastssl.pretrain --dataset imagefolder --data-dir trip/ --knn-every 0 --out runs/trip
     # settings from a file, flags override it
     python -m fastssl.pretrain --config simclr.toml --temperature 0.5
 

@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 import pipelines
 from pipelines.data import splits
+from pipelines.data.arrays import require_labels
 from pipelines.formats import converted
 from pipelines.recipes import SimCLRRecipe
 
@@ -269,7 +270,11 @@ def build_data(run: Run) -> None:
     train_data, test_data, bank = (
         converted.sized(d, cfg.image_size, cfg.stem) for d in (train_data, test_data, bank)
     )
+    if cfg.method == "supervised":  # learns from the labels themselves
+        require_labels(train_data, "supervised training")
     if cfg.knn_every:
+        # An unlabelled folder is refused, not silently left unmonitored: --knn-every 0 says so.
+        require_labels(train_data, "the kNN monitor (pass --knn-every 0 to pretrain without it)")
         if parts.val is None:
             monitor = monitor_split(train_data, cfg.knn_val_fraction, cfg.seed)
         else:  # a train/val/test split: its validation part; the final test score's bank is

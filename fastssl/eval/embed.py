@@ -153,19 +153,20 @@ def sources(cfg: EmbedConfig, data) -> tuple[dict, str]:
         if not np.array_equal(pooled[index], data.labels):
             raise DataError(f"{cfg.dataset} changed while it was read; run the command again")
     out = {"index": index}
-    if cfg.dataset == "imagefolder":
+    if cfg.dataset in datasets.FOLDERS:
         out["paths"] = image_paths(cfg, index, data.labels)
     return out, where
 
 
 def image_paths(cfg: EmbedConfig, index: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Paths of an image folder's images `index`, listed in the order datasets.load reads them."""
-    root = data_root(cfg.data_dir)
+    root, unlabelled = data_root(cfg.data_dir), cfg.dataset == "images"
     if splits.parse_split(cfg.split) is None:
-        files = [imagefolder.scan(root, cfg.part)]
+        files = [imagefolder.scan(root, cfg.part, unlabelled=unlabelled)]
     else:  # pooled as datasets.pooled pools: train/ then test/, or the whole folder
         has_parts = os.path.isdir(os.path.join(root, "train"))
-        files = [imagefolder.scan(root, s) for s in (("train", "test") if has_parts else ("train",))]
+        parts = ("train", "test") if has_parts else ("train",)
+        files = [imagefolder.scan(root, s, unlabelled=unlabelled) for s in parts]
     paths = [p for f in files for p in f.paths]
     if not np.array_equal(np.concatenate([f.labels for f in files])[index], labels):
         raise DataError(f"{root} changed while it was read; run the command again")

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from pipelines import datasets
+from pipelines.data.arrays import require_labels
 
 from ..config import cli, parse
 from ..data import check_split, split_field, split_seed_field
@@ -113,6 +114,7 @@ def main(argv=None):
     cfg = parse(KNNConfig, argv, description=__doc__)
     check_backbone_split(cfg.backbone, cfg)
     device, data = setup(cfg)
+    require_labels(data.train, "fastssl.knn")
     torch.manual_seed(cfg.seed)
     backbone, info = load_network(cfg.backbone, cfg.stem if cfg.backbone == "random" else None)
     bank, _ = data.labelled()  # with a train/val/test split the validation images vote too: nothing is tuned

@@ -36,6 +36,7 @@ import torch
 
 from pipelines import DataError, datasets
 from pipelines.data import cifar, splits
+from pipelines.data.arrays import require_labels
 
 from .. import checkpoint as ckpt
 from ..config import ConfigError, cli, parse
@@ -53,6 +54,7 @@ DATASET_NAMES = {
     "cifar100": "CIFAR-100",
     "cifar10-sample": "CIFAR-10 sample",
     "imagefolder": "image folder",
+    "images": "image collection (no labels)",
     "cifar10+cifar100": "CIFAR-10 + CIFAR-100 (no labels)",
 }
 METHOD_NAMES = {
@@ -360,6 +362,7 @@ def evaluate(cfg: LinearConfig, argv=(), command="fastssl.linear") -> dict:
     t0 = time.perf_counter()
     lrs, wds = parse_grid(cfg.lrs, "lrs"), parse_grid(cfg.wds, "wds")
     device, parts = setup(cfg, subset=cfg.subset)
+    require_labels(parts.train, "fastssl.linear")
     train, val_idx = parts.labelled()  # a train/val/test split: train + its validation part
     test = parts.test
     backbone, desc = load_eval_backbone(cfg)

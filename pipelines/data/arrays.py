@@ -87,6 +87,23 @@ def as_dataset(data) -> ArrayDataset:
     )
 
 
+def label_kind(labels) -> str:
+    """What a converted dataset's manifest records as "labels": "classes" (every image has one),
+    "none" (no image has one: an unlabelled photo collection) or "partial" (cifar10+cifar100)."""
+    has = np.asarray(labels) != UNLABELLED
+    return "classes" if has.all() else "partial" if has.any() else "none"
+
+
+def require_labels(data, what: str) -> None:
+    """DataError unless some image of `data` has a label: `what` (the kNN monitor, a linear probe)
+    learns from labels, and an unlabelled folder has none to give."""
+    if not (np.asarray(data.labels) != UNLABELLED).any():
+        raise DataError(
+            f"{getattr(data, 'name', 'the data')} has no labels (an unlabelled image collection); "
+            f"{what} needs labelled images"
+        )
+
+
 def channel_stats(images):
     """Per-channel mean and population std of uint8 images (N, H, W, 3) in [0, 1] units, exact (via
     256-bin histograms, so no float copy of the whole array)."""

@@ -23,6 +23,8 @@ def first_per_class(labels, n, num_classes=None) -> np.ndarray:
     num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 < n <= len(labels):
         raise DataError(f"subset must be an integer in 1..{len(labels)} (the images available), got {n!r}")
+    if num_classes == 0:  # unlabelled images: nothing to balance, the first n
+        return np.arange(int(n), dtype=np.int64)
     per, extra = divmod(int(n), num_classes)
     picks = []
     for c in range(num_classes):

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from ..data.arrays import ArrayDataset
+from ..data.arrays import UNLABELLED, ArrayDataset
 from ..errors import DataError
 from . import contract, manifest
 from .verify import check_checksums
@@ -177,8 +177,8 @@ def _check(fmt, path, m) -> np.ndarray:
     labels = module.labels(path, info)
     if hashlib.sha256(labels.astype("<i8").tobytes()).hexdigest() != m["labels_sha256"]:
         raise DataError(f"{path}: labels differ from the checksum in its manifest")
-    if len(labels) and (labels.min() < 0 or labels.max() >= max(1, len(m["classes"]))):
-        raise DataError(f"{path}: labels outside 0..{len(m['classes']) - 1}")
+    if len(labels) and (labels.min() < UNLABELLED or labels.max() >= max(1, len(m["classes"]))):
+        raise DataError(f"{path}: labels outside 0..{len(m['classes']) - 1} (or {UNLABELLED}: no label)")
     m["stored_shape"] = [int(info["height"]), int(info["width"])]
     return labels
 

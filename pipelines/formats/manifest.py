@@ -11,6 +11,8 @@ import os
 from ..errors import DataError
 
 # 2: split, labels_sha256, mean/std and the image-size policy are recorded (converted.py needs them).
+# "labels" (arrays.label_kind: "classes", "none", "partial") was added within version 2: a manifest
+# without it was written before unlabelled folders could be converted, so its images have classes.
 MANIFEST_VERSION = 2
 
 
@@ -52,4 +54,5 @@ def checked(fmt, path) -> dict:
         raise DataError(
             f"{where}: not a {fmt} manifest (missing {', '.join(sorted(need - set(m))) or 'format'})"
         )
+    m.setdefault("labels", "classes")
     return m

@@ -37,6 +37,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from ..data.arrays import label_kind
 from ..data.imagefolder import ImageFiles
 from ..errors import DataError
 from ..files import listing, publish, remove, remove_dead_temporaries, sha256
@@ -137,6 +138,7 @@ def convert(
             "library_version": version,
             "count": n,
             "classes": [str(c) for c in getattr(data, "classes", [])],
+            "labels": label_kind(labels),  # "none": an unlabelled folder, every label -1
             "name": str(getattr(data, "name", "")),
             "source": source or {},
             # stored sample j is source sample stored_order(count, seed)[j]

@@ -10,7 +10,8 @@ with train's defaults (compile mode default, fullgraph, multi-tensor LARS), then
 combination (compiled + channels_last + bf16) each other LARS path (`--optimizer-paths`: loop =
 one tensor at a time, compiled = the update under torch.compile) and each other compile mode
 (`--compile-modes`: max-autotune-no-cudagraphs; reduce-overhead = CUDA graphs with static input
-buffers). Rows that cannot run here (CUDA graphs on a CPU, modes with a non-inductor backend) are
+buffers), and the same step with fastssl.train's online linear probe (`--online-probe`: its
+cost). Rows that cannot run here (CUDA graphs on a CPU, modes with a non-inductor backend) are
 listed as skipped with the reason. Each row runs fastssl.step.TrainStep, the exact step of
 fastssl.train (forward under autocast, backward, LARS step, schedule step), on one pre-made batch,
 so no data loading is involved. Settings are interleaved across repeats. Reported: images/s
@@ -36,6 +37,7 @@ import torch
 
 from fastssl import step as fstep
 from fastssl.config import cli, parse
+from fastssl.online_probe import build as build_probe
 from pipelines import Batch
 
 from . import common, timing
@@ -76,6 +78,7 @@ class TrainStep(fstep.TrainStep):
         fast_optimizer: bool = True,
         compile_optimizer: bool = False,
         cudagraphs: bool = False,
+        online_probe: bool = False,
     ):
         from fastssl.methods import METHODS
         from fastssl.optim import base_lr, build_optimizer, warmup_cosine
@@ -101,8 +104,10 @@ class TrainStep(fstep.TrainStep):
         )
         # A long schedule (10^6 steps, 1% warm-up) keeps the lr in its normal range for any benchmark length.
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(10**6, 10**4))
+        # The online probe, as fastssl.train adds it: the method wrapped, its own optimiser stepped too.
+        model, probe_optimizer = build_probe(method, num_classes) if online_probe else (method, None)
         super().__init__(
-            method,
+            model,
             optimizer,
             schedule,
             device,
@@ -111,6 +116,7 @@ class TrainStep(fstep.TrainStep):
             mode=compile_mode,
             fullgraph=fullgraph,
             backend=compile_backend,
+            probe_optimizer=probe_optimizer,
         )
         self.method, self.channels_last = method, channels_last
         self.log_sum = None
@@ -185,6 +191,10 @@ class StepConfig:
         default="loop,foreach,compiled",
         metadata={"help": "comma-separated LARS update paths (loop, foreach, compiled)"},
     )
+    online_probe: bool = field(
+        default=True,
+        metadata={"help": "add a row: the fastest step with fastssl.train's online linear probe"},
+    )
     threads: int | None = field(
         default=None, metadata={"help": "torch CPU threads (default: torch's own; --quick 1)"}
     )
@@ -249,6 +259,8 @@ def setting_name(s: dict) -> str:
         parts.append(f"mode {s['mode']}")
     if s["optimizer"] != "foreach":
         parts.append(f"LARS {s['optimizer']}")
+    if s["probe"]:
+        parts.append("online probe")
     return " + ".join(parts)
 
 
@@ -257,12 +269,21 @@ def settings(cfg, device) -> tuple:
     compile, channels_last, bf16, mode (torch.compile mode) and optimizer (LARS update path)."""
     bf16_options = [p == "bf16" for p in ("fp32", "bf16") if p in _items(cfg.precisions)]
     run = [
-        dict(zip(FACTORS, combo), mode="default", optimizer="foreach")
+        dict(zip(FACTORS, combo), mode="default", optimizer="foreach", probe=False)
         for combo in itertools.product((False, True), (False, True), bf16_options)
     ]
-    best = dict(compile=True, channels_last=True, bf16=bf16_options[-1], mode="default", optimizer="foreach")
+    best = dict(
+        compile=True,
+        channels_last=True,
+        bf16=bf16_options[-1],
+        mode="default",
+        optimizer="foreach",
+        probe=False,
+    )
     extra = [{**best, "optimizer": o} for o in _items(cfg.optimizer_paths) if o != "foreach"]
     extra += [{**best, "mode": m} for m in _items(cfg.compile_modes) if m != "default"]
+    # fastssl.train's online probe (on by default for labelled data): its cost on the fastest step.
+    extra += [{**best, "probe": True}] if cfg.online_probe else []
     skipped = []
     for s in extra:
         reason = None
@@ -289,6 +310,7 @@ def build(setting: dict, cfg, device) -> TrainStep:
         compile_mode=setting["mode"],
         fast_optimizer=setting["optimizer"] != "loop",
         compile_optimizer=setting["optimizer"] == "compiled",
+        online_probe=setting["probe"],
     )
 
 
@@ -395,7 +417,7 @@ def measure(cfg, device, env) -> dict:
     base = records[0]["img_per_s"]["median"]
     for rec in records:
         rec["speedup_vs_baseline"] = rec["img_per_s"]["median"] / base
-    grid = [r for r in records if r["mode"] == "default" and r["optimizer"] == "foreach"]
+    grid = [r for r in records if r["mode"] == "default" and r["optimizer"] == "foreach" and not r["probe"]]
     effects = []
     for f in FACTORS:
         ratios = []

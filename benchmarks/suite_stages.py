@@ -64,7 +64,14 @@ ABLATION = [
     ("+ fast optimiser", {"optimizer": "foreach"}),  # multi-tensor LARS instead of one tensor at a time
     ("+ CUDA graphs", {"mode": "reduce-overhead"}),  # static input buffers, graphs replayed
 ]
-BASE = {"compile": False, "channels_last": False, "bf16": False, "mode": "default", "optimizer": "loop"}
+BASE = {
+    "compile": False,
+    "channels_last": False,
+    "bf16": False,
+    "mode": "default",
+    "optimizer": "loop",
+    "probe": False,
+}
 
 
 def _graphs() -> int:

@@ -38,14 +38,16 @@ from . import common, preflight
 
 MIB = 2**20
 CARRY_LIMIT = 64 * MIB  # what one call may carry, tree included
-CARRY_TARGET = 62 * MIB  # what we let it carry: 2 MiB to spare
+# What we let it carry: 1 MiB to spare, for what the tree gains between `plan` and the calls (the plan
+# is made right before them; a tree grown past this needs a third call).
+CARRY_TARGET = 63 * MIB
 COMMAND_LIMIT = 2000  # characters of one device command
 RESULT_FILES, RESULT_BYTES = 8, 16 * MIB
 STAGE = os.path.join(".cache", "gpu-window")
 DATA = os.path.join(".cache", "data")
 NPZ = "cifar10.npz"
 # The window, in minutes: 15 in all, 2 kept as margin. The start and the transfers are the device's
-# published figures and our assumption (62 MiB each way is not measured); the limits are ours.
+# published figures and our assumption (63 MiB each way is not measured); the limits are ours.
 WINDOW_MIN, MARGIN_MIN, START_MIN, TRANSFER_MIN = 15.0, 2.0, 2.0, 0.5
 CALLS = {  # stages, seconds the command may run (the device call's timeout_s), stage shares
     "call1": {"stages": "environment,step,nt_xent", "limit_s": 255, "estimates": None},
@@ -127,7 +129,7 @@ def command(call: str, extra=()) -> str:
 
 def plan(cfg) -> dict:
     """Split cifar10.npz into the two calls' folders under .cache/gpu-window, each sized from the
-    measured tree so that tree + folder <= 62 MiB, and describe both calls."""
+    measured tree so that tree + folder <= 63 MiB, and describe both calls."""
     root, src = repo(), os.path.abspath(cfg.data_src)
     missing = [f for f in (NPZ, "unpack.py") if not os.path.isfile(os.path.join(src, f))]
     if missing:

@@ -23,7 +23,8 @@ extras = {
     "tensorboard": ["tensorboard>=2.14"],
     # python -m fastssl.embed --plot-method tsne | umap (PCA maps need neither)
     "embed": ["scikit-learn>=1.3", "umap-learn>=0.5"],
-    "dev": ["pytest>=7", "pytest-timeout", "lightly>=1.6", "ruff>=0.6", "tensorboard>=2.14"],
+    # ruff pinned: a newer formatter may format differently, and `ruff format --check` runs in CI.
+    "dev": ["pytest>=7", "pytest-timeout", "lightly>=1.6", "ruff==0.17.6", "tensorboard>=2.14"],
 }
 extras["all"] = sorted({d for k in ("torchvision", "dali", "ffcv") for d in extras[k]})
 

@@ -5,6 +5,11 @@
     python3 -m benchmarks.gpu_window call1 --out "$OUT"   # on the GPU machine: the printed command
     python3 -m benchmarks.gpu_window call2 --out "$OUT"
     python3 -m benchmarks.gpu_window next --results benchmarks/results/h200-DATE   # the second window
+    # the race against lightly in a window: its wheels travel with call 2 (the GPU machine has no
+    # lightly and no network); pure-Python wheels, unzipped there onto PYTHONPATH, no pip needed
+    pip download --no-deps lightly==1.6.0 lightning-utilities tqdm -d .cache/peers
+    python3 -m benchmarks.gpu_window plan --wheels .cache/peers
+    python3 -m benchmarks.gpu_window next --results benchmarks/results/h200-DATE --race
 
 The window (benchmarks/README.md, "One GPU window"): 15 minutes on one offline machine, its start
 included; one command of at most 10 minutes per call; at most 64 MiB travelling per call (the
@@ -21,6 +26,7 @@ both calls in a copy of the tree that holds only what travels, with python3 alon
 """
 
 import datetime
+import glob
 import hashlib
 import json
 import os
@@ -29,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from dataclasses import dataclass, field
 
 from fastssl.config import ConfigError, cli, parse
@@ -87,6 +94,14 @@ class WindowConfig:
         default=None,
         metadata={"help": f"call2: time-to-accuracy epochs (default: planned, at most {TTA_EPOCHS})"},
     )
+    # lightly 1.6 imports only lightning-utilities and tqdm beyond what the GPU machine has.
+    wheels: str | None = field(
+        default=None,
+        metadata={"help": "plan: a folder of pure-Python wheels that call 2 carries (the race's peers)"},
+    )
+    race: bool = field(
+        default=False, metadata={"help": "next: call 2 runs the race stage instead of time to accuracy"}
+    )
     rates_from: str | None = field(
         default=None, metadata={"help": "call2: a suite.json whose rates plan the epochs (the next window)"}
     )
@@ -139,6 +154,15 @@ def plan(cfg) -> dict:
     half = (size + 1) // 2
     extras = [f for f in ("unpack.py", "README.md") if os.path.isfile(os.path.join(src, f))]
     small = sum(os.path.getsize(os.path.join(src, f)) for f in extras) + 64 * 1024  # + manifest, slack
+    wheels = sorted(glob.glob(os.path.join(cfg.wheels, "*.whl"))) if cfg.wheels else []
+    if cfg.wheels and not wheels:
+        raise ConfigError(f"--wheels {cfg.wheels}: no .whl files there")
+    impure = [w for w in wheels if not w.endswith("-none-any.whl")]
+    if impure:
+        raise ConfigError(
+            f"--wheels: {os.path.basename(impure[0])} is not pure Python (it is unzipped, not installed)"
+        )
+    small += sum(os.path.getsize(w) for w in wheels)
     if tree + half + small > CARRY_TARGET:
         raise ConfigError(
             f"{NPZ} ({size / MIB:.1f} MiB) does not fit two calls: the tree that travels with each is "
@@ -156,6 +180,9 @@ def plan(cfg) -> dict:
             parts.append({"call": call, "name": name, "bytes": n, "sha256": sha256(path)})
     for f in extras:  # unpack.py must sit beside the joined file; it travels with call 2
         shutil.copy2(os.path.join(src, f), os.path.join(stage, "call2", f))
+    for w in wheels:
+        os.makedirs(os.path.join(stage, "call2", "wheels"), exist_ok=True)
+        shutil.copy2(w, os.path.join(stage, "call2", "wheels"))
     commit = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True
     ).stdout.strip()
@@ -172,6 +199,7 @@ def plan(cfg) -> dict:
         "commit": commit,
         "dirty": dirty,
         "tree_bytes": tree,
+        "wheels": [os.path.basename(w) for w in wheels],
         "staged": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     for call in CALLS:
@@ -348,6 +376,10 @@ def run_call(cfg, call: str) -> int:
     }
     manifest = _manifest(root, call)
     env = dict(os.environ)
+    peers = unzip_wheels(root, log)
+    if peers:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [peers, env.get("PYTHONPATH")]))
+        pre["peers"] = sorted(os.listdir(os.path.join(root, STAGE, "call2", "wheels")))
     if manifest:  # no .git travels: the stager's commit goes into every record
         env.update(FASTSSL_GIT_COMMIT=manifest["commit"], FASTSSL_GIT_DIRTY="1" if manifest["dirty"] else "0")
         pre["commit"] = manifest["commit"]
@@ -402,6 +434,22 @@ def run_call(cfg, call: str) -> int:
         f"{len(files)} files in $OUT/{call}" + (f"; over {RESULT_BYTES // MIB} MiB: {big}" if big else "")
     )
     return code
+
+
+def unzip_wheels(root: str, log) -> str | None:
+    """The folder the wheels carried by call 2 are unzipped into (pure-Python wheels need no pip:
+    a wheel is a zip of the package), or None when none travelled."""
+    folder = os.path.join(root, STAGE, "call2", "wheels")
+    wheels = sorted(glob.glob(os.path.join(folder, "*.whl")))
+    if not wheels:
+        return None
+    target = os.path.join(root, STAGE, "peers")
+    shutil.rmtree(target, ignore_errors=True)
+    for w in wheels:
+        with zipfile.ZipFile(w) as z:
+            z.extractall(target)
+    log(f"peers on PYTHONPATH: {', '.join(os.path.basename(w) for w in wheels)}")
+    return target
 
 
 def _manifest(root, call):
@@ -492,19 +540,22 @@ def next_window(cfg) -> str:
     epochs = max(1, int((target_s - compile_s - knn_s) // per))
     limit = 540
     rates = os.path.join(cfg.results, "call2", "suite.json")
-    c2 = command(
-        "call2",
-        [
-            "--stages",
-            "environment,time_to_accuracy",
-            "--epochs",
-            str(epochs),
-            "--rates-from",
-            shlex.quote(rates),
-            "--limit-s",
-            str(limit),
-        ],
-    )
+    if cfg.race:  # the race stage sizes its own epochs from the suite's budget; lightly needs --wheels
+        c2 = command("call2", ["--stages", "environment,race", "--limit-s", str(limit)])
+    else:
+        c2 = command(
+            "call2",
+            [
+                "--stages",
+                "environment,time_to_accuracy",
+                "--epochs",
+                str(epochs),
+                "--rates-from",
+                shlex.quote(rates),
+                "--limit-s",
+                str(limit),
+            ],
+        )
     c1 = command("call1", ["--stages", "environment", "--limit-s", "60"])
     reached = next((p for p in curve if p["knn_top1"] >= 85.0), None)
     last = curve[-1] if curve else {}
@@ -514,7 +565,9 @@ def next_window(cfg) -> str:
         f"kNN pass {knn_s:.1f} s, checkpoint {costs['checkpoint_s']:.2f} s",
         f"  first window: kNN top-1 {last.get('knn_top1', float('nan')):.2f}% after {last.get('epoch')} epochs"
         + (f"; 85% reached at {reached['wall_s']:.0f} s" if reached else "; 85% not reached"),
-        f"  plan: {epochs} epochs (warm-up + cosine over all of them) end within {target_s:.0f} s of training wall time",
+        "  plan: the race (fastssl, plain, lightly when its wheels travelled: plan --wheels)"
+        if cfg.race
+        else f"  plan: {epochs} epochs (warm-up + cosine over all of them) end within {target_s:.0f} s of training wall time",
         f'  call 1: carry ["{STAGE}/call1"] timeout_s 60: {c1}',
         f'  call 2: carry ["{STAGE}/call2"] timeout_s {limit}: {c2}',
         f"  window: {START_MIN + 2 * TRANSFER_MIN + 1 + limit / 60:.1f} min of {WINDOW_MIN - MARGIN_MIN:.0f} "

@@ -157,3 +157,79 @@ def test_next_window_is_sized_from_the_first_windows_files(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         gw.main(["next", "--results", str(tmp_path / "nowhere")])
     assert e.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def _wheel(folder, name="peerprobe"):
+    """A minimal pure-Python wheel: a package whose import prints a marker."""
+    import zipfile
+
+    path = folder / f"{name}-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(f"{name}/__init__.py", "MARK = 'peer imported'\n")
+        z.writestr(f"{name}-0.1.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    return path
+
+
+def test_wheels_travel_with_call2_and_are_importable_there(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "cifar10.npz").write_bytes(os.urandom(4096))
+    (src / "unpack.py").write_text("")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _wheel(wheels)
+    stage = tmp_path / "stage"
+    manifest = gw.main(["plan", "--data-src", str(src), "--stage-dir", str(stage), "--wheels", str(wheels)])
+    assert manifest["wheels"] == ["peerprobe-0.1-py3-none-any.whl"]
+    assert (stage / "call2" / "wheels" / "peerprobe-0.1-py3-none-any.whl").is_file()
+    assert not (stage / "call1" / "wheels").exists()  # only call 2 carries them
+
+    device = tmp_path / "device"
+    shutil.copytree(stage / "call2", device / gw.STAGE / "call2")
+    lines = []
+    peers = gw.unzip_wheels(str(device), lines.append)
+    got = subprocess.run(
+        [sys.executable, "-c", "import peerprobe; print(peerprobe.MARK)"],
+        env={**os.environ, "PYTHONPATH": peers},
+        capture_output=True,
+        text=True,
+    )
+    assert got.stdout.strip() == "peer imported" and "peerprobe-0.1-py3-none-any.whl" in lines[0]
+    assert gw.unzip_wheels(str(tmp_path / "bare"), lines.append) is None  # nothing carried: no peers
+
+
+def test_plan_refuses_wheels_it_cannot_unzip_onto_the_path(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "cifar10.npz").write_bytes(b"x" * 64)
+    (src / "unpack.py").write_text("")
+    for folder, name in (("empty", None), ("native", "numpy-2.0-cp312-cp312-linux_x86_64.whl")):
+        (tmp_path / folder).mkdir()
+        if name:
+            (tmp_path / folder / name).write_bytes(b"")
+        with pytest.raises(SystemExit) as e:
+            gw.main(
+                [
+                    "plan",
+                    "--data-src",
+                    str(src),
+                    "--stage-dir",
+                    str(tmp_path / "s"),
+                    "--wheels",
+                    str(tmp_path / folder),
+                ]
+            )
+        assert e.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_next_window_can_run_the_race_instead(tmp_path):
+    tta = {
+        "plan": {"costs": {"first_step_s": 40.0, "checkpoint_s": 0.2}, "knn_s_estimate": 2.0},
+        "curve": [{"epoch": 10, "wall_s": 70, "knn_top1": 60, "epoch_time_s": 1.2}],
+    }
+    (tmp_path / "call2").mkdir()
+    (tmp_path / "call2" / "suite.json").write_text(
+        json.dumps({"stages": [{"stage": "time_to_accuracy", "result": tta}]})
+    )
+    text = gw.main(["next", "--results", str(tmp_path), "--race"])
+    assert "--stages environment,race" in text and "time_to_accuracy" not in text.split("call 2:")[1]
